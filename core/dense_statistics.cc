@@ -1,0 +1,209 @@
+#include "core/dense_statistics.h"
+
+#include <cblas.h>
+#include <lapacke.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <limits>
+
+#include "absl/strings/str_cat.h"
+
+namespace fisherd {
+namespace {
+
+// Below this, scale_ is folded into the stored sums so that 1 / scale_ (the alpha
+// of later rank-k updates) never overflows however many decayed steps are taken.
+constexpr double kMinScale = 1e-150;
+
+double SecondsSince(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+}  // namespace
+
+DenseStatistics::DenseStatistics(const SessionOptions& options)
+    : dim_(options.dim),
+      centered_(options.centered),
+      storage_(Eigen::MatrixXd::Zero(options.dim, options.dim)),
+      mean_sum_(Eigen::VectorXd::Zero(options.dim)),
+      factor_diagonal_(Eigen::VectorXd::Zero(options.dim)) {}
+
+void DenseStatistics::Add(const PreparedBatch& batch) {
+  // root_weighted is rows x dim row-major, which is R^T (dim x rows) column-major:
+  // upper(storage) += (1 / scale_) R^T R in one rank-k update.
+  cblas_dsyrk(CblasColMajor, CblasUpper, CblasNoTrans, static_cast<int>(dim_),
+              static_cast<int>(batch.rows), 1.0 / scale_, batch.root_weighted.data(),
+              static_cast<int>(dim_), 1.0, storage_.data(), static_cast<int>(dim_));
+  mean_sum_ += batch.weighted_sum;
+  weight_sum_ += batch.weight_sum;
+  sample_count_ += static_cast<uint64_t>(batch.rows);
+  factor_valid_ = false;
+}
+
+void DenseStatistics::Decay(double rho) {
+  // F = M / W is invariant under a common scaling, so the factor stays valid.
+  weight_sum_ *= rho;
+  mean_sum_ *= rho;
+  scale_ *= rho;
+  if (scale_ < kMinScale) {
+    storage_.triangularView<Eigen::Upper>() *= scale_;
+    scale_ = 1.0;
+  }
+}
+
+Eigen::VectorXd DenseStatistics::DampedProduct(const Eigen::VectorXd& x,
+                                               double damping) const {
+  Eigen::VectorXd y = storage_.selfadjointView<Eigen::Upper>() * x;
+  y *= RawToEstimate();
+  if (centered_) {
+    const Eigen::VectorXd mean = Mean();
+    y -= mean * mean.dot(x);
+  }
+  if (damping != 0.0) y += damping * x;
+  return y;
+}
+
+absl::StatusOr<Eigen::VectorXd> DenseStatistics::Multiply(const Eigen::VectorXd& v) const {
+  if (weight_sum_ <= 0.0) {
+    return absl::FailedPreconditionError(
+        "the session has no weighted samples yet: stream scores first");
+  }
+  return DampedProduct(v, 0.0);
+}
+
+absl::Status DenseStatistics::Factor(double damping) {
+  const int64_t n = dim_;
+  const double c = RawToEstimate();
+  const Eigen::VectorXd mean = centered_ ? Mean() : Eigen::VectorXd::Zero(n);
+  const Eigen::VectorXd raw_diagonal = storage_.diagonal();
+
+  // Strict lower triangle := F off the diagonal, read from the upper triangle in
+  // square tiles so that the transposed reads stay in cache.
+  constexpr int64_t kTile = 64;
+  for (int64_t jb = 0; jb < n; jb += kTile) {
+    const int64_t jend = std::min(n, jb + kTile);
+    for (int64_t ib = jb; ib < n; ib += kTile) {
+      const int64_t iend = std::min(n, ib + kTile);
+      for (int64_t j = jb; j < jend; ++j) {
+        for (int64_t i = std::max(ib, j + 1); i < iend; ++i) {
+          storage_(i, j) = c * storage_(j, i) - mean[i] * mean[j];
+        }
+      }
+    }
+  }
+  storage_.diagonal() =
+      (c * raw_diagonal - mean.cwiseAbs2()).array() + damping;
+  const double largest_pivot = storage_.diagonal().maxCoeff();
+
+  const lapack_int info = LAPACKE_dpotrf(LAPACK_COL_MAJOR, 'L', static_cast<lapack_int>(n),
+                                         storage_.data(), static_cast<lapack_int>(n));
+  factor_diagonal_ = storage_.diagonal();
+  storage_.diagonal() = raw_diagonal;  // restore the invariant: diagonal holds M / scale_
+
+  // A positive semi-definite F (fewer samples than dim, a constant parameter) can pass
+  // dpotrf on round-off; a pivot this small relative to the largest diagonal entry
+  // means the solve would only amplify noise.
+  const double tiny = static_cast<double>(n) * std::numeric_limits<double>::epsilon() *
+                      std::max(largest_pivot, std::numeric_limits<double>::min());
+  if (info != 0 || factor_diagonal_.cwiseAbs2().minCoeff() <= tiny) {
+    factor_valid_ = false;
+    return absl::FailedPreconditionError(absl::StrCat(
+        "F + lambda I is singular or not numerically positive definite (lambda = ", damping,
+        ", ", sample_count_, " samples for dim ", dim_,
+        "); set a positive damping or stream more samples"));
+  }
+  factor_valid_ = true;
+  factor_damping_ = damping;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<SolveResult> DenseStatistics::Solve(const Eigen::VectorXd& g, double damping) {
+  if (weight_sum_ <= 0.0) {
+    return absl::FailedPreconditionError(
+        "the session has no weighted samples yet: stream scores before asking for a step");
+  }
+  const auto start = std::chrono::steady_clock::now();
+  SolveResult result;
+  result.summary.method = "cholesky";
+  result.summary.damping = damping;
+  result.summary.factorization_cached = factor_valid_ && factor_damping_ == damping;
+  if (!result.summary.factorization_cached) {
+    if (absl::Status status = Factor(damping); !status.ok()) return status;
+  }
+
+  // Swap L's diagonal in for the two triangular solves, then back out.
+  storage_.diagonal().swap(factor_diagonal_);
+  result.natural_gradient = g;
+  const int n = static_cast<int>(dim_);
+  cblas_dtrsv(CblasColMajor, CblasLower, CblasNoTrans, CblasNonUnit, n, storage_.data(), n,
+              result.natural_gradient.data(), 1);
+  cblas_dtrsv(CblasColMajor, CblasLower, CblasTrans, CblasNonUnit, n, storage_.data(), n,
+              result.natural_gradient.data(), 1);
+  storage_.diagonal().swap(factor_diagonal_);
+
+  const double g_norm = g.norm();
+  result.summary.residual =
+      g_norm > 0.0 ? (DampedProduct(result.natural_gradient, damping) - g).norm() / g_norm
+                   : 0.0;
+  result.summary.seconds = SecondsSince(start);
+  return result;
+}
+
+absl::StatusOr<FisherSummary> DenseStatistics::Summarize(bool with_eigenvalues) const {
+  if (weight_sum_ <= 0.0) {
+    return absl::FailedPreconditionError(
+        "the session has no weighted samples yet: stream scores first");
+  }
+  const double c = RawToEstimate();
+  const Eigen::VectorXd mean = centered_ ? Mean() : Eigen::VectorXd::Zero(dim_);
+  FisherSummary summary;
+  summary.dim = dim_;
+  double frobenius_sq = 0.0;
+  for (int64_t j = 0; j < dim_; ++j) {
+    for (int64_t i = 0; i < j; ++i) {
+      const double f = c * storage_(i, j) - mean[i] * mean[j];
+      frobenius_sq += 2.0 * f * f;
+    }
+    const double f = c * storage_(j, j) - mean[j] * mean[j];
+    frobenius_sq += f * f;
+    summary.trace += f;
+  }
+  summary.frobenius_norm = std::sqrt(frobenius_sq);
+
+  if (with_eigenvalues) {
+    Eigen::MatrixXd estimate(dim_, dim_);
+    CopyEntries(0, dim_, estimate.data());  // symmetric, so row-major == column-major
+    Eigen::VectorXd eigenvalues(dim_);
+    const lapack_int info = LAPACKE_dsyevd(LAPACK_COL_MAJOR, 'N', 'U',
+                                           static_cast<lapack_int>(dim_), estimate.data(),
+                                           static_cast<lapack_int>(dim_), eigenvalues.data());
+    if (info != 0) {
+      return absl::InternalError(absl::StrCat("eigenvalue solver dsyevd failed, info = ", info));
+    }
+    summary.has_eigenvalues = true;
+    summary.min_eigenvalue = eigenvalues.minCoeff();
+    summary.max_eigenvalue = eigenvalues.maxCoeff();
+    summary.condition_number = summary.min_eigenvalue > 0.0
+                                   ? summary.max_eigenvalue / summary.min_eigenvalue
+                                   : std::numeric_limits<double>::infinity();
+  }
+  return summary;
+}
+
+void DenseStatistics::CopyEntries(int64_t begin, int64_t count, double* out) const {
+  const double c = RawToEstimate();
+  const Eigen::VectorXd mean = centered_ ? Mean() : Eigen::VectorXd::Zero(dim_);
+  for (int64_t r = begin; r < begin + count; ++r) {
+    double* row = out + (r - begin) * dim_;
+    // Row r of the symmetric F is column r: stored entries (col, r) for col <= r,
+    // then (r, col) for col > r.
+    for (int64_t col = 0; col <= r; ++col) row[col] = c * storage_(col, r) - mean[r] * mean[col];
+    for (int64_t col = r + 1; col < dim_; ++col) {
+      row[col] = c * storage_(r, col) - mean[r] * mean[col];
+    }
+  }
+}
+
+}  // namespace fisherd

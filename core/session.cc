@@ -1,0 +1,134 @@
+#include "core/session.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+
+namespace fisherd {
+
+double StepSize(const StepOptions& options, double natural_norm_sq) {
+  const double fallback = options.learning_rate > 0.0 ? options.learning_rate : 1.0;
+  if (options.kl_budget <= 0.0 || natural_norm_sq <= 0.0) return fallback;
+  const double eta = std::sqrt(2.0 * options.kl_budget / natural_norm_sq);
+  return options.learning_rate > 0.0 ? std::min(eta, options.learning_rate) : eta;
+}
+
+namespace {
+
+absl::Status CheckVector(const Eigen::VectorXd& v, int64_t dim, const char* field) {
+  if (v.size() != dim) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, " has ", v.size(), " entries, the session's dim is ", dim));
+  }
+  for (Eigen::Index i = 0; i < v.size(); ++i) {
+    if (!std::isfinite(v[i])) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, "[", i, "] is ", v[i], "; values must be finite"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+Session::Session(const SessionOptions& options)
+    : options_(options),
+      statistics_entries_per_row_(
+          options.representation == Representation::kDense ? options.dim : 1),
+      statistics_(ScoreStatistics::Create(options)) {}
+
+AddResult Session::AddScores(const std::string& worker_id, uint64_t sequence,
+                             const PreparedBatch& batch) {
+  absl::MutexLock lock(&mu_);
+  AddResult result;
+  if (!worker_id.empty()) {
+    auto it = worker_sequences_.find(worker_id);
+    if (it != worker_sequences_.end() && sequence <= it->second) {
+      result.duplicate = true;
+      result.sequence = it->second;
+      result.sample_count = statistics_->sample_count();
+      return result;
+    }
+    worker_sequences_[worker_id] = sequence;
+    result.sequence = sequence;
+  } else {
+    result.sequence = sequence;
+  }
+  statistics_->Add(batch);
+  result.sample_count = statistics_->sample_count();
+  return result;
+}
+
+absl::StatusOr<StepResult> Session::Step(const Eigen::VectorXd& g, const StepOptions& options) {
+  if (absl::Status status = options.Validate(); !status.ok()) return status;
+  if (absl::Status status = CheckVector(g, options_.dim, "gradient"); !status.ok()) {
+    return status;
+  }
+  const double damping = options.damping.value_or(options_.damping);
+
+  absl::MutexLock lock(&mu_);
+  absl::StatusOr<SolveResult> solved = statistics_->Solve(g, damping);
+  if (!solved.ok()) return solved.status();
+
+  StepResult result;
+  result.natural_gradient = std::move(solved->natural_gradient);
+  result.solver = std::move(solved->summary);
+  result.natural_norm_sq = g.dot(result.natural_gradient);
+  result.eta = StepSize(options, result.natural_norm_sq);
+  result.update = -result.eta * result.natural_gradient;
+  // n^T F n = n^T F_lambda n - lambda |n|^2 = g^T n - lambda |n|^2: the undamped
+  // quadratic form without another pass over F. Clamped at 0 against round-off.
+  const double n_f_n =
+      result.natural_norm_sq - damping * result.natural_gradient.squaredNorm();
+  result.predicted_kl = 0.5 * result.eta * result.eta * std::max(0.0, n_f_n);
+
+  if (!options.skip_decay && options_.decay < 1.0) statistics_->Decay(options_.decay);
+  ++step_count_;
+  return result;
+}
+
+absl::StatusOr<FisherVectorProductResult> Session::FisherVectorProduct(
+    const Eigen::VectorXd& v) {
+  if (absl::Status status = CheckVector(v, options_.dim, "vector"); !status.ok()) {
+    return status;
+  }
+  absl::MutexLock lock(&mu_);
+  absl::StatusOr<Eigen::VectorXd> product = statistics_->Multiply(v);
+  if (!product.ok()) return product.status();
+  FisherVectorProductResult result;
+  result.quadratic_kl = 0.5 * v.dot(*product);
+  result.product = std::move(*product);
+  return result;
+}
+
+absl::StatusOr<FisherSummary> Session::Summarize(bool with_eigenvalues) {
+  absl::MutexLock lock(&mu_);
+  return statistics_->Summarize(with_eigenvalues);
+}
+
+absl::Status Session::CopyEntries(int64_t begin, int64_t count, double* out) {
+  if (begin < 0 || count < 0 || begin > options_.dim - count) {
+    return absl::InvalidArgumentError(absl::StrCat("rows [", begin, ", ", begin + count,
+                                                   ") are outside [0, ", options_.dim, ")"));
+  }
+  absl::MutexLock lock(&mu_);
+  if (statistics_->weight_sum() <= 0.0) {
+    return absl::FailedPreconditionError(
+        "the session has no weighted samples yet: stream scores first");
+  }
+  statistics_->CopyEntries(begin, count, out);
+  return absl::OkStatus();
+}
+
+SessionStatsSnapshot Session::Stats() {
+  absl::MutexLock lock(&mu_);
+  SessionStatsSnapshot snapshot;
+  snapshot.sample_count = statistics_->sample_count();
+  snapshot.weight_sum = statistics_->weight_sum();
+  snapshot.step_count = step_count_;
+  snapshot.worker_sequences = worker_sequences_;
+  return snapshot;
+}
+
+}  // namespace fisherd
