@@ -1,0 +1,255 @@
+#include "client/fisher_client.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_format.h"
+#include "absl/synchronization/notification.h"
+#include "client/grpc_status.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/generic/generic_stub.h"
+#include "grpcpp/support/byte_buffer.h"
+#include "grpcpp/support/channel_arguments.h"
+
+namespace fisherd::client {
+namespace v1 = ::fisherd::v1;
+
+namespace {
+
+constexpr char kHealthCheckMethod[] = "/grpc.health.v1.Health/Check";
+
+std::shared_ptr<grpc::Channel> MakeChannel(const ClientOptions& options) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(options.max_message_bytes);
+  args.SetMaxSendMessageSize(options.max_message_bytes);
+  const int max_backoff_ms =
+      static_cast<int>(absl::ToInt64Milliseconds(options.max_reconnect_backoff));
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, max_backoff_ms);
+  // The first reconnect must not wait longer than the cap either (gRPC starts at 1 s).
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, std::min(max_backoff_ms, 100));
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, std::min(max_backoff_ms, 100));
+  auto credentials =
+      options.credentials ? options.credentials : grpc::InsecureChannelCredentials();
+  return grpc::CreateCustomChannel(options.target, credentials, args);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<FisherClient>> FisherClient::Create(const ClientOptions& options) {
+  if (options.target.empty()) return absl::InvalidArgumentError("ClientOptions.target is empty");
+  if (options.max_message_bytes <= 0) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "ClientOptions.max_message_bytes must be > 0, got %d", options.max_message_bytes));
+  }
+  if (options.call_timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("ClientOptions.call_timeout must be > 0");
+  }
+  if (options.max_reconnect_backoff <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("ClientOptions.max_reconnect_backoff must be > 0");
+  }
+  return std::make_unique<FisherClient>(MakeChannel(options), options);
+}
+
+FisherClient::FisherClient(std::shared_ptr<grpc::Channel> channel, const ClientOptions& options)
+    : options_(options),
+      channel_(std::move(channel)),
+      stub_(v1::FisherService::NewStub(channel_)) {}
+
+void FisherClient::PrepareContext(grpc::ClientContext* context) const {
+  context->set_deadline(absl::ToChronoTime(absl::Now() + options_.call_timeout));
+  context->set_wait_for_ready(options_.wait_for_ready);
+}
+
+absl::StatusOr<v1::Session> FisherClient::CreateSession(absl::string_view session_id,
+                                                        const v1::SessionConfig& config) {
+  v1::CreateSessionRequest request;
+  request.set_session_id(std::string(session_id));
+  *request.mutable_config() = config;
+  grpc::ClientContext context;
+  PrepareContext(&context);
+  v1::Session session;
+  grpc::Status status = stub_->CreateSession(&context, request, &session);
+  if (!status.ok()) return FromGrpcStatus(status);
+  return session;
+}
+
+absl::StatusOr<v1::Session> FisherClient::GetSession(absl::string_view name) {
+  v1::GetSessionRequest request;
+  request.set_name(SessionName(name));
+  grpc::ClientContext context;
+  PrepareContext(&context);
+  v1::Session session;
+  grpc::Status status = stub_->GetSession(&context, request, &session);
+  if (!status.ok()) return FromGrpcStatus(status);
+  return session;
+}
+
+absl::StatusOr<std::vector<v1::Session>> FisherClient::ListSessions() {
+  grpc::ClientContext context;
+  PrepareContext(&context);
+  v1::ListSessionsResponse response;
+  grpc::Status status = stub_->ListSessions(&context, v1::ListSessionsRequest(), &response);
+  if (!status.ok()) return FromGrpcStatus(status);
+  return std::vector<v1::Session>(response.sessions().begin(), response.sessions().end());
+}
+
+absl::Status FisherClient::DeleteSession(absl::string_view name) {
+  v1::DeleteSessionRequest request;
+  request.set_name(SessionName(name));
+  grpc::ClientContext context;
+  PrepareContext(&context);
+  v1::DeleteSessionResponse response;
+  return FromGrpcStatus(stub_->DeleteSession(&context, request, &response));
+}
+
+absl::StatusOr<v1::ScoreAck> FisherClient::AddScores(const v1::ScoreBatch& batch) {
+  grpc::ClientContext context;
+  PrepareContext(&context);
+  v1::ScoreAck ack;
+  grpc::Status status = stub_->AddScores(&context, batch, &ack);
+  if (!status.ok()) return FromGrpcStatus(status);
+  return ack;
+}
+
+absl::StatusOr<v1::NaturalGradientStepResponse> FisherClient::Step(
+    absl::string_view session, absl::Span<const double> gradient, const StepParams& params) {
+  v1::NaturalGradientStepRequest request;
+  request.set_session(SessionName(session));
+  request.mutable_gradient()->Add(gradient.begin(), gradient.end());
+  if (params.damping.has_value()) request.set_damping(*params.damping);
+  request.set_learning_rate(params.learning_rate);
+  request.set_kl_budget(params.kl_budget);
+  request.set_skip_decay(params.skip_decay);
+  grpc::ClientContext context;
+  PrepareContext(&context);
+  v1::NaturalGradientStepResponse response;
+  grpc::Status status = stub_->NaturalGradientStep(&context, request, &response);
+  if (!status.ok()) return FromGrpcStatus(status);
+  return response;
+}
+
+absl::StatusOr<v1::FisherVectorProductResponse> FisherClient::FisherVectorProduct(
+    absl::string_view session, absl::Span<const double> vector) {
+  v1::FisherVectorProductRequest request;
+  request.set_session(SessionName(session));
+  request.mutable_vector()->Add(vector.begin(), vector.end());
+  grpc::ClientContext context;
+  PrepareContext(&context);
+  v1::FisherVectorProductResponse response;
+  grpc::Status status = stub_->FisherVectorProduct(&context, request, &response);
+  if (!status.ok()) return FromGrpcStatus(status);
+  return response;
+}
+
+absl::StatusOr<FisherEstimate> FisherClient::GetFisher(absl::string_view session,
+                                                       bool include_matrix,
+                                                       bool include_eigenvalues) {
+  v1::GetFisherRequest request;
+  request.set_session(SessionName(session));
+  request.set_include_matrix(include_matrix);
+  request.set_include_eigenvalues(include_eigenvalues);
+  grpc::ClientContext context;
+  PrepareContext(&context);
+  std::unique_ptr<grpc::ClientReader<v1::GetFisherResponse>> reader =
+      stub_->GetFisher(&context, request);
+
+  FisherEstimate estimate;
+  absl::Status protocol_error;  // first violation; the stream is still drained
+  bool have_summary = false;
+  uint64_t next_row = 0;
+  uint64_t values_per_row = 1;
+  v1::GetFisherResponse message;
+  while (reader->Read(&message)) {
+    if (!protocol_error.ok()) continue;
+    if (!have_summary) {
+      if (!message.has_summary()) {
+        protocol_error = absl::DataLossError("GetFisher: first message has no summary");
+        continue;
+      }
+      estimate.summary = message.summary();
+      have_summary = true;
+      const uint64_t dim = estimate.summary.dim();
+      const bool diagonal =
+          estimate.summary.representation() == v1::REPRESENTATION_DIAGONAL;
+      values_per_row = diagonal ? 1 : dim;
+      // Reserve only sizes that are plausible to hold; larger ones grow as they arrive.
+      if (include_matrix && dim <= (uint64_t{1} << 16)) {
+        estimate.values.reserve(dim * values_per_row);
+      }
+    }
+    if (message.row_count() == 0 && message.values_size() == 0) continue;
+    if (message.row_offset() != next_row) {
+      protocol_error = absl::DataLossError(
+          absl::StrFormat("GetFisher: block starts at row %d, expected %d",
+                          message.row_offset(), next_row));
+      continue;
+    }
+    if (static_cast<uint64_t>(message.values_size()) != message.row_count() * values_per_row) {
+      protocol_error = absl::DataLossError(absl::StrFormat(
+          "GetFisher: block at row %d has %d values for %d rows of %d", message.row_offset(),
+          message.values_size(), message.row_count(), values_per_row));
+      continue;
+    }
+    if (next_row + message.row_count() > estimate.summary.dim()) {
+      protocol_error = absl::DataLossError(absl::StrFormat(
+          "GetFisher: rows [%d, %d) exceed dim %d", next_row, next_row + message.row_count(),
+          estimate.summary.dim()));
+      continue;
+    }
+    estimate.values.insert(estimate.values.end(), message.values().begin(),
+                           message.values().end());
+    next_row += message.row_count();
+  }
+  grpc::Status status = reader->Finish();
+  if (!status.ok()) return FromGrpcStatus(status);
+  if (!protocol_error.ok()) return protocol_error;
+  if (!have_summary) return absl::DataLossError("GetFisher: empty response stream");
+  if (include_matrix && next_row != estimate.summary.dim()) {
+    return absl::DataLossError(absl::StrFormat("GetFisher: stream ended after %d of %d rows",
+                                               next_row, estimate.summary.dim()));
+  }
+  return estimate;
+}
+
+absl::StatusOr<ServingStatus> FisherClient::CheckHealth(absl::Duration timeout,
+                                                        absl::string_view service) {
+  // Generic call with hand-encoded messages: see client/health_wire.h for why.
+  grpc::GenericStub generic(channel_);
+  const std::string request_bytes = EncodeHealthCheckRequest(service);
+  grpc::Slice slice(request_bytes);
+  grpc::ByteBuffer request(&slice, 1);
+  grpc::ByteBuffer response;
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+  context.set_wait_for_ready(true);
+  grpc::Status status;
+  absl::Notification done;
+  generic.UnaryCall(&context, kHealthCheckMethod, grpc::StubOptions(), &request, &response,
+                    [&status, &done](grpc::Status s) {
+                      status = std::move(s);
+                      done.Notify();
+                    });
+  // The deadline bounds the call, so this wait ends; the callback must have run before
+  // the stack objects it refers to go away.
+  done.WaitForNotification();
+  if (!status.ok()) {
+    absl::Status result = FromGrpcStatus(status);
+    if (result.code() == absl::StatusCode::kDeadlineExceeded) {
+      return absl::DeadlineExceededError(
+          absl::StrFormat("server at %s not reachable or not answering within %s (%s)",
+                          options_.target, absl::FormatDuration(timeout), result.message()));
+    }
+    return result;
+  }
+  std::vector<grpc::Slice> slices;
+  if (!response.Dump(&slices).ok()) {
+    return absl::DataLossError("health: cannot read the response bytes");
+  }
+  std::string bytes;
+  for (const grpc::Slice& s : slices) {
+    bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  }
+  return DecodeHealthCheckResponse(bytes);
+}
+
+}  // namespace fisherd::client

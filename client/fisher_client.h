@@ -1,0 +1,153 @@
+// FisherClient: a typed, blocking C++ client for fisherd.v1.FisherService.
+//
+// Every method is one RPC with the per-call deadline of ClientOptions and returns the
+// server's status as an absl::Status (same code, the server's message kept verbatim).
+// Methods do not retry: of the unary RPCs only some are idempotent (NaturalGradientStep
+// decays the statistics, CreateSession answers ALREADY_EXISTS the second time), and
+// the caller knows which it may repeat. Streaming scores with retries and resends is
+// ScoreStreamer's job (client/score_streamer.h).
+//
+// Thread-safe: one FisherClient (one channel, one HTTP/2 connection) may be shared by
+// any number of threads and ScoreStreamers.
+//
+// Session arguments accept the resource name "sessions/{id}" or the bare id.
+#ifndef FISHERD_CLIENT_FISHER_CLIENT_H_
+#define FISHERD_CLIENT_FISHER_CLIENT_H_
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "client/health_wire.h"
+#include "client/session_name.h"
+#include "fisherd/v1/fisher.grpc.pb.h"
+#include "grpcpp/channel.h"
+#include "grpcpp/client_context.h"
+#include "grpcpp/security/credentials.h"
+
+namespace fisherd::client {
+
+struct ClientOptions {
+  // "host:port", or any gRPC target URI ("dns:///host:port", "unix:/path").
+  std::string target = "127.0.0.1:50051";
+
+  // Largest message the client sends or accepts. A dense NaturalGradientStep response
+  // at dim d carries 2 d doubles and GetFisher streams its rows in small blocks, so the
+  // default covers dim in the millions; score batches should stay far below it (and
+  // below the server's own limit, 4 MiB unless the server raises it).
+  int max_message_bytes = 64 << 20;
+
+  // Deadline of every unary call and of GetFisher's whole stream.
+  absl::Duration call_timeout = absl::Seconds(30);
+
+  // false: a call fails with UNAVAILABLE at once when the server cannot be reached.
+  // true: it waits for the connection until its deadline (useful right after starting
+  // a server).
+  bool wait_for_ready = false;
+
+  // Upper bound of gRPC's own reconnect backoff. gRPC's default grows to two minutes,
+  // which would make a client that lost its server wait long after the server is back.
+  absl::Duration max_reconnect_backoff = absl::Seconds(2);
+
+  // nullptr: plaintext (grpc::InsecureChannelCredentials()).
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
+};
+
+// What a natural-gradient step request may set besides the gradient
+// (NaturalGradientStepRequest, DESIGN.md section 1).
+struct StepParams {
+  // lambda for this step; unset: the session's default damping.
+  std::optional<double> damping;
+  // eta when kl_budget is 0; with kl_budget > 0, a cap on eta when > 0.
+  double learning_rate = 0.0;
+  // c > 0: eta = sqrt(2 c / g^T n), so that the damped quadratic KL of the step is c.
+  double kl_budget = 0.0;
+  // true: leave the statistics undecayed after the step.
+  bool skip_decay = false;
+};
+
+// The Fisher estimate as GetFisher streams it.
+struct FisherEstimate {
+  fisherd::v1::FisherSummary summary;
+  // Empty unless requested. Dense: dim x dim, row-major. Diagonal: the dim diagonal
+  // entries.
+  std::vector<double> values;
+};
+
+class FisherClient {
+ public:
+  // Connects lazily: creating a client never fails because the server is down, the
+  // first call does. INVALID_ARGUMENT for an empty target or non-positive limits.
+  static absl::StatusOr<std::unique_ptr<FisherClient>> Create(const ClientOptions& options);
+
+  // Over an existing channel, e.g. grpc::Server::InProcessChannel() in tests.
+  // options.target, credentials and the channel-level limits are then ignored.
+  // REQUIRES: channel != nullptr.
+  FisherClient(std::shared_ptr<grpc::Channel> channel, const ClientOptions& options);
+
+  FisherClient(const FisherClient&) = delete;
+  FisherClient& operator=(const FisherClient&) = delete;
+
+  // --- Sessions -------------------------------------------------------------------
+  absl::StatusOr<fisherd::v1::Session> CreateSession(absl::string_view session_id,
+                                                     const fisherd::v1::SessionConfig& config);
+  absl::StatusOr<fisherd::v1::Session> GetSession(absl::string_view name);
+  // All sessions, sorted by name.
+  absl::StatusOr<std::vector<fisherd::v1::Session>> ListSessions();
+  absl::Status DeleteSession(absl::string_view name);
+
+  // --- Scores ---------------------------------------------------------------------
+  // One batch, unary. Resending a batch with a worker_id after a failure is safe (the
+  // server acknowledges it with duplicate = true); build it with MakeScoreBatch().
+  absl::StatusOr<fisherd::v1::ScoreAck> AddScores(const fisherd::v1::ScoreBatch& batch);
+
+  // --- Steps and products -----------------------------------------------------------
+  // REQUIRES: gradient.size() == the session's dim (else the server answers
+  // INVALID_ARGUMENT). Not idempotent: unless params.skip_decay, the server decays the
+  // statistics after the step.
+  absl::StatusOr<fisherd::v1::NaturalGradientStepResponse> Step(absl::string_view session,
+                                                                absl::Span<const double> gradient,
+                                                                const StepParams& params = {});
+  // F v (undamped) and 1/2 v^T F v.
+  absl::StatusOr<fisherd::v1::FisherVectorProductResponse> FisherVectorProduct(
+      absl::string_view session, absl::Span<const double> vector);
+
+  // Reads the whole GetFisher stream. Checks that the first message carries the
+  // summary, that row blocks are consecutive from 0 and of the announced size, and
+  // that they cover all dim rows; a violation is DATA_LOSS (a server bug, not the
+  // caller's). include_matrix on a dense session of dim d needs 8 d^2 bytes here.
+  absl::StatusOr<FisherEstimate> GetFisher(absl::string_view session, bool include_matrix,
+                                           bool include_eigenvalues);
+
+  // --- Health ---------------------------------------------------------------------
+  // grpc.health.v1.Health/Check for `service` ("" = the whole server). Waits up to
+  // `timeout` for the server to become reachable (wait-for-ready), so it doubles as
+  // "wait until the server is up". DEADLINE_EXCEEDED when it is not reachable in time,
+  // UNIMPLEMENTED when the server has no health service.
+  absl::StatusOr<ServingStatus> CheckHealth(absl::Duration timeout,
+                                            absl::string_view service = "");
+
+  // For layers built on top (ScoreStreamer): the generated stub and the channel.
+  fisherd::v1::FisherService::Stub* stub() { return stub_.get(); }
+  const std::shared_ptr<grpc::Channel>& channel() const { return channel_; }
+  const ClientOptions& options() const { return options_; }
+
+  // Applies the per-call deadline and wait-for-ready setting to a fresh context.
+  void PrepareContext(grpc::ClientContext* context) const;
+
+ private:
+  const ClientOptions options_;
+  const std::shared_ptr<grpc::Channel> channel_;
+  const std::unique_ptr<fisherd::v1::FisherService::Stub> stub_;
+};
+
+}  // namespace fisherd::client
+
+#endif  // FISHERD_CLIENT_FISHER_CLIENT_H_

@@ -1,0 +1,25 @@
+// The one place where grpc::Status becomes absl::Status for the client layer.
+//
+// The two code spaces are numerically identical (both follow google.rpc.Code), so the
+// conversion is a cast; the server's message is kept verbatim because it names the
+// field, worker and sequence that a caller needs to act on (DESIGN.md section 4).
+#ifndef FISHERD_CLIENT_GRPC_STATUS_H_
+#define FISHERD_CLIENT_GRPC_STATUS_H_
+
+#include "absl/status/status.h"
+#include "grpcpp/support/status.h"
+
+namespace fisherd::client {
+
+// Same code, same message. grpc::Status::OK maps to absl::OkStatus().
+absl::Status FromGrpcStatus(const grpc::Status& status);
+
+// True for failures of the transport or of the server process rather than of the
+// request: the same request may succeed if sent again (after a reconnect). Requests
+// that are not idempotent must only be resent when the server deduplicates them (score
+// batches with a worker_id and sequence are; NaturalGradientStep is not).
+bool IsTransient(absl::StatusCode code);
+
+}  // namespace fisherd::client
+
+#endif  // FISHERD_CLIENT_GRPC_STATUS_H_

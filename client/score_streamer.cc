@@ -1,0 +1,306 @@
+#include "client/score_streamer.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_format.h"
+#include "client/grpc_status.h"
+#include "client/score_encoding.h"
+
+namespace fisherd::client {
+namespace v1 = ::fisherd::v1;
+
+namespace {
+
+absl::Status ValidateOptions(const ScoreStreamerOptions& o, const ClientOptions& client) {
+  if (o.session.empty()) return absl::InvalidArgumentError("ScoreStreamerOptions.session is empty");
+  if (o.worker_id.empty()) {
+    return absl::InvalidArgumentError(
+        "ScoreStreamerOptions.worker_id is empty; resends need it for deduplication");
+  }
+  if (o.dim == 0) return absl::InvalidArgumentError("ScoreStreamerOptions.dim must be >= 1");
+  if (o.rows_per_batch < 1) {
+    return absl::InvalidArgumentError("ScoreStreamerOptions.rows_per_batch must be >= 1");
+  }
+  if (o.max_in_flight < 1) {
+    return absl::InvalidArgumentError("ScoreStreamerOptions.max_in_flight must be >= 1");
+  }
+  if (o.max_retries < 0) {
+    return absl::InvalidArgumentError("ScoreStreamerOptions.max_retries must be >= 0");
+  }
+  if (o.initial_backoff <= absl::ZeroDuration() || o.max_backoff < o.initial_backoff) {
+    return absl::InvalidArgumentError(
+        "ScoreStreamerOptions: need 0 < initial_backoff <= max_backoff");
+  }
+  if (o.stream_deadline <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("ScoreStreamerOptions.stream_deadline must be > 0");
+  }
+  // A batch the channel refuses to send would fail on every retry.
+  const double batch_bytes = 4.0 * o.rows_per_batch * static_cast<double>(o.dim) +
+                             8.0 * o.rows_per_batch + 1024;
+  if (batch_bytes > client.max_message_bytes) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "ScoreStreamerOptions: a batch of %d rows at dim %d (about %.0f bytes) exceeds the "
+        "client's max_message_bytes %d; lower rows_per_batch",
+        o.rows_per_batch, o.dim, batch_bytes, client.max_message_bytes));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<ScoreStreamer>> ScoreStreamer::Create(
+    FisherClient* client, const ScoreStreamerOptions& options) {
+  if (absl::Status s = ValidateOptions(options, client->options()); !s.ok()) return s;
+  uint64_t starting_sequence = options.starting_sequence;
+  if (starting_sequence == 0) {
+    // Resume after what the server already applied for this worker; this also checks
+    // that the session exists and has the dim the worker will send.
+    absl::StatusOr<v1::Session> session = client->GetSession(options.session);
+    if (!session.ok()) return session.status();
+    if (session->config().dim() != options.dim) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("ScoreStreamerOptions.dim is %d but %s has dim %d", options.dim,
+                          session->name(), session->config().dim()));
+    }
+    const auto& sequences = session->stats().worker_sequences();
+    auto it = sequences.find(options.worker_id);
+    starting_sequence = it == sequences.end() ? 1 : it->second + 1;
+  }
+  return std::unique_ptr<ScoreStreamer>(new ScoreStreamer(client, options, starting_sequence));
+}
+
+ScoreStreamer::ScoreStreamer(FisherClient* client, const ScoreStreamerOptions& options,
+                             uint64_t starting_sequence)
+    : client_(client), options_(options), session_name_(SessionName(options.session)) {
+  stats_.next_sequence = starting_sequence;
+}
+
+ScoreStreamer::~ScoreStreamer() {
+  if (stream_ == nullptr) return;
+  context_->TryCancel();
+  v1::ScoreAck ack;
+  while (stream_->Read(&ack)) {
+  }
+  stream_->Finish().IgnoreError();
+}
+
+absl::Status ScoreStreamer::Append(absl::Span<const float> scores,
+                                   absl::Span<const float> weights) {
+  if (!failure_.ok()) return failure_;
+  if (absl::Status s = ValidateScoreRows(scores, weights, options_.dim); !s.ok()) return s;
+  const size_t dim = options_.dim;
+  const size_t rows = scores.size() / dim;
+  const size_t per_batch = static_cast<size_t>(options_.rows_per_batch);
+  stats_.rows_appended += rows;
+
+  size_t row = 0;  // rows [0, row) of this call are in a batch or in the pending buffer
+  auto buffer_rest = [&](size_t end) {
+    pending_scores_.insert(pending_scores_.end(), scores.begin() + row * dim,
+                           scores.begin() + end * dim);
+    for (size_t r = row; r < end; ++r) pending_weights_.push_back(weights.empty() ? 1.0f : weights[r]);
+    row = end;
+  };
+  // On failure the rest of the call waits in the buffer for the next Append/Flush.
+  auto fail = [&](absl::Status s) {
+    buffer_rest(rows);
+    return s;
+  };
+
+  // 1. Complete the partial batch left by earlier calls.
+  if (!pending_weights_.empty()) {
+    buffer_rest(std::min(rows, per_batch - pending_weights_.size()));
+    if (pending_weights_.size() >= per_batch) {
+      if (absl::Status s = SendPendingBatch(); !s.ok()) return fail(s);
+    }
+  }
+  // 2. Full batches straight from the caller's rows, without a copy into the buffer.
+  while (rows - row >= per_batch) {
+    if (absl::Status s = WaitForAcks(options_.max_in_flight - 1); !s.ok()) return fail(s);
+    Enqueue(scores.subspan(row * dim, per_batch * dim),
+            weights.empty() ? weights : weights.subspan(row, per_batch));
+    row += per_batch;
+    if (absl::Status s = SendNewest(); !s.ok()) return fail(s);
+  }
+  // 3. The remainder starts the next batch.
+  buffer_rest(rows);
+  return absl::OkStatus();
+}
+
+absl::Status ScoreStreamer::Flush() {
+  if (!failure_.ok()) return failure_;
+  while (!pending_weights_.empty()) {
+    if (absl::Status s = SendPendingBatch(); !s.ok()) return s;
+  }
+  return WaitForAcks(0);
+}
+
+absl::Status ScoreStreamer::Close() {
+  if (absl::Status s = Flush(); !s.ok()) return s;
+  if (stream_ == nullptr) return absl::OkStatus();
+  stream_->WritesDone();
+  v1::ScoreAck ack;
+  while (stream_->Read(&ack)) ProcessAck(ack);
+  grpc::Status status = stream_->Finish();
+  stream_.reset();
+  context_.reset();
+  if (!failure_.ok()) return failure_;
+  return FromGrpcStatus(status);
+}
+
+absl::Status ScoreStreamer::SendPendingBatch() {
+  const size_t rows = std::min(pending_weights_.size(),
+                               static_cast<size_t>(options_.rows_per_batch));
+  if (absl::Status s = WaitForAcks(options_.max_in_flight - 1); !s.ok()) return s;
+  const size_t values = rows * options_.dim;
+  Enqueue(absl::MakeConstSpan(pending_scores_.data(), values),
+          absl::MakeConstSpan(pending_weights_.data(), rows));
+  pending_scores_.erase(pending_scores_.begin(), pending_scores_.begin() + values);
+  pending_weights_.erase(pending_weights_.begin(), pending_weights_.begin() + rows);
+  return SendNewest();
+}
+
+void ScoreStreamer::Enqueue(absl::Span<const float> scores, absl::Span<const float> weights) {
+  // Unit weights are the default; leaving them out saves 4 bytes a row on the wire.
+  const bool all_ones =
+      std::all_of(weights.begin(), weights.end(), [](float w) { return w == 1.0f; });
+  Batch batch;
+  batch.message = MakeScoreBatch(session_name_, options_.worker_id, stats_.next_sequence++,
+                                 scores, all_ones ? absl::Span<const float>() : weights,
+                                 options_.dim);
+  unacked_.push_back(std::move(batch));
+}
+
+absl::Status ScoreStreamer::SendNewest() {
+  if (stream_ == nullptr) return EnsureStream();  // opening writes every unacked batch
+  Batch& batch = unacked_.back();
+  CountTransmission(&batch);
+  if (stream_->Write(batch.message)) return absl::OkStatus();
+  return Recover(CloseBrokenStream());
+}
+
+absl::Status ScoreStreamer::WaitForAcks(size_t limit) {
+  while (failure_.ok() && unacked_.size() > limit) {
+    if (absl::Status s = EnsureStream(); !s.ok()) return s;
+    v1::ScoreAck ack;
+    if (stream_->Read(&ack)) {
+      ProcessAck(ack);
+      continue;
+    }
+    if (absl::Status s = Recover(CloseBrokenStream()); !s.ok()) return s;
+  }
+  return failure_;
+}
+
+void ScoreStreamer::ProcessAck(const v1::ScoreAck& ack) {
+  ++stats_.acks_received;
+  if (ack.duplicate()) ++stats_.duplicate_acks;
+  stats_.last_ack = ack;
+  stats_.has_last_ack = true;
+  // The server's highest applied sequence for this worker can only come from this
+  // streamer's batches. Anything higher means another sender uses the same worker_id (or
+  // starting_sequence was too low), and our batches at or below it were dropped as
+  // duplicates: silent data loss, so it is an error.
+  if (ack.sequence() > highest_transmitted_) {
+    failure_ = absl::FailedPreconditionError(absl::StrFormat(
+        "worker %s on %s: the server has applied sequence %d but this streamer has sent "
+        "only up to %d, so its batches at or below %d were discarded as duplicates; another "
+        "process uses this worker_id or starting_sequence is too low",
+        options_.worker_id, session_name_, ack.sequence(), highest_transmitted_,
+        ack.sequence()));
+    return;
+  }
+  // Acks are per batch and in order, but a cumulative ack (one for several batches) is
+  // handled the same way: everything at or below the acknowledged sequence is applied.
+  bool progress = false;
+  while (!unacked_.empty() && unacked_.front().message.sequence() <= ack.sequence()) {
+    unacked_.pop_front();
+    progress = true;
+  }
+  if (progress) consecutive_failures_ = 0;
+}
+
+void ScoreStreamer::CountTransmission(Batch* batch) {
+  if (batch->transmissions++ == 0) {
+    ++stats_.batches_sent;
+  } else {
+    ++stats_.batches_resent;
+  }
+  highest_transmitted_ = std::max(highest_transmitted_, batch->message.sequence());
+}
+
+absl::Status ScoreStreamer::EnsureStream() {
+  if (stream_ != nullptr) return absl::OkStatus();
+  if (OpenAndResend()) return absl::OkStatus();
+  return Recover(CloseBrokenStream());
+}
+
+bool ScoreStreamer::OpenAndResend() {
+  context_ = std::make_unique<grpc::ClientContext>();
+  context_->set_deadline(absl::ToChronoTime(absl::Now() + options_.stream_deadline));
+  stream_ = client_->stub()->StreamScores(context_.get());
+  if (opened_once_) ++stats_.reconnects;
+  opened_once_ = true;
+  for (Batch& batch : unacked_) {
+    CountTransmission(&batch);
+    if (!stream_->Write(batch.message)) return false;
+  }
+  return true;
+}
+
+grpc::Status ScoreStreamer::CloseBrokenStream() {
+  // Acks the server sent before the failure are real: they may retire batches that
+  // would otherwise be resent (harmlessly, as duplicates) or reveal a rejection's cause.
+  v1::ScoreAck ack;
+  while (stream_->Read(&ack)) ProcessAck(ack);
+  grpc::Status status = stream_->Finish();
+  stream_.reset();
+  context_.reset();
+  return status;
+}
+
+absl::Status ScoreStreamer::Recover(const grpc::Status& broken) {
+  if (!failure_.ok()) return failure_;  // ProcessAck found a conflict while draining
+  absl::Status last = FromGrpcStatus(broken);
+  if (last.ok()) {
+    // The server ended the call cleanly without acknowledging everything, e.g. while
+    // draining for shutdown: the batches are still ours to resend.
+    last = absl::UnavailableError(absl::StrFormat(
+        "the server closed the score stream with %d batches unacknowledged", unacked_.size()));
+  }
+  if (!IsTransient(last.code())) {
+    failure_ = last;  // a rejection: the server's message names field, worker and sequence
+    return failure_;
+  }
+  absl::Duration backoff = options_.initial_backoff;
+  while (true) {
+    if (unacked_.empty()) return absl::OkStatus();  // nothing left to deliver
+    if (consecutive_failures_ >= options_.max_retries) {
+      // Start afresh on the next call: giving up is reported, not remembered.
+      const int attempts = consecutive_failures_;
+      consecutive_failures_ = 0;
+      return absl::Status(last.code(),
+                          absl::StrFormat("score stream to %s: gave up after %d reconnect "
+                                          "attempts, %d batches unacknowledged: %s",
+                                          session_name_, attempts, unacked_.size(),
+                                          last.message()));
+    }
+    ++consecutive_failures_;
+    absl::SleepFor(backoff);
+    // Returns as soon as the channel is connected (or the wait runs out), so a server
+    // that is back quickly is resumed quickly.
+    client_->channel()->WaitForConnected(absl::ToChronoTime(absl::Now() + backoff));
+    backoff = std::min(2 * backoff, options_.max_backoff);
+    if (OpenAndResend()) return absl::OkStatus();
+    grpc::Status status = CloseBrokenStream();
+    if (!failure_.ok()) return failure_;
+    last = FromGrpcStatus(status);
+    if (last.ok()) last = absl::UnavailableError("the server closed the score stream");
+    if (!IsTransient(last.code())) {
+      failure_ = last;
+      return failure_;
+    }
+  }
+}
+
+}  // namespace fisherd::client

@@ -1,0 +1,180 @@
+// ScoreStreamer: one worker's reliable score stream into one session.
+//
+// A training worker Append()s rows of per-sample scores; the streamer cuts them into
+// ScoreBatches of `rows_per_batch` rows numbered 1, 2, 3, ... (or from a resumed
+// sequence), sends them over a single StreamScores call and keeps every batch until the
+// server acknowledges it. If the stream breaks for a transient reason (server restart,
+// connection reset, UNAVAILABLE) the streamer reconnects with backoff and resends every
+// unacknowledged batch; the server deduplicates by (worker_id, sequence), so a batch is
+// applied exactly once even when it is sent twice. A rejection (INVALID_ARGUMENT,
+// NOT_FOUND, FAILED_PRECONDITION, ...) is returned with the server's message.
+//
+// Memory is bounded: at most `max_in_flight` batches are unacknowledged; Append blocks
+// on acknowledgements beyond that, which also paces the worker to the server.
+//
+// Not thread-safe: one thread per streamer. Many streamers, in many threads, may share
+// one FisherClient (and so one connection).
+//
+//   ScoreStreamerOptions options;
+//   options.session = "sessions/mnist";  options.worker_id = "worker-3";  options.dim = d;
+//   auto streamer = ScoreStreamer::Create(&client, options);   // resumes the sequence
+//   for (...) RETURN_IF_ERROR((*streamer)->Append(scores, weights));
+//   RETURN_IF_ERROR((*streamer)->Flush());   // everything applied; now take a step
+#ifndef FISHERD_CLIENT_SCORE_STREAMER_H_
+#define FISHERD_CLIENT_SCORE_STREAMER_H_
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "client/fisher_client.h"
+#include "fisherd/v1/fisher.grpc.pb.h"
+#include "grpcpp/client_context.h"
+#include "grpcpp/support/sync_stream.h"
+
+namespace fisherd::client {
+
+struct ScoreStreamerOptions {
+  // Session name ("sessions/{id}") or bare id. Required.
+  std::string session;
+  // The sender's identity for deduplication. Required (non-empty): without it the server
+  // could not tell a resend from new data. Two live streamers must never share one.
+  std::string worker_id;
+  // Length of every score row; must equal the session's dim. Required (>= 1).
+  uint64_t dim = 0;
+
+  // Rows per ScoreBatch. Larger batches amortize per-message cost (the server does one
+  // rank-k update per batch); keep rows_per_batch * dim * 4 bytes well under the
+  // server's message limit (4 MiB by default): 256 rows at dim 1024 is 1 MiB.
+  int rows_per_batch = 256;
+
+  // Unacknowledged batches allowed before Append waits for acks.
+  int max_in_flight = 8;
+
+  // Sequence of the first batch. 0: ask the server (GetSession) and continue after the
+  // worker's highest applied sequence, so a restarted worker neither collides with nor
+  // silently duplicates its earlier batches. Note that resuming means rows appended but
+  // never acknowledged by the previous incarnation are lost, not resent.
+  uint64_t starting_sequence = 0;
+
+  // Reconnect attempts after a transient failure before giving up; the count restarts
+  // whenever the server acknowledges progress. Giving up is not final: the batches are
+  // kept and the next Append/Flush tries again.
+  int max_retries = 10;
+  absl::Duration initial_backoff = absl::Milliseconds(50);
+  absl::Duration max_backoff = absl::Seconds(2);
+
+  // Deadline of one StreamScores call. A stream that outlives it is reopened like a
+  // broken one (resending is safe), so this bounds how long a hung server can block
+  // Flush() per attempt rather than how long the streamer may live.
+  absl::Duration stream_deadline = absl::Minutes(5);
+};
+
+struct ScoreStreamerStats {
+  uint64_t rows_appended = 0;
+  uint64_t batches_sent = 0;       // distinct batches, first transmission
+  uint64_t batches_resent = 0;     // retransmissions after a broken stream
+  uint64_t acks_received = 0;
+  uint64_t duplicate_acks = 0;     // acks with duplicate = true (expected after resends)
+  uint64_t reconnects = 0;         // streams opened after the first
+  uint64_t next_sequence = 0;      // sequence the next batch will carry
+  bool has_last_ack = false;
+  fisherd::v1::ScoreAck last_ack;  // the latest acknowledgement, if any
+};
+
+class ScoreStreamer {
+ public:
+  // INVALID_ARGUMENT for missing or bad options; with starting_sequence == 0, the
+  // GetSession error (e.g. NOT_FOUND) and an INVALID_ARGUMENT when options.dim differs
+  // from the session's. REQUIRES: client outlives the streamer.
+  static absl::StatusOr<std::unique_ptr<ScoreStreamer>> Create(FisherClient* client,
+                                                               const ScoreStreamerOptions& options);
+
+  ScoreStreamer(const ScoreStreamer&) = delete;
+  ScoreStreamer& operator=(const ScoreStreamer&) = delete;
+
+  // Cancels the stream. Rows not yet acknowledged are dropped: call Flush() or Close()
+  // first to keep them.
+  ~ScoreStreamer();
+
+  // Buffers rows = scores.size() / dim rows (row-major) with their weights (empty: all
+  // 1, else one per row) and sends every full batch. Validates the rows first (finite
+  // scores, finite weights >= 0, whole rows) so a bad row is reported here, with nothing
+  // of this call buffered. Returns a server rejection or, after max_retries, the last
+  // transient error; rows already buffered stay buffered either way.
+  absl::Status Append(absl::Span<const float> scores, absl::Span<const float> weights = {});
+
+  // Sends the partial batch, if any, and waits until the server has acknowledged every
+  // batch, i.e. applied all rows appended so far. The stream stays open.
+  absl::Status Flush();
+
+  // Flush(), then half-closes the stream and waits for the server's final status.
+  absl::Status Close();
+
+  // Once the server rejected a batch, the streamer is failed and every later call
+  // returns that status: the rejected batch and those after it are not applied. Start
+  // a new streamer (it resumes after the last applied sequence) to continue.
+  const absl::Status& failure() const { return failure_; }
+
+  const ScoreStreamerStats& stats() const { return stats_; }
+  const ScoreStreamerOptions& options() const { return options_; }
+
+ private:
+  struct Batch {
+    fisherd::v1::ScoreBatch message;
+    int transmissions = 0;  // Write attempts, over all streams
+  };
+
+  ScoreStreamer(FisherClient* client, const ScoreStreamerOptions& options,
+                uint64_t starting_sequence);
+
+  // Cuts up to rows_per_batch buffered rows into a batch and sends it.
+  absl::Status SendPendingBatch();
+  // Appends a batch with the next sequence to unacked_. REQUIRES: rows validated.
+  void Enqueue(absl::Span<const float> scores, absl::Span<const float> weights);
+  // Writes unacked_.back() on the current stream, reconnecting if needed.
+  absl::Status SendNewest();
+  // Reads acknowledgements until at most `limit` batches are unacknowledged.
+  absl::Status WaitForAcks(size_t limit);
+  void ProcessAck(const fisherd::v1::ScoreAck& ack);
+  void CountTransmission(Batch* batch);
+
+  // Opens a stream if none is open (resending everything unacknowledged).
+  absl::Status EnsureStream();
+  // Opens a stream and writes all unacknowledged batches; false if a write failed.
+  bool OpenAndResend();
+  // Drains a stream on which Write or Read failed and returns its final status.
+  grpc::Status CloseBrokenStream();
+  // Given the final status of a broken stream: fails the streamer when the status is
+  // not transient; otherwise reopens a stream (with backoff) and resends every
+  // unacknowledged batch. OK means a stream is open and everything unacked is written.
+  absl::Status Recover(const grpc::Status& broken);
+
+  FisherClient* const client_;
+  const ScoreStreamerOptions options_;
+  const std::string session_name_;
+
+  std::vector<float> pending_scores_;   // rows not yet cut into a batch
+  std::vector<float> pending_weights_;  // one per pending row (1 when not given)
+  std::deque<Batch> unacked_;           // sent (or to be resent), oldest first
+
+  std::unique_ptr<grpc::ClientContext> context_;
+  std::unique_ptr<grpc::ClientReaderWriter<fisherd::v1::ScoreBatch, fisherd::v1::ScoreAck>>
+      stream_;
+  bool opened_once_ = false;
+  uint64_t highest_transmitted_ = 0;  // highest sequence ever written to a stream
+  int consecutive_failures_ = 0;  // transient failures since the last acked progress
+  absl::Status failure_;          // sticky: set by a rejection
+
+  ScoreStreamerStats stats_;
+};
+
+}  // namespace fisherd::client
+
+#endif  // FISHERD_CLIENT_SCORE_STREAMER_H_
