@@ -1,0 +1,120 @@
+#include "server/batch_decoder.h"
+
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+
+namespace fisherd::server {
+namespace {
+
+// Worker ids are client-chosen; keep messages bounded and printable.
+constexpr size_t kMaxWorkerIdInMessage = 64;
+
+absl::Status BatchError(const v1::ScoreBatch& batch, absl::string_view what) {
+  return absl::InvalidArgumentError(absl::StrCat(DescribeBatch(batch), ": ", what));
+}
+
+// Copies little-endian float32 bytes into `out`. memcpy rather than a reinterpret_cast
+// because the bytes sit at whatever offset protobuf parsed them to.
+void CopyLittleEndianFloats(const std::string& bytes, std::vector<float>* out) {
+  out->resize(bytes.size() / sizeof(float));
+  std::memcpy(out->data(), bytes.data(), out->size() * sizeof(float));
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+  // The wire format is little-endian whatever the host; swap on big-endian hosts.
+  for (float& value : *out) {
+    uint32_t bits;
+    std::memcpy(&bits, &value, sizeof(bits));
+    bits = __builtin_bswap32(bits);
+    std::memcpy(&value, &bits, sizeof(bits));
+  }
+#endif
+}
+
+}  // namespace
+
+std::string DescribeBatch(const v1::ScoreBatch& batch) {
+  if (batch.worker_id().empty()) {
+    return absl::StrCat("batch (no worker_id, sequence ", batch.sequence(), ")");
+  }
+  absl::string_view worker = batch.worker_id();
+  const bool truncated = worker.size() > kMaxWorkerIdInMessage;
+  if (truncated) worker = worker.substr(0, kMaxWorkerIdInMessage);
+  return absl::StrCat("batch (worker \"", absl::CHexEscape(worker), truncated ? "...\"" : "\"",
+                      ", sequence ", batch.sequence(), ")");
+}
+
+absl::StatusOr<PreparedBatch> DecodeScoreBatch(const v1::ScoreBatch& batch,
+                                               const SessionOptions& options) {
+  const int64_t dim = options.dim;
+  const int64_t rows = batch.rows();
+  if (rows == 0) return BatchError(batch, "rows is 0; a batch needs at least one row");
+
+  const bool has_bytes = !batch.scores_f32().empty();
+  const bool has_floats = batch.scores_size() > 0;
+  if (has_bytes && has_floats) {
+    return BatchError(batch, "both scores_f32 and scores are set; set exactly one");
+  }
+  if (!has_bytes && !has_floats) {
+    return BatchError(batch,
+                      "neither scores_f32 nor scores is set; set exactly one "
+                      "(scores_f32 is the fast path)");
+  }
+
+  // rows < 2^32 and dim is bounded by the registry's limits, but the check is cheap and
+  // keeps a wrapped product from ever matching a short buffer.
+  int64_t count = 0;
+  int64_t byte_count = 0;
+  if (__builtin_mul_overflow(rows, dim, &count) ||
+      __builtin_mul_overflow(count, int64_t{sizeof(float)}, &byte_count)) {
+    return BatchError(batch, absl::StrCat("rows * dim overflows (rows ", rows, ", session dim ",
+                                          dim, ")"));
+  }
+
+  std::vector<float> decoded;  // owns the scores when they came as bytes
+  const float* scores = nullptr;
+  if (has_bytes) {
+    const int64_t size = static_cast<int64_t>(batch.scores_f32().size());
+    if (size != byte_count) {
+      return BatchError(batch, absl::StrCat("scores_f32 has ", size,
+                                            " bytes, expected rows*dim*4 = ", byte_count,
+                                            " (rows ", rows, ", session dim ", dim, ")"));
+    }
+    CopyLittleEndianFloats(batch.scores_f32(), &decoded);
+    scores = decoded.data();
+  } else {
+    if (batch.scores_size() != count) {
+      return BatchError(batch, absl::StrCat("scores has ", batch.scores_size(),
+                                            " values, expected rows*dim = ", count, " (rows ",
+                                            rows, ", session dim ", dim, ")"));
+    }
+    // A RepeatedField<float> is a contiguous, aligned array: no copy needed.
+    scores = batch.scores().data();
+  }
+
+  const float* weights = nullptr;
+  if (batch.weights_size() != 0) {
+    if (batch.weights_size() != rows) {
+      return BatchError(batch, absl::StrCat("weights has ", batch.weights_size(),
+                                            " values, expected 0 (all 1) or rows = ", rows));
+    }
+    weights = batch.weights().data();
+  }
+
+  ScoreBatchView view;
+  view.rows = rows;
+  view.dim = dim;
+  view.scores = scores;
+  view.weights = weights;
+  // Core names the row and column of a non-finite score and the row of a bad weight.
+  if (absl::Status status = ValidateScores(view); !status.ok()) {
+    return BatchError(batch, status.message());
+  }
+  return PrepareBatch(view, options.representation);
+}
+
+}  // namespace fisherd::server

@@ -1,0 +1,42 @@
+// Validation and decoding of one wire ScoreBatch into what a core Session consumes.
+//
+// The whole batch is checked before anything is applied (DESIGN.md section 4): a batch
+// either decodes completely or is rejected with INVALID_ARGUMENT and the session never
+// sees it. Decoding (float32 -> float64, weighting) is the O(rows * dim) part of
+// ingestion, so callers run it on the work pool and outside every session lock; only
+// the merge (Session::AddScores) takes the lock.
+#ifndef FISHERD_SERVER_BATCH_DECODER_H_
+#define FISHERD_SERVER_BATCH_DECODER_H_
+
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "core/options.h"
+#include "core/score_batch.h"
+#include "fisherd/v1/fisher.pb.h"
+
+namespace fisherd::server {
+
+// `batch (worker "w1", sequence 7)`: the prefix of every message about a batch, so a
+// client can tell which of its in-flight batches was refused.
+std::string DescribeBatch(const v1::ScoreBatch& batch);
+
+// Checks `batch` against a session with `options` and prepares it for
+// Session::AddScores. INVALID_ARGUMENT, with a message that starts with
+// DescribeBatch(batch) and names the offending field, when:
+//   - rows is 0;
+//   - not exactly one of scores_f32 and scores is set;
+//   - rows * dim overflows;
+//   - scores_f32 is not exactly rows * dim * 4 bytes, or scores not rows * dim values;
+//   - weights is neither empty nor one value per row;
+//   - a score is NaN or infinite, or a weight is negative or not finite.
+// scores_f32 is read as little-endian float32 and copied out with memcpy, never
+// aliased, since protobuf gives no alignment guarantee for bytes fields.
+// Does not look at batch.session(); the caller resolved it to `options`.
+// REQUIRES: options.Validate().ok().
+absl::StatusOr<PreparedBatch> DecodeScoreBatch(const v1::ScoreBatch& batch,
+                                               const SessionOptions& options);
+
+}  // namespace fisherd::server
+
+#endif  // FISHERD_SERVER_BATCH_DECODER_H_

@@ -1,0 +1,81 @@
+#include "server/fisher_server.h"
+
+#include <chrono>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "grpc/grpc.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/security/server_credentials.h"
+#include "grpcpp/server_builder.h"
+
+namespace fisherd::server {
+namespace {
+
+// The host part of HOST:PORT ("[::1]" stays bracketed).
+absl::string_view HostOf(absl::string_view listen) {
+  const size_t colon = listen.rfind(':');
+  return colon == absl::string_view::npos ? listen : listen.substr(0, colon);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<FisherServer>> FisherServer::Start(const ServerOptions& options) {
+  // Both are process-wide switches that must be set before a ServerBuilder exists.
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+
+  std::unique_ptr<FisherServer> server(new FisherServer());
+  int threads = options.math_threads;
+  if (threads <= 0) threads = static_cast<int>(std::thread::hardware_concurrency());
+  if (threads <= 0) threads = 1;
+  server->registry_ = std::make_unique<SessionRegistry>(options.limits);
+  server->pool_ = std::make_unique<WorkPool>(threads);
+  server->service_ =
+      std::make_unique<FisherServiceImpl>(server->registry_.get(), server->pool_.get());
+
+  grpc::ServerBuilder builder;
+  // Plaintext for now; TLS arrives with its own flags.
+  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &server->port_);
+  // gRPC sets SO_REUSEPORT by default, which would let a second fisherd silently share
+  // a port with the first; a busy port must be an error instead.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  builder.SetMaxReceiveMessageSize(options.max_message_bytes);
+  builder.SetMaxSendMessageSize(options.max_message_bytes);
+  builder.RegisterService(server->service_.get());
+  server->server_ = builder.BuildAndStart();
+  if (server->server_ == nullptr || server->port_ == 0) {
+    if (server->server_ != nullptr) server->server_->Shutdown();
+    server->shut_down_ = true;
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", options.listen,
+                     " (address in use, not local, or malformed?)"));
+  }
+  server->address_ = absl::StrCat(HostOf(options.listen), ":", server->port_);
+  if (grpc::HealthCheckServiceInterface* health = server->server_->GetHealthCheckService()) {
+    // The overall status ("") is SERVING from the start; name the service too so that
+    // probes asking for it by name get an answer.
+    health->SetServingStatus(v1::FisherService::service_full_name(), true);
+  }
+  return server;
+}
+
+void FisherServer::Shutdown(absl::Duration drain) {
+  if (shut_down_) return;
+  shut_down_ = true;
+  if (grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService()) {
+    health->SetServingStatus(false);
+  }
+  const auto deadline =
+      std::chrono::system_clock::now() + absl::ToChronoMilliseconds(drain);
+  // Stops accepting, waits for in-flight calls until the deadline, then cancels them;
+  // returns once every reactor is done (pool tasks finish their calls even then).
+  server_->Shutdown(deadline);
+  server_->Wait();
+}
+
+FisherServer::~FisherServer() { Shutdown(absl::ZeroDuration()); }
+
+}  // namespace fisherd::server

@@ -1,0 +1,68 @@
+// FisherServer: a running fisherd, assembled from its parts (registry, work pool,
+// service, health and reflection) on a real grpc::Server. main.cc and the service
+// tests both use it, so the tests exercise exactly what the binary serves.
+#ifndef FISHERD_SERVER_FISHER_SERVER_H_
+#define FISHERD_SERVER_FISHER_SERVER_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "grpcpp/server.h"
+#include "server/service.h"
+#include "server/session_registry.h"
+#include "server/work_pool.h"
+
+namespace fisherd::server {
+
+struct ServerOptions {
+  // HOST:PORT to listen on; port 0 picks a free port (see FisherServer::address()).
+  std::string listen = "127.0.0.1:50051";
+  RegistryLimits limits;
+  // Largest message the server receives or sends (--max-message-mb).
+  int max_message_bytes = 64 << 20;
+  // Work pool threads; 0 means std::thread::hardware_concurrency() (at least 1).
+  int math_threads = 0;
+};
+
+class FisherServer {
+ public:
+  // Builds and starts the server. UNAVAILABLE when the address cannot be bound.
+  static absl::StatusOr<std::unique_ptr<FisherServer>> Start(const ServerOptions& options);
+
+  // Shuts down with a zero drain if Shutdown was not called.
+  ~FisherServer();
+
+  FisherServer(const FisherServer&) = delete;
+  FisherServer& operator=(const FisherServer&) = delete;
+
+  // "HOST:PORT" with the port actually bound (the listen host as given).
+  const std::string& address() const { return address_; }
+  int port() const { return port_; }
+
+  SessionRegistry& registry() { return *registry_; }
+
+  // Reports NOT_SERVING on the health service (so load balancers stop sending new
+  // work), lets in-flight RPCs finish for up to `drain`, cancels the rest, and waits
+  // until every handler has finished. Idempotent.
+  void Shutdown(absl::Duration drain);
+
+ private:
+  FisherServer() = default;
+
+  std::string address_;
+  int port_ = 0;
+  bool shut_down_ = false;
+  // Declaration order is destruction order in reverse: the grpc::Server goes first,
+  // then the service, then the pool (running whatever is queued), then the sessions.
+  std::unique_ptr<SessionRegistry> registry_;
+  std::unique_ptr<WorkPool> pool_;
+  std::unique_ptr<FisherServiceImpl> service_;
+  std::unique_ptr<grpc::Server> server_;
+};
+
+}  // namespace fisherd::server
+
+#endif  // FISHERD_SERVER_FISHER_SERVER_H_

@@ -1,0 +1,164 @@
+#include "server/flags.h"
+
+#include <algorithm>
+#include <cmath>
+#include <thread>
+#include <utility>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+
+namespace fisherd::server {
+
+void FlagSet::AddString(std::string name, std::string* target, std::string help) {
+  flags_.push_back(Flag{std::move(name), std::move(help), *target,
+                        [target](absl::string_view value) {
+                          *target = std::string(value);
+                          return absl::OkStatus();
+                        }});
+}
+
+void FlagSet::AddInt(std::string name, int64_t* target, int64_t min, int64_t max,
+                     std::string help) {
+  const std::string flag = name;
+  flags_.push_back(Flag{std::move(name), std::move(help), absl::StrCat(*target),
+                        [flag, target, min, max](absl::string_view value) {
+                          int64_t parsed = 0;
+                          if (!absl::SimpleAtoi(value, &parsed)) {
+                            return absl::InvalidArgumentError(absl::StrCat(
+                                "--", flag, "=", value, ": not an integer"));
+                          }
+                          if (parsed < min || parsed > max) {
+                            return absl::InvalidArgumentError(
+                                absl::StrCat("--", flag, "=", value, ": must be in [", min,
+                                             ", ", max, "]"));
+                          }
+                          *target = parsed;
+                          return absl::OkStatus();
+                        }});
+}
+
+void FlagSet::AddDouble(std::string name, double* target, double min, double max,
+                        std::string help) {
+  const std::string flag = name;
+  flags_.push_back(Flag{std::move(name), std::move(help), absl::StrCat(*target),
+                        [flag, target, min, max](absl::string_view value) {
+                          double parsed = 0;
+                          if (!absl::SimpleAtod(value, &parsed) || !std::isfinite(parsed)) {
+                            return absl::InvalidArgumentError(absl::StrCat(
+                                "--", flag, "=", value, ": not a finite number"));
+                          }
+                          if (parsed < min || parsed > max) {
+                            return absl::InvalidArgumentError(
+                                absl::StrCat("--", flag, "=", value, ": must be in [", min,
+                                             ", ", max, "]"));
+                          }
+                          *target = parsed;
+                          return absl::OkStatus();
+                        }});
+}
+
+void FlagSet::AddStringCheck(const std::string& name,
+                             std::function<absl::Status(absl::string_view)> check) {
+  Flag* flag = Find(name);
+  if (flag == nullptr) return;
+  flag->set = [set = std::move(flag->set), check = std::move(check)](absl::string_view value) {
+    if (absl::Status status = check(value); !status.ok()) return status;
+    return set(value);
+  };
+}
+
+FlagSet::Flag* FlagSet::Find(absl::string_view name) {
+  for (Flag& flag : flags_) {
+    if (flag.name == name) return &flag;
+  }
+  return nullptr;
+}
+
+absl::Status FlagSet::Parse(const std::vector<std::string>& args, bool* help) {
+  *help = false;
+  for (const std::string& arg : args) {
+    if (arg == "--help" || arg == "-h") {
+      *help = true;
+      return absl::OkStatus();
+    }
+  }
+  for (const std::string& arg : args) {
+    if (!absl::StartsWith(arg, "--")) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("unexpected argument \"", arg, "\"; flags look like --name=value"));
+    }
+    const absl::string_view body = absl::string_view(arg).substr(2);
+    const size_t equals = body.find('=');
+    const absl::string_view name = body.substr(0, equals);
+    Flag* flag = Find(name);
+    if (flag == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name));
+    }
+    if (equals == absl::string_view::npos) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("flag --", name, " needs a value: --", name, "=VALUE"));
+    }
+    if (absl::Status status = flag->set(body.substr(equals + 1)); !status.ok()) return status;
+  }
+  return absl::OkStatus();
+}
+
+std::string FlagSet::Help() const {
+  std::string text = "Flags:\n";
+  for (const Flag& flag : flags_) {
+    absl::StrAppend(&text, "  --", flag.name, "=", flag.default_value, "\n      ", flag.help,
+                    "\n");
+  }
+  absl::StrAppend(&text, "  --help\n      Print this help and exit.\n");
+  return text;
+}
+
+absl::Status CheckListenAddress(absl::string_view listen) {
+  const size_t colon = listen.rfind(':');
+  int port = -1;
+  if (colon == absl::string_view::npos || colon == 0 ||
+      !absl::SimpleAtoi(listen.substr(colon + 1), &port) || port < 0 || port > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--listen=", listen, ": expected HOST:PORT with a port in [0, 65535] (0 picks a free port)"));
+  }
+  return absl::OkStatus();
+}
+
+void DefineServerFlags(ServerFlags* flags, FlagSet* set) {
+  if (flags->math_threads <= 0) {
+    flags->math_threads = std::max(1u, std::thread::hardware_concurrency());
+  }
+  set->AddString("listen", &flags->listen,
+                 "HOST:PORT to serve on; port 0 picks a free port. The bound address is "
+                 "printed as 'fisherd listening on HOST:PORT'.");
+  set->AddStringCheck("listen", CheckListenAddress);
+  set->AddInt("max-sessions", &flags->max_sessions, 1, 1 << 20,
+              "Most sessions alive at once; CreateSession beyond it is RESOURCE_EXHAUSTED.");
+  set->AddInt("max-dense-dim", &flags->max_dense_dim, 1, int64_t{1} << 24,
+              "Largest dim of a DENSE session (memory 8*dim^2 bytes); use DIAGONAL beyond it.");
+  set->AddInt("memory-budget-mb", &flags->memory_budget_mb, 1, int64_t{1} << 30,
+              "Budget in MiB for the statistics of all sessions together, checked before "
+              "a session is allocated.");
+  set->AddInt("max-message-mb", &flags->max_message_mb, 1, 2047,
+              "Largest gRPC message, in MiB, the server receives or sends.");
+  set->AddInt("math-threads", &flags->math_threads, 1, 1024,
+              "Threads that decode, accumulate and solve (default: the number of CPUs).");
+  set->AddDouble("drain-seconds", &flags->drain_seconds, 0, 24 * 3600,
+                 "On SIGTERM/SIGINT, how long in-flight calls may run before they are "
+                 "cancelled.");
+}
+
+ServerOptions ServerFlags::ToServerOptions() const {
+  ServerOptions options;
+  options.listen = listen;
+  options.limits.max_sessions = max_sessions;
+  options.limits.max_dense_dim = max_dense_dim;
+  options.limits.memory_budget_bytes = static_cast<uint64_t>(memory_budget_mb) << 20;
+  options.max_message_bytes = static_cast<int>(max_message_mb << 20);
+  options.math_threads = static_cast<int>(math_threads);
+  return options;
+}
+
+}  // namespace fisherd::server

@@ -1,0 +1,62 @@
+// What every RPC handler shares: the server-owned resources it works with and the one
+// way a unary handler hands its body to the work pool and finishes.
+#ifndef FISHERD_SERVER_HANDLER_UTIL_H_
+#define FISHERD_SERVER_HANDLER_UTIL_H_
+
+#include <exception>
+#include <new>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "grpcpp/server_context.h"
+#include "grpcpp/support/server_callback.h"
+#include "server/session_registry.h"
+#include "server/status_mapping.h"
+#include "server/work_pool.h"
+
+namespace fisherd::server {
+
+// Owned by the server; outlives every RPC (the server is shut down and waited for
+// before either is destroyed).
+struct ServiceResources {
+  SessionRegistry* registry = nullptr;
+  WorkPool* pool = nullptr;
+};
+
+// Runs `body` (returning absl::Status) unless the RPC was already cancelled while it
+// waited in the pool's queue. Exceptions become statuses so that no RPC is left
+// unfinished: bad_alloc (a request larger than memory allows) is RESOURCE_EXHAUSTED,
+// anything else INTERNAL.
+template <typename Body>
+absl::Status RunGuarded(grpc::CallbackServerContext* context, Body& body) {
+  if (context->IsCancelled()) {
+    return absl::CancelledError("the call was cancelled before the server started on it");
+  }
+  try {
+    return body();
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError("the server ran out of memory for this request");
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("internal error: ", e.what()));
+  }
+}
+
+// The unary handler pattern: take the default reactor, post `body` to the work pool
+// (so no math, and no wait on a session lock, happens on gRPC's callback thread), and
+// finish with the status it returns. `body` fills the response before returning OK.
+template <typename Body>
+grpc::ServerUnaryReactor* RunUnaryOnPool(const ServiceResources& resources,
+                                         grpc::CallbackServerContext* context, Body body) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  resources.pool->Post([context, reactor, body = std::move(body)]() mutable {
+    const absl::Status status = RunGuarded(context, body);
+    // Last touch of the call: after Finish the reactor may be gone.
+    reactor->Finish(ToGrpcStatus(status));
+  });
+  return reactor;
+}
+
+}  // namespace fisherd::server
+
+#endif  // FISHERD_SERVER_HANDLER_UTIL_H_

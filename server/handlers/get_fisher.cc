@@ -1,0 +1,137 @@
+// GetFisher: the summary first, then (on request) consecutive blocks of rows of F, each
+// at most about 1 MiB of doubles so that dense dim 4096 (128 MiB) fits the default
+// 4 MiB message limit of every client. The next block is copied and written only
+// after the previous write completed (OnWriteDone), which is how gRPC exposes flow
+// control: a slow reader costs one block here plus what gRPC's window buffers, never
+// a copy of the whole matrix.
+//
+// Consistency: blocks are copied under the session lock one at a time, so scores
+// merged between two blocks would tear the matrix. The stream checks the session's
+// sample_count before every block and ends with ABORTED (retryable) if it moved since
+// the summary was taken, rather than hand out rows of two different estimates. Steps
+// only rescale W, m and M together, which leaves F unchanged, so they do not abort it.
+#include <algorithm>
+#include <cstdint>
+#include <memory>
+
+#include "absl/strings/str_cat.h"
+#include "server/conversions.h"
+#include "server/handlers/handlers.h"
+
+namespace fisherd::server {
+namespace {
+
+// 1 MiB of doubles per message: large enough that per-message overhead is negligible
+// (about 1.7 GB/s for 1 MiB messages on loopback, DESIGN.md 5), small enough to stay
+// far below the default 4 MiB receive limit.
+constexpr int64_t kBlockValues = (int64_t{1} << 20) / sizeof(double);
+
+class GetFisherReactor final : public grpc::ServerWriteReactor<v1::GetFisherResponse> {
+ public:
+  GetFisherReactor(const ServiceResources& resources, grpc::CallbackServerContext* context,
+                   const v1::GetFisherRequest* request)
+      : resources_(resources), context_(context), request_(request) {
+    resources_.pool->Post([this] { Step(&GetFisherReactor::WriteSummary); });
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the client stopped reading"));
+      return;
+    }
+    // Copying the next block takes the session lock: not on a callback thread.
+    resources_.pool->Post([this] { Step(&GetFisherReactor::WriteNextBlockOrFinish); });
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  // What a stage did when it succeeded. A stage that started a write must be the last
+  // touch of the reactor: OnWriteDone may run on another thread at once, post the next
+  // stage, and that one may finish the call and delete `this`.
+  enum class Outcome { kWriteStarted, kAllWritten };
+  using Stage = absl::StatusOr<Outcome> (GetFisherReactor::*)();
+
+  void Step(Stage stage) {
+    Outcome outcome = Outcome::kWriteStarted;
+    auto body = [this, stage, &outcome]() -> absl::Status {
+      absl::StatusOr<Outcome> result = (this->*stage)();
+      if (!result.ok()) return result.status();
+      outcome = *result;
+      return absl::OkStatus();
+    };
+    const absl::Status status = RunGuarded(context_, body);
+    // `this` is touched again only when no write is in flight (see Outcome).
+    if (!status.ok()) {
+      Finish(ToGrpcStatus(status));
+    } else if (outcome == Outcome::kAllWritten) {
+      Finish(grpc::Status::OK);
+    }
+  }
+
+  absl::StatusOr<Outcome> WriteSummary() {
+    absl::StatusOr<std::shared_ptr<Session>> session =
+        resources_.registry->Get(request_->session(), "session");
+    if (!session.ok()) return session.status();
+    session_ = std::move(*session);
+
+    const SessionStatsSnapshot stats = session_->Stats();
+    // FAILED_PRECONDITION before any sample: F = M / W is undefined at W = 0.
+    absl::StatusOr<FisherSummary> summary = session_->Summarize(request_->include_eigenvalues());
+    if (!summary.ok()) return summary.status();
+    sample_count_ = stats.sample_count;
+
+    response_.Clear();
+    FisherSummaryToProto(*summary, session_->options(), stats, response_.mutable_summary());
+    rows_ = request_->include_matrix() ? session_->options().dim : 0;
+    rows_per_block_ = std::max<int64_t>(1, kBlockValues / session_->EntriesPerRow());
+    StartWrite(&response_);
+    return Outcome::kWriteStarted;
+  }
+
+  absl::StatusOr<Outcome> WriteNextBlockOrFinish() {
+    if (next_row_ >= rows_) return Outcome::kAllWritten;
+    const uint64_t now = session_->Stats().sample_count;
+    if (now != sample_count_) {
+      return absl::AbortedError(absl::StrCat(
+          "the estimate changed while its rows were being streamed (sample_count went from ",
+          sample_count_, " to ", now, " after ", next_row_,
+          " rows); retry GetFisher, ideally while no scores are being added"));
+    }
+    const int64_t count = std::min(rows_per_block_, rows_ - next_row_);
+    response_.Clear();
+    response_.set_row_offset(static_cast<uint64_t>(next_row_));
+    response_.set_row_count(static_cast<uint32_t>(count));
+    response_.mutable_values()->Resize(static_cast<int>(count * session_->EntriesPerRow()), 0.0);
+    if (absl::Status status =
+            session_->CopyEntries(next_row_, count, response_.mutable_values()->mutable_data());
+        !status.ok()) {
+      return status;
+    }
+    next_row_ += count;
+    StartWrite(&response_);
+    return Outcome::kWriteStarted;
+  }
+
+  const ServiceResources& resources_;
+  grpc::CallbackServerContext* const context_;
+  const v1::GetFisherRequest* const request_;
+  // Touched only by the stage running on the pool; stages are serialized by the write
+  // cycle (a stage is posted only from the constructor or from OnWriteDone).
+  std::shared_ptr<Session> session_;
+  uint64_t sample_count_ = 0;
+  int64_t rows_ = 0;
+  int64_t rows_per_block_ = 1;
+  int64_t next_row_ = 0;
+  v1::GetFisherResponse response_;  // the one message in flight
+};
+
+}  // namespace
+
+grpc::ServerWriteReactor<v1::GetFisherResponse>* HandleGetFisher(
+    const ServiceResources& resources, grpc::CallbackServerContext* context,
+    const v1::GetFisherRequest* request) {
+  return new GetFisherReactor(resources, context, request);
+}
+
+}  // namespace fisherd::server

@@ -1,0 +1,60 @@
+// fisherd: the natural-gradient service. Parses flags, starts the server, prints the
+// bound address, and drains on SIGTERM/SIGINT.
+//
+// Signals: SIGTERM and SIGINT are blocked before any thread starts, so every thread
+// (gRPC's, the pool's) inherits the mask and the only place they are ever delivered is
+// the sigwait below, on the main thread. No work happens in a signal handler.
+#include <signal.h>
+
+#include <cstring>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "absl/time/time.h"
+#include "server/fisher_server.h"
+#include "server/flags.h"
+
+int main(int argc, char** argv) {
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+  fisherd::server::ServerFlags flags;
+  fisherd::server::FlagSet flag_set;
+  fisherd::server::DefineServerFlags(&flags, &flag_set);
+  bool help = false;
+  const absl::Status parsed =
+      flag_set.Parse(std::vector<std::string>(argv + 1, argv + argc), &help);
+  if (help) {
+    std::cout << "Usage: fisherd [--name=value ...]\n"
+              << "Serves fisherd.v1.FisherService (natural-gradient steps from streamed "
+                 "score vectors) over gRPC.\n\n"
+              << flag_set.Help();
+    return 0;
+  }
+  if (!parsed.ok()) {
+    std::cerr << "fisherd: " << parsed.message() << "\n(run fisherd --help for the flags)\n";
+    return 2;
+  }
+
+  absl::StatusOr<std::unique_ptr<fisherd::server::FisherServer>> server =
+      fisherd::server::FisherServer::Start(flags.ToServerOptions());
+  if (!server.ok()) {
+    std::cerr << "fisherd: " << server.status().message() << "\n";
+    return 1;
+  }
+  // Tests and scripts parse this line to learn the port when --listen asked for port 0.
+  std::cout << "fisherd listening on " << (*server)->address() << std::endl;
+
+  int signal_number = 0;
+  while (sigwait(&stop_signals, &signal_number) != 0) {
+  }
+  std::cerr << "fisherd: " << strsignal(signal_number) << "; draining for up to "
+            << flags.drain_seconds << " s" << std::endl;
+  (*server)->Shutdown(absl::Seconds(flags.drain_seconds));
+  std::cerr << "fisherd: stopped" << std::endl;
+  return 0;
+}

@@ -1,0 +1,31 @@
+#include "server/score_ingest.h"
+
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "server/batch_decoder.h"
+
+namespace fisherd::server {
+
+absl::Status ApplyScoreBatch(const SessionRegistry& registry, const v1::ScoreBatch& batch,
+                             v1::ScoreAck* ack) {
+  absl::StatusOr<std::shared_ptr<Session>> session = registry.Get(batch.session(), "session");
+  if (!session.ok()) {
+    // Same code, but say which batch it was: a streaming client has many in flight.
+    return absl::Status(session.status().code(),
+                        absl::StrCat(DescribeBatch(batch), ": ", session.status().message()));
+  }
+  // Decoding is the expensive part and needs no lock (DESIGN.md section 5).
+  absl::StatusOr<PreparedBatch> prepared = DecodeScoreBatch(batch, (*session)->options());
+  if (!prepared.ok()) return prepared.status();
+
+  const AddResult result = (*session)->AddScores(batch.worker_id(), batch.sequence(), *prepared);
+  ack->set_worker_id(batch.worker_id());
+  ack->set_sequence(result.sequence);
+  ack->set_duplicate(result.duplicate);
+  ack->set_sample_count(result.sample_count);
+  return absl::OkStatus();
+}
+
+}  // namespace fisherd::server

@@ -1,0 +1,51 @@
+// FisherServiceImpl: fisherd.v1.FisherService on gRPC's callback API. It only routes:
+// each RPC goes to its handler in server/handlers/, which posts the work to the pool.
+#ifndef FISHERD_SERVER_SERVICE_H_
+#define FISHERD_SERVER_SERVICE_H_
+
+#include "fisherd/v1/fisher.grpc.pb.h"
+#include "server/handler_util.h"
+#include "server/session_registry.h"
+#include "server/work_pool.h"
+
+namespace fisherd::server {
+
+class FisherServiceImpl final : public v1::FisherService::CallbackService {
+ public:
+  // REQUIRES: registry and pool outlive the grpc::Server this service is registered
+  // with (shut it down and Wait() before destroying them).
+  FisherServiceImpl(SessionRegistry* registry, WorkPool* pool);
+
+  grpc::ServerUnaryReactor* CreateSession(grpc::CallbackServerContext* context,
+                                          const v1::CreateSessionRequest* request,
+                                          v1::Session* response) override;
+  grpc::ServerUnaryReactor* GetSession(grpc::CallbackServerContext* context,
+                                       const v1::GetSessionRequest* request,
+                                       v1::Session* response) override;
+  grpc::ServerUnaryReactor* ListSessions(grpc::CallbackServerContext* context,
+                                         const v1::ListSessionsRequest* request,
+                                         v1::ListSessionsResponse* response) override;
+  grpc::ServerUnaryReactor* DeleteSession(grpc::CallbackServerContext* context,
+                                          const v1::DeleteSessionRequest* request,
+                                          v1::DeleteSessionResponse* response) override;
+  grpc::ServerBidiReactor<v1::ScoreBatch, v1::ScoreAck>* StreamScores(
+      grpc::CallbackServerContext* context) override;
+  grpc::ServerUnaryReactor* AddScores(grpc::CallbackServerContext* context,
+                                      const v1::ScoreBatch* request,
+                                      v1::ScoreAck* response) override;
+  grpc::ServerUnaryReactor* NaturalGradientStep(grpc::CallbackServerContext* context,
+                                                const v1::NaturalGradientStepRequest* request,
+                                                v1::NaturalGradientStepResponse* response) override;
+  grpc::ServerUnaryReactor* FisherVectorProduct(grpc::CallbackServerContext* context,
+                                                const v1::FisherVectorProductRequest* request,
+                                                v1::FisherVectorProductResponse* response) override;
+  grpc::ServerWriteReactor<v1::GetFisherResponse>* GetFisher(
+      grpc::CallbackServerContext* context, const v1::GetFisherRequest* request) override;
+
+ private:
+  const ServiceResources resources_;
+};
+
+}  // namespace fisherd::server
+
+#endif  // FISHERD_SERVER_SERVICE_H_

@@ -1,0 +1,180 @@
+#include "server/session_registry.h"
+
+#include <new>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "server/conversions.h"
+
+namespace fisherd::server {
+namespace {
+
+constexpr absl::string_view kCollection = "sessions/";
+constexpr size_t kMaxSessionIdLength = 63;
+
+std::string Quote(absl::string_view text) {
+  // Names come from clients: bound and escape them before echoing.
+  constexpr size_t kMax = 100;
+  if (text.size() > kMax) return absl::StrCat("\"", absl::CHexEscape(text.substr(0, kMax)), "...\"");
+  return absl::StrCat("\"", absl::CHexEscape(text), "\"");
+}
+
+std::string Mebibytes(uint64_t bytes) {
+  return absl::StrFormat("%.1f MiB", static_cast<double>(bytes) / (1024.0 * 1024.0));
+}
+
+}  // namespace
+
+absl::Status ValidateSessionId(absl::string_view session_id) {
+  if (session_id.empty()) {
+    return absl::InvalidArgumentError("session_id is empty; use 1-63 characters of [a-zA-Z0-9_.-]");
+  }
+  if (session_id.size() > kMaxSessionIdLength) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "session_id has ", session_id.size(), " characters; at most 63 are allowed"));
+  }
+  if (!absl::ascii_isalnum(static_cast<unsigned char>(session_id[0]))) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "session_id ", Quote(session_id), " must start with a letter or a digit"));
+  }
+  for (size_t i = 0; i < session_id.size(); ++i) {
+    const unsigned char c = static_cast<unsigned char>(session_id[i]);
+    if (!absl::ascii_isalnum(c) && c != '_' && c != '.' && c != '-') {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "session_id ", Quote(session_id), " has a character outside [a-zA-Z0-9_.-] at offset ",
+          i));
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::string SessionName(absl::string_view session_id) {
+  return absl::StrCat(kCollection, session_id);
+}
+
+absl::StatusOr<std::string> ParseSessionName(absl::string_view name, absl::string_view field) {
+  if (!absl::StartsWith(name, kCollection)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, " ", Quote(name), " is not a session name; expected \"sessions/{session_id}\""));
+  }
+  const absl::string_view id = name.substr(kCollection.size());
+  if (absl::Status status = ValidateSessionId(id); !status.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, " ", Quote(name), " is not a valid session name: ", status.message()));
+  }
+  return std::string(id);
+}
+
+SessionRegistry::SessionRegistry(const RegistryLimits& limits) : limits_(limits) {}
+
+absl::Status SessionRegistry::Reserve(const std::string& name, const SessionOptions& options,
+                                      uint64_t bytes) {
+  if (sessions_.count(name) != 0 || creating_.count(name) != 0) {
+    return absl::AlreadyExistsError(absl::StrCat("session ", Quote(name), " already exists"));
+  }
+  const uint64_t live = sessions_.size() + creating_.size();
+  if (static_cast<int64_t>(live) >= limits_.max_sessions) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the server already holds ", live, " sessions, its --max-sessions=",
+        limits_.max_sessions, " limit; delete a session or raise --max-sessions"));
+  }
+  if (options.representation == Representation::kDense && options.dim > limits_.max_dense_dim) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "dense dim ", options.dim, " exceeds --max-dense-dim=", limits_.max_dense_dim,
+        " (a dense estimate needs ", Mebibytes(bytes),
+        "); use REPRESENTATION_DIAGONAL, which needs O(dim) memory, or a smaller dim"));
+  }
+  // Written as a subtraction so that a saturated estimate cannot wrap the sum.
+  if (bytes > limits_.memory_budget_bytes ||
+      reserved_bytes_ > limits_.memory_budget_bytes - bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "session ", Quote(name), " needs ", Mebibytes(bytes), " of statistics, but ",
+        Mebibytes(reserved_bytes_), " of the --memory-budget-mb=",
+        limits_.memory_budget_bytes >> 20,
+        " budget are in use; use REPRESENTATION_DIAGONAL, which needs O(dim) memory, "
+        "delete a session, or raise --memory-budget-mb"));
+  }
+  creating_.insert(name);
+  reserved_bytes_ += bytes;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<SessionRegistry::Entry> SessionRegistry::Create(absl::string_view session_id,
+                                                               const v1::SessionConfig& config) {
+  if (absl::Status status = ValidateSessionId(session_id); !status.ok()) return status;
+  absl::StatusOr<SessionOptions> options = SessionOptionsFromProto(config);
+  if (!options.ok()) return options.status();
+
+  const std::string name = SessionName(session_id);
+  const uint64_t bytes = EstimateSessionBytes(*options);
+  {
+    absl::MutexLock lock(&mu_);
+    if (absl::Status status = Reserve(name, *options, bytes); !status.ok()) return status;
+  }
+
+  // The O(dim^2) allocation happens here, with the name and bytes reserved but the lock
+  // released. The budget makes failure unlikely, but the OS may still refuse.
+  std::shared_ptr<Session> session;
+  try {
+    session = std::make_shared<Session>(*options);
+  } catch (const std::bad_alloc&) {
+    absl::MutexLock lock(&mu_);
+    creating_.erase(name);
+    reserved_bytes_ -= bytes;
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "out of memory allocating ", Mebibytes(bytes), " for session ", Quote(name),
+        "; use REPRESENTATION_DIAGONAL or lower --memory-budget-mb"));
+  }
+
+  absl::MutexLock lock(&mu_);
+  creating_.erase(name);
+  sessions_[name] = Slot{session, bytes};
+  return Entry{name, std::move(session)};
+}
+
+absl::StatusOr<std::shared_ptr<Session>> SessionRegistry::Get(absl::string_view name,
+                                                              absl::string_view field) const {
+  if (absl::StatusOr<std::string> id = ParseSessionName(name, field); !id.ok()) {
+    return id.status();
+  }
+  absl::MutexLock lock(&mu_);
+  auto it = sessions_.find(std::string(name));
+  if (it == sessions_.end()) {
+    return absl::NotFoundError(absl::StrCat("session ", Quote(name), " not found"));
+  }
+  return it->second.session;
+}
+
+absl::Status SessionRegistry::Delete(absl::string_view name) {
+  if (absl::StatusOr<std::string> id = ParseSessionName(name, "name"); !id.ok()) {
+    return id.status();
+  }
+  std::shared_ptr<Session> doomed;  // released after the lock, so a free is not under it
+  absl::MutexLock lock(&mu_);
+  auto it = sessions_.find(std::string(name));
+  if (it == sessions_.end()) {
+    return absl::NotFoundError(absl::StrCat("session ", Quote(name), " not found"));
+  }
+  doomed = std::move(it->second.session);
+  reserved_bytes_ -= it->second.bytes;
+  sessions_.erase(it);
+  return absl::OkStatus();
+}
+
+std::vector<SessionRegistry::Entry> SessionRegistry::List() const {
+  absl::MutexLock lock(&mu_);
+  std::vector<Entry> entries;
+  entries.reserve(sessions_.size());
+  for (const auto& [name, slot] : sessions_) entries.push_back(Entry{name, slot.session});
+  return entries;
+}
+
+uint64_t SessionRegistry::ReservedBytes() const {
+  absl::MutexLock lock(&mu_);
+  return reserved_bytes_;
+}
+
+}  // namespace fisherd::server

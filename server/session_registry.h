@@ -1,0 +1,108 @@
+// SessionRegistry: the server's named sessions, "sessions/{id}" -> Session, and the
+// limits that keep a client from exhausting the machine. Thread-safe.
+//
+// Sessions are handed out as shared_ptr so that a request that already resolved a
+// session finishes on it even if the session is deleted meanwhile; its memory is
+// returned when the last such request lets go. Limits are checked, and the memory they
+// account for reserved, before a session's statistics are allocated (DESIGN.md 4).
+#ifndef FISHERD_SERVER_SESSION_REGISTRY_H_
+#define FISHERD_SERVER_SESSION_REGISTRY_H_
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "core/options.h"
+#include "core/session.h"
+#include "fisherd/v1/fisher.pb.h"
+
+namespace fisherd::server {
+
+struct RegistryLimits {
+  // Most sessions alive at once (--max-sessions).
+  int64_t max_sessions = 64;
+  // Largest dim of a dense session (--max-dense-dim); diagonal sessions are bounded
+  // only by the memory budget.
+  int64_t max_dense_dim = 16384;
+  // Sum over live sessions of EstimateSessionBytes (--memory-budget-mb, in bytes here).
+  uint64_t memory_budget_bytes = uint64_t{16384} << 20;
+};
+
+// OK if `session_id` is 1-63 characters of [a-zA-Z0-9_.-] starting with a letter or a
+// digit; INVALID_ARGUMENT saying which rule it breaks otherwise.
+absl::Status ValidateSessionId(absl::string_view session_id);
+
+// "sessions/{id}" for a valid id. REQUIRES: ValidateSessionId(session_id).ok().
+std::string SessionName(absl::string_view session_id);
+
+// The id of a resource name "sessions/{id}"; INVALID_ARGUMENT naming `field` (e.g.
+// "name" or "session") when `name` has another form.
+absl::StatusOr<std::string> ParseSessionName(absl::string_view name, absl::string_view field);
+
+class SessionRegistry {
+ public:
+  struct Entry {
+    std::string name;  // "sessions/{id}"
+    std::shared_ptr<Session> session;
+  };
+
+  explicit SessionRegistry(const RegistryLimits& limits);
+
+  SessionRegistry(const SessionRegistry&) = delete;
+  SessionRegistry& operator=(const SessionRegistry&) = delete;
+
+  const RegistryLimits& limits() const { return limits_; }
+
+  // Creates "sessions/{session_id}" from the wire config (see SessionOptionsFromProto
+  // for its defaults). INVALID_ARGUMENT for a bad id or config, ALREADY_EXISTS when the
+  // name is taken (or being created), RESOURCE_EXHAUSTED naming the flag when a limit
+  // would be exceeded. The statistics are allocated outside the registry lock, so a
+  // large session does not stall lookups of the others.
+  absl::StatusOr<Entry> Create(absl::string_view session_id, const v1::SessionConfig& config)
+      ABSL_LOCKS_EXCLUDED(mu_);
+
+  // The session named `name` ("sessions/{id}"). INVALID_ARGUMENT naming `field` for a
+  // malformed name; NOT_FOUND naming the session when there is none.
+  absl::StatusOr<std::shared_ptr<Session>> Get(absl::string_view name,
+                                               absl::string_view field = "name") const
+      ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Removes the session; requests already holding it finish normally. Errors as Get.
+  absl::Status Delete(absl::string_view name) ABSL_LOCKS_EXCLUDED(mu_);
+
+  // All sessions, sorted by name.
+  std::vector<Entry> List() const ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Bytes accounted against the memory budget (live sessions plus creations under way).
+  uint64_t ReservedBytes() const ABSL_LOCKS_EXCLUDED(mu_);
+
+ private:
+  struct Slot {
+    std::shared_ptr<Session> session;
+    uint64_t bytes = 0;
+  };
+
+  // Checks every limit for a new session of `options` named `name` and, if all pass,
+  // reserves its bytes and the name.
+  absl::Status Reserve(const std::string& name, const SessionOptions& options, uint64_t bytes)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const RegistryLimits limits_;
+  mutable absl::Mutex mu_;
+  std::map<std::string, Slot> sessions_ ABSL_GUARDED_BY(mu_);  // sorted: List is ordered
+  std::set<std::string> creating_ ABSL_GUARDED_BY(mu_);        // reserved, not yet built
+  uint64_t reserved_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+}  // namespace fisherd::server
+
+#endif  // FISHERD_SERVER_SESSION_REGISTRY_H_
