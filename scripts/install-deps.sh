@@ -7,7 +7,7 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libeigen3-dev libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev
   libopenblas-dev liblapacke-dev zlib1g-dev
-  python3-grpcio python3-grpc-tools python3-protobuf python3-numpy python3-pytest
+  python3-grpcio python3-protobuf python3-numpy python3-pytest
 )
 
 missing=()

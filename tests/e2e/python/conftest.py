@@ -1,12 +1,13 @@
 """Fixtures for end-to-end tests written from the proto alone, in Python.
 
 Stubs are generated from proto/ into a temporary directory at test time (Debian's
-grpc_tools), so these tests see exactly what an outside client would: the contract.
+protoc and grpc_python_plugin), so these tests see exactly what an outside client would: the contract.
 The server is the real `fisherd` binary on a loopback port; FISHERD_BIN names it.
 """
 import os
 import pathlib
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,15 +21,15 @@ REPO = pathlib.Path(__file__).resolve().parents[3]
 
 @pytest.fixture(scope="session")
 def fisher_pb(tmp_path_factory):
-    from grpc_tools import protoc
-
     out = tmp_path_factory.mktemp("stubs")
     proto_root = REPO / "proto"
-    result = protoc.main([
+    # Debian's protoc and grpc_python_plugin (python3-grpc-tools bundles a protoc too
+    # old for proto3 `optional`).
+    subprocess.run([
         "protoc", f"--proto_path={proto_root}", f"--python_out={out}",
-        f"--grpc_python_out={out}", str(proto_root / "fisherd/v1/fisher.proto"),
-    ])
-    assert result == 0, "protoc failed on proto/fisherd/v1/fisher.proto"
+        f"--grpc_python_out={out}", "--plugin=protoc-gen-grpc_python=" +
+        shutil.which("grpc_python_plugin"), str(proto_root / "fisherd/v1/fisher.proto"),
+    ], check=True)
     sys.path.insert(0, str(out))
     from fisherd.v1 import fisher_pb2, fisher_pb2_grpc  # noqa: E402
     return fisher_pb2, fisher_pb2_grpc

@@ -1,0 +1,47 @@
+// Child processes for end-to-end tests: the real fisherd binary on a loopback port,
+// and one-shot commands such as fisherctl whose output and exit code are checked.
+#ifndef FISHERD_TESTS_E2E_PROCESS_H_
+#define FISHERD_TESTS_E2E_PROCESS_H_
+
+#include <sys/types.h>
+
+#include <string>
+#include <vector>
+
+namespace fisherd::testing {
+
+struct CommandResult {
+  int exit_code = -1;  // -1 when killed by a signal
+  std::string output;  // stdout and stderr, interleaved
+};
+
+// Runs argv to completion. REQUIRES: argv non-empty.
+CommandResult RunCommand(const std::vector<std::string>& argv);
+
+// A fisherd started with --listen=127.0.0.1:0 plus extra flags; the constructor waits
+// for "fisherd listening on HOST:PORT" (address() is empty if it never came).
+class ServerProcess {
+ public:
+  explicit ServerProcess(const std::vector<std::string>& extra_flags = {});
+  ~ServerProcess();  // SIGKILL if still running
+
+  ServerProcess(const ServerProcess&) = delete;
+  ServerProcess& operator=(const ServerProcess&) = delete;
+
+  const std::string& address() const { return address_; }
+  // Sends SIGTERM and returns the exit code (-1 if killed by a signal or timed out).
+  int Terminate(int timeout_seconds = 30);
+
+ private:
+  pid_t pid_ = -1;
+  int stdout_fd_ = -1;
+  std::string address_;
+};
+
+// Paths of the binaries under test, given to the test by CMake.
+std::string FisherdPath();
+std::string FisherctlPath();
+
+}  // namespace fisherd::testing
+
+#endif  // FISHERD_TESTS_E2E_PROCESS_H_

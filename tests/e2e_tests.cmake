@@ -1,0 +1,19 @@
+# End-to-end suites: the real binaries over loopback. The C++ suite drives fisherd
+# through the client library and fisherctl; the Python suite is a client written from
+# the proto alone (stubs generated at test time), as an outside user would write it.
+add_executable(e2e_test
+  e2e/e2e_test.cc
+  e2e/process.cc
+  e2e/tcp_proxy.cc)
+target_compile_definitions(e2e_test PRIVATE
+  FISHERD_BIN="$<TARGET_FILE:fisherd>"
+  FISHERCTL_BIN="$<TARGET_FILE:fisherctl>")
+target_link_libraries(e2e_test PRIVATE fisherd_client Eigen3::Eigen GTest::gtest_main GTest::gmock)
+add_dependencies(e2e_test fisherd fisherctl)
+gtest_discover_tests(e2e_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 300)
+
+find_program(DEBIAN_PYTHON3 python3 PATHS /usr/bin NO_DEFAULT_PATH)
+add_test(NAME python_proto_client
+  COMMAND ${DEBIAN_PYTHON3} -m pytest -q -p no:cacheprovider ${CMAKE_CURRENT_SOURCE_DIR}/e2e/python)
+set_tests_properties(python_proto_client PROPERTIES
+  ENVIRONMENT "FISHERD_BIN=$<TARGET_FILE:fisherd>" TIMEOUT 300)
