@@ -172,10 +172,10 @@ absl::StatusOr<FisherEstimate> FisherClient::GetFisher(absl::string_view session
       const bool diagonal =
           estimate.summary.representation() == v1::REPRESENTATION_DIAGONAL;
       values_per_row = diagonal ? 1 : dim;
-      // Reserve only sizes that are plausible to hold; larger ones grow as they arrive.
-      if (include_matrix && dim <= (uint64_t{1} << 16)) {
-        estimate.values.reserve(dim * values_per_row);
-      }
+      // Reserve up to 512 MiB on the summary's word; anything larger grows only as the
+      // values actually arrive, so a bogus dim cannot trigger a huge allocation.
+      const bool modest = diagonal ? dim <= (uint64_t{1} << 26) : dim <= (uint64_t{1} << 13);
+      if (include_matrix && modest) estimate.values.reserve(dim * values_per_row);
     }
     if (message.row_count() == 0 && message.values_size() == 0) continue;
     if (message.row_offset() != next_row) {

@@ -130,7 +130,8 @@ class FisherClient {
   // grpc.health.v1.Health/Check for `service` ("" = the whole server). Waits up to
   // `timeout` for the server to become reachable (wait-for-ready), so it doubles as
   // "wait until the server is up". DEADLINE_EXCEEDED when it is not reachable in time,
-  // UNIMPLEMENTED when the server has no health service.
+  // NOT_FOUND for a service the server does not know, UNIMPLEMENTED when the server has
+  // no health service.
   absl::StatusOr<ServingStatus> CheckHealth(absl::Duration timeout,
                                             absl::string_view service = "");
 

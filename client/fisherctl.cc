@@ -161,7 +161,9 @@ int Main(int argc, char** argv) {
   absl::StatusOr<CliFlags> parsed = CliFlags::Parse(argc, argv);
   if (!parsed.ok()) return UsageError(parsed.status().message());
   CliFlags& flags = *parsed;
-  if (flags.Has("help") || (!flags.positional().empty() && flags.positional()[0] == "help")) {
+  const bool help_command = !flags.positional().empty() &&
+                            (flags.positional()[0] == "help" || flags.positional()[0] == "-h");
+  if (flags.Has("help") || help_command) {
     std::cout << kUsage;
     return kOk;
   }

@@ -138,12 +138,7 @@ absl::Status ScoreStreamer::Flush() {
 absl::Status ScoreStreamer::Close() {
   if (absl::Status s = Flush(); !s.ok()) return s;
   if (stream_ == nullptr) return absl::OkStatus();
-  stream_->WritesDone();
-  v1::ScoreAck ack;
-  while (stream_->Read(&ack)) ProcessAck(ack);
-  grpc::Status status = stream_->Finish();
-  stream_.reset();
-  context_.reset();
+  grpc::Status status = FinishStream();
   if (!failure_.ok()) return failure_;
   return FromGrpcStatus(status);
 }
@@ -172,6 +167,11 @@ void ScoreStreamer::Enqueue(absl::Span<const float> scores, absl::Span<const flo
 }
 
 absl::Status ScoreStreamer::SendNewest() {
+  // Replace a stream past half its deadline gracefully, before the deadline cuts it
+  // with batches in flight (which would then be resent as duplicates).
+  if (stream_ != nullptr && absl::Now() - stream_opened_ > options_.stream_deadline / 2) {
+    if (grpc::Status status = FinishStream(); !status.ok()) return Recover(status);
+  }
   if (stream_ == nullptr) return EnsureStream();  // opening writes every unacked batch
   Batch& batch = unacked_.back();
   CountTransmission(&batch);
@@ -181,7 +181,12 @@ absl::Status ScoreStreamer::SendNewest() {
 
 absl::Status ScoreStreamer::WaitForAcks(size_t limit) {
   while (failure_.ok() && unacked_.size() > limit) {
-    if (absl::Status s = EnsureStream(); !s.ok()) return s;
+    if (stream_ == nullptr) {
+      // Recovery may end without a stream when the drained acks retired everything;
+      // the loop condition decides whether one is still needed.
+      if (absl::Status s = EnsureStream(); !s.ok()) return s;
+      continue;
+    }
     v1::ScoreAck ack;
     if (stream_->Read(&ack)) {
       ProcessAck(ack);
@@ -230,6 +235,7 @@ void ScoreStreamer::CountTransmission(Batch* batch) {
 }
 
 absl::Status ScoreStreamer::EnsureStream() {
+  if (!failure_.ok()) return failure_;
   if (stream_ != nullptr) return absl::OkStatus();
   if (OpenAndResend()) return absl::OkStatus();
   return Recover(CloseBrokenStream());
@@ -239,8 +245,8 @@ bool ScoreStreamer::OpenAndResend() {
   context_ = std::make_unique<grpc::ClientContext>();
   context_->set_deadline(absl::ToChronoTime(absl::Now() + options_.stream_deadline));
   stream_ = client_->stub()->StreamScores(context_.get());
-  if (opened_once_) ++stats_.reconnects;
-  opened_once_ = true;
+  stream_opened_ = absl::Now();
+  ++stats_.streams_opened;
   for (Batch& batch : unacked_) {
     CountTransmission(&batch);
     if (!stream_->Write(batch.message)) return false;
@@ -248,9 +254,16 @@ bool ScoreStreamer::OpenAndResend() {
   return true;
 }
 
+grpc::Status ScoreStreamer::FinishStream() {
+  // The server acknowledges every batch written before the half-close, then ends the
+  // call; batches not yet written (the newest) stay in unacked_ for the next stream.
+  stream_->WritesDone();
+  return CloseBrokenStream();
+}
+
 grpc::Status ScoreStreamer::CloseBrokenStream() {
-  // Acks the server sent before the failure are real: they may retire batches that
-  // would otherwise be resent (harmlessly, as duplicates) or reveal a rejection's cause.
+  // Acks the server sent before the end are real: they retire batches that would
+  // otherwise be resent (harmlessly, as duplicates).
   v1::ScoreAck ack;
   while (stream_->Read(&ack)) ProcessAck(ack);
   grpc::Status status = stream_->Finish();
@@ -286,10 +299,13 @@ absl::Status ScoreStreamer::Recover(const grpc::Status& broken) {
                                           last.message()));
     }
     ++consecutive_failures_;
-    absl::SleepFor(backoff);
-    // Returns as soon as the channel is connected (or the wait runs out), so a server
-    // that is back quickly is resumed quickly.
-    client_->channel()->WaitForConnected(absl::ToChronoTime(absl::Now() + backoff));
+    ++stats_.reconnects;
+    // Each attempt waits `backoff`, spent asking the channel to connect (it would
+    // otherwise retry only on its own, slower schedule) and then sleeping out the rest,
+    // so a server that keeps refusing streams is not hammered.
+    const absl::Time until = absl::Now() + backoff;
+    client_->channel()->WaitForConnected(absl::ToChronoTime(until));
+    absl::SleepFor(until - absl::Now());
     backoff = std::min(2 * backoff, options_.max_backoff);
     if (OpenAndResend()) return absl::OkStatus();
     grpc::Status status = CloseBrokenStream();

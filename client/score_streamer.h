@@ -70,9 +70,10 @@ struct ScoreStreamerOptions {
   absl::Duration initial_backoff = absl::Milliseconds(50);
   absl::Duration max_backoff = absl::Seconds(2);
 
-  // Deadline of one StreamScores call. A stream that outlives it is reopened like a
-  // broken one (resending is safe), so this bounds how long a hung server can block
-  // Flush() per attempt rather than how long the streamer may live.
+  // Deadline of one StreamScores call. It bounds how long a hung server can block a
+  // call per attempt, not how long the streamer may live: a stream past half its
+  // deadline is closed gracefully (its batches acknowledged) and replaced at the next
+  // send, and one cut by the deadline is reopened like a broken one (resending is safe).
   absl::Duration stream_deadline = absl::Minutes(5);
 };
 
@@ -82,7 +83,8 @@ struct ScoreStreamerStats {
   uint64_t batches_resent = 0;     // retransmissions after a broken stream
   uint64_t acks_received = 0;
   uint64_t duplicate_acks = 0;     // acks with duplicate = true (expected after resends)
-  uint64_t reconnects = 0;         // streams opened after the first
+  uint64_t streams_opened = 0;     // StreamScores calls started
+  uint64_t reconnects = 0;         // reopen attempts after a transient failure
   uint64_t next_sequence = 0;      // sequence the next batch will carry
   bool has_last_ack = false;
   fisherd::v1::ScoreAck last_ack;  // the latest acknowledgement, if any
@@ -106,20 +108,24 @@ class ScoreStreamer {
   // Buffers rows = scores.size() / dim rows (row-major) with their weights (empty: all
   // 1, else one per row) and sends every full batch. Validates the rows first (finite
   // scores, finite weights >= 0, whole rows) so a bad row is reported here, with nothing
-  // of this call buffered. Returns a server rejection or, after max_retries, the last
-  // transient error; rows already buffered stay buffered either way.
+  // of this call buffered. Returns a server rejection (see failure()) or, after
+  // max_retries, the last transient error; in the latter case every row of this call is
+  // kept (buffered or in an unacknowledged batch) and goes out with the next call.
   absl::Status Append(absl::Span<const float> scores, absl::Span<const float> weights = {});
 
   // Sends the partial batch, if any, and waits until the server has acknowledged every
   // batch, i.e. applied all rows appended so far. The stream stays open.
   absl::Status Flush();
 
-  // Flush(), then half-closes the stream and waits for the server's final status.
+  // Flush(), then half-closes the stream and waits for the server's final status. A
+  // later Append opens a new stream.
   absl::Status Close();
 
-  // Once the server rejected a batch, the streamer is failed and every later call
-  // returns that status: the rejected batch and those after it are not applied. Start
-  // a new streamer (it resumes after the last applied sequence) to continue.
+  // Once the server rejected a batch (INVALID_ARGUMENT, NOT_FOUND, ...) or an ack
+  // revealed another sender with this worker_id (FAILED_PRECONDITION), the streamer is
+  // failed and every later call returns that status: the rejected batch and those after
+  // it are not applied. Start a new streamer (it resumes after the last applied
+  // sequence) to continue.
   const absl::Status& failure() const { return failure_; }
 
   const ScoreStreamerStats& stats() const { return stats_; }
@@ -149,6 +155,8 @@ class ScoreStreamer {
   absl::Status EnsureStream();
   // Opens a stream and writes all unacknowledged batches; false if a write failed.
   bool OpenAndResend();
+  // Half-closes the stream, reads the remaining acks and returns the final status.
+  grpc::Status FinishStream();
   // Drains a stream on which Write or Read failed and returns its final status.
   grpc::Status CloseBrokenStream();
   // Given the final status of a broken stream: fails the streamer when the status is
@@ -167,7 +175,7 @@ class ScoreStreamer {
   std::unique_ptr<grpc::ClientContext> context_;
   std::unique_ptr<grpc::ClientReaderWriter<fisherd::v1::ScoreBatch, fisherd::v1::ScoreAck>>
       stream_;
-  bool opened_once_ = false;
+  absl::Time stream_opened_;
   uint64_t highest_transmitted_ = 0;  // highest sequence ever written to a stream
   int consecutive_failures_ = 0;  // transient failures since the last acked progress
   absl::Status failure_;          // sticky: set by a rejection
