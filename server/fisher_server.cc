@@ -34,7 +34,8 @@ absl::StatusOr<std::unique_ptr<FisherServer>> FisherServer::Start(const ServerOp
   server->registry_ = std::make_unique<SessionRegistry>(options.limits);
   server->pool_ = std::make_unique<WorkPool>(threads);
   server->service_ =
-      std::make_unique<FisherServiceImpl>(server->registry_.get(), server->pool_.get());
+      std::make_unique<FisherServiceImpl>(server->registry_.get(), server->pool_.get(),
+                                          options.max_message_bytes);
 
   grpc::ServerBuilder builder;
   // Plaintext for now; TLS arrives with its own flags.

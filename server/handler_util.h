@@ -3,6 +3,7 @@
 #ifndef FISHERD_SERVER_HANDLER_UTIL_H_
 #define FISHERD_SERVER_HANDLER_UTIL_H_
 
+#include <cstdint>
 #include <exception>
 #include <new>
 #include <utility>
@@ -22,6 +23,9 @@ namespace fisherd::server {
 struct ServiceResources {
   SessionRegistry* registry = nullptr;
   WorkPool* pool = nullptr;
+  // Largest payload of values a streamed response message may carry (GetFisher's row
+  // blocks): about 1 MiB, less when the server's message limit is smaller.
+  int64_t max_block_bytes = int64_t{1} << 20;
 };
 
 // Runs `body` (returning absl::Status) unless the RPC was already cancelled while it

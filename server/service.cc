@@ -1,11 +1,25 @@
 #include "server/service.h"
 
+#include <algorithm>
+
 #include "server/handlers/handlers.h"
 
 namespace fisherd::server {
 
-FisherServiceImpl::FisherServiceImpl(SessionRegistry* registry, WorkPool* pool)
-    : resources_{registry, pool} {}
+namespace {
+
+// Row blocks of about 1 MiB (see handlers/get_fisher.cc), but never more than half the
+// send limit, so a block plus its few header bytes always fits in one message.
+int64_t MaxBlockBytes(int64_t max_message_bytes) {
+  return std::max<int64_t>(sizeof(double), std::min<int64_t>(int64_t{1} << 20,
+                                                              max_message_bytes / 2));
+}
+
+}  // namespace
+
+FisherServiceImpl::FisherServiceImpl(SessionRegistry* registry, WorkPool* pool,
+                                     int64_t max_message_bytes)
+    : resources_{registry, pool, MaxBlockBytes(max_message_bytes)} {}
 
 grpc::ServerUnaryReactor* FisherServiceImpl::CreateSession(grpc::CallbackServerContext* context,
                                                            const v1::CreateSessionRequest* request,

@@ -3,6 +3,8 @@
 #ifndef FISHERD_SERVER_SERVICE_H_
 #define FISHERD_SERVER_SERVICE_H_
 
+#include <cstdint>
+
 #include "fisherd/v1/fisher.grpc.pb.h"
 #include "server/handler_util.h"
 #include "server/session_registry.h"
@@ -13,8 +15,9 @@ namespace fisherd::server {
 class FisherServiceImpl final : public v1::FisherService::CallbackService {
  public:
   // REQUIRES: registry and pool outlive the grpc::Server this service is registered
-  // with (shut it down and Wait() before destroying them).
-  FisherServiceImpl(SessionRegistry* registry, WorkPool* pool);
+  // with (shut it down and Wait() before destroying them); max_message_bytes >= 4096
+  // is the server's send limit, which streamed responses stay under.
+  FisherServiceImpl(SessionRegistry* registry, WorkPool* pool, int64_t max_message_bytes);
 
   grpc::ServerUnaryReactor* CreateSession(grpc::CallbackServerContext* context,
                                           const v1::CreateSessionRequest* request,

@@ -21,11 +21,6 @@
 namespace fisherd::server {
 namespace {
 
-// 1 MiB of doubles per message: large enough that per-message overhead is negligible
-// (about 1.7 GB/s for 1 MiB messages on loopback, DESIGN.md 5), small enough to stay
-// far below the default 4 MiB receive limit.
-constexpr int64_t kBlockValues = (int64_t{1} << 20) / sizeof(double);
-
 class GetFisherReactor final : public grpc::ServerWriteReactor<v1::GetFisherResponse> {
  public:
   GetFisherReactor(const ServiceResources& resources, grpc::CallbackServerContext* context,
@@ -84,7 +79,12 @@ class GetFisherReactor final : public grpc::ServerWriteReactor<v1::GetFisherResp
     response_.Clear();
     FisherSummaryToProto(*summary, session_->options(), stats, response_.mutable_summary());
     rows_ = request_->include_matrix() ? session_->options().dim : 0;
-    rows_per_block_ = std::max<int64_t>(1, kBlockValues / session_->EntriesPerRow());
+    // About 1 MiB of doubles per message (resources_.max_block_bytes): large enough that
+    // per-message overhead is negligible (1 MiB messages move at about 1.7 GB/s on
+    // loopback, DESIGN.md 5), far below the default 4 MiB client receive limit. At
+    // least one row, whatever its size.
+    const int64_t block_values = resources_.max_block_bytes / static_cast<int64_t>(sizeof(double));
+    rows_per_block_ = std::max<int64_t>(1, block_values / session_->EntriesPerRow());
     StartWrite(&response_);
     return Outcome::kWriteStarted;
   }

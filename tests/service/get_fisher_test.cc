@@ -151,6 +151,27 @@ TEST_F(ServiceTest, GetFisherSurvivesAClientThatLeaves) {
   EXPECT_EQ(messages.size(), 1u + kDim / 64);
 }
 
+// With --max-message-mb=1 a 1 MiB block plus its header would exceed the server's own
+// send limit; blocks shrink to half the limit instead.
+TEST_F(ServiceTest, GetFisherBlocksRespectTheServerMessageLimit) {
+  server::ServerOptions options = TestServerOptions();
+  options.max_message_bytes = 1 << 20;
+  StartServer(options);
+  constexpr int kDim = 1024;  // 8 MiB of F
+  const std::string name = MustCreate("s", DenseConfig(kDim));
+  ASSERT_TRUE(AddScores(MakeBatch(name, "w", 1, RowMatrixF::Ones(2, kDim))).ok());
+  std::vector<v1::GetFisherResponse> messages;
+  const grpc::Status status = GetFisher(name, true, false, &messages);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  ASSERT_EQ(messages.size(), 1u + kDim / 64);  // 64 rows = 512 KiB per block
+  uint64_t rows = 0;
+  for (size_t k = 1; k < messages.size(); ++k) {
+    EXPECT_LT(messages[k].ByteSizeLong(), size_t{1} << 20);
+    rows += messages[k].row_count();
+  }
+  EXPECT_EQ(rows, static_cast<uint64_t>(kDim));
+}
+
 TEST_F(ServiceTest, GetFisherErrors) {
   const std::string name = MustCreate("empty", DenseConfig(3));
   std::vector<v1::GetFisherResponse> messages;
