@@ -65,11 +65,7 @@ Eigen::VectorXd DenseStatistics::DampedProduct(const Eigen::VectorXd& x,
   return y;
 }
 
-absl::StatusOr<Eigen::VectorXd> DenseStatistics::Multiply(const Eigen::VectorXd& v) const {
-  if (weight_sum_ <= 0.0) {
-    return absl::FailedPreconditionError(
-        "the session has no weighted samples yet: stream scores first");
-  }
+Eigen::VectorXd DenseStatistics::Multiply(const Eigen::VectorXd& v) const {
   return DampedProduct(v, 0.0);
 }
 
@@ -120,10 +116,6 @@ absl::Status DenseStatistics::Factor(double damping) {
 }
 
 absl::StatusOr<SolveResult> DenseStatistics::Solve(const Eigen::VectorXd& g, double damping) {
-  if (weight_sum_ <= 0.0) {
-    return absl::FailedPreconditionError(
-        "the session has no weighted samples yet: stream scores before asking for a step");
-  }
   const auto start = std::chrono::steady_clock::now();
   SolveResult result;
   result.summary.method = "cholesky";
@@ -152,10 +144,6 @@ absl::StatusOr<SolveResult> DenseStatistics::Solve(const Eigen::VectorXd& g, dou
 }
 
 absl::StatusOr<FisherSummary> DenseStatistics::Summarize(bool with_eigenvalues) const {
-  if (weight_sum_ <= 0.0) {
-    return absl::FailedPreconditionError(
-        "the session has no weighted samples yet: stream scores first");
-  }
   const double c = RawToEstimate();
   const Eigen::VectorXd mean = centered_ ? Mean() : Eigen::VectorXd::Zero(dim_);
   FisherSummary summary;
@@ -182,12 +170,7 @@ absl::StatusOr<FisherSummary> DenseStatistics::Summarize(bool with_eigenvalues) 
     if (info != 0) {
       return absl::InternalError(absl::StrCat("eigenvalue solver dsyevd failed, info = ", info));
     }
-    summary.has_eigenvalues = true;
-    summary.min_eigenvalue = eigenvalues.minCoeff();
-    summary.max_eigenvalue = eigenvalues.maxCoeff();
-    summary.condition_number = summary.min_eigenvalue > 0.0
-                                   ? summary.max_eigenvalue / summary.min_eigenvalue
-                                   : std::numeric_limits<double>::infinity();
+    summary.SetExtremeEigenvalues(eigenvalues.minCoeff(), eigenvalues.maxCoeff());
   }
   return summary;
 }

@@ -36,19 +36,11 @@ Eigen::VectorXd DiagonalStatistics::Estimate() const {
   return estimate;
 }
 
-absl::StatusOr<Eigen::VectorXd> DiagonalStatistics::Multiply(const Eigen::VectorXd& v) const {
-  if (weight_sum_ <= 0.0) {
-    return absl::FailedPreconditionError(
-        "the session has no weighted samples yet: stream scores first");
-  }
+Eigen::VectorXd DiagonalStatistics::Multiply(const Eigen::VectorXd& v) const {
   return Estimate().cwiseProduct(v);
 }
 
 absl::StatusOr<SolveResult> DiagonalStatistics::Solve(const Eigen::VectorXd& g, double damping) {
-  if (weight_sum_ <= 0.0) {
-    return absl::FailedPreconditionError(
-        "the session has no weighted samples yet: stream scores before asking for a step");
-  }
   const auto start = std::chrono::steady_clock::now();
   const Eigen::VectorXd damped = Estimate().array() + damping;
   // Same rule as the dense pivots: an entry this far below the largest is zero.
@@ -73,22 +65,13 @@ absl::StatusOr<SolveResult> DiagonalStatistics::Solve(const Eigen::VectorXd& g, 
 }
 
 absl::StatusOr<FisherSummary> DiagonalStatistics::Summarize(bool with_eigenvalues) const {
-  if (weight_sum_ <= 0.0) {
-    return absl::FailedPreconditionError(
-        "the session has no weighted samples yet: stream scores first");
-  }
   const Eigen::VectorXd estimate = Estimate();
   FisherSummary summary;
   summary.dim = dim_;
   summary.trace = estimate.sum();
   summary.frobenius_norm = estimate.norm();
   if (with_eigenvalues) {
-    summary.has_eigenvalues = true;
-    summary.min_eigenvalue = estimate.minCoeff();
-    summary.max_eigenvalue = estimate.maxCoeff();
-    summary.condition_number = summary.min_eigenvalue > 0.0
-                                   ? summary.max_eigenvalue / summary.min_eigenvalue
-                                   : std::numeric_limits<double>::infinity();
+    summary.SetExtremeEigenvalues(estimate.minCoeff(), estimate.maxCoeff());
   }
   return summary;
 }

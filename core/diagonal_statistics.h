@@ -17,7 +17,7 @@ class DiagonalStatistics final : public ScoreStatistics {
 
   void Add(const PreparedBatch& batch) override;
   void Decay(double rho) override;
-  absl::StatusOr<Eigen::VectorXd> Multiply(const Eigen::VectorXd& v) const override;
+  Eigen::VectorXd Multiply(const Eigen::VectorXd& v) const override;
   absl::StatusOr<SolveResult> Solve(const Eigen::VectorXd& g, double damping) override;
   absl::StatusOr<FisherSummary> Summarize(bool with_eigenvalues) const override;
   void CopyEntries(int64_t begin, int64_t count, double* out) const override;

@@ -30,6 +30,15 @@ absl::Status CheckVector(const Eigen::VectorXd& v, int64_t dim, const char* fiel
   return absl::OkStatus();
 }
 
+// Every question about F needs some weight first: zero rows, or only zero weights,
+// leave it undefined.
+absl::Status CheckHasSamples(const ScoreStatistics& statistics, const char* what) {
+  if (statistics.weight_sum() > 0.0) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat(
+      "the session has no weighted samples yet (", statistics.sample_count(),
+      " rows, total weight 0): stream scores before asking for ", what));
+}
+
 }  // namespace
 
 Session::Session(const SessionOptions& options)
@@ -68,6 +77,7 @@ absl::StatusOr<StepResult> Session::Step(const Eigen::VectorXd& g, const StepOpt
   const double damping = options.damping.value_or(options_.damping);
 
   absl::MutexLock lock(&mu_);
+  if (absl::Status status = CheckHasSamples(*statistics_, "a step"); !status.ok()) return status;
   absl::StatusOr<SolveResult> solved = statistics_->Solve(g, damping);
   if (!solved.ok()) return solved.status();
 
@@ -94,16 +104,21 @@ absl::StatusOr<FisherVectorProductResult> Session::FisherVectorProduct(
     return status;
   }
   absl::MutexLock lock(&mu_);
-  absl::StatusOr<Eigen::VectorXd> product = statistics_->Multiply(v);
-  if (!product.ok()) return product.status();
+  if (absl::Status status = CheckHasSamples(*statistics_, "a Fisher-vector product");
+      !status.ok()) {
+    return status;
+  }
   FisherVectorProductResult result;
-  result.quadratic_kl = 0.5 * v.dot(*product);
-  result.product = std::move(*product);
+  result.product = statistics_->Multiply(v);
+  result.quadratic_kl = 0.5 * v.dot(result.product);
   return result;
 }
 
 absl::StatusOr<FisherSummary> Session::Summarize(bool with_eigenvalues) {
   absl::MutexLock lock(&mu_);
+  if (absl::Status status = CheckHasSamples(*statistics_, "the estimate"); !status.ok()) {
+    return status;
+  }
   return statistics_->Summarize(with_eigenvalues);
 }
 
@@ -113,9 +128,8 @@ absl::Status Session::CopyEntries(int64_t begin, int64_t count, double* out) {
                                                    ") are outside [0, ", options_.dim, ")"));
   }
   absl::MutexLock lock(&mu_);
-  if (statistics_->weight_sum() <= 0.0) {
-    return absl::FailedPreconditionError(
-        "the session has no weighted samples yet: stream scores first");
+  if (absl::Status status = CheckHasSamples(*statistics_, "the estimate"); !status.ok()) {
+    return status;
   }
   statistics_->CopyEntries(begin, count, out);
   return absl::OkStatus();

@@ -1,5 +1,7 @@
 #include "core/solve.h"
 
+#include <limits>
+
 #include "absl/strings/str_format.h"
 
 namespace fisherd {
@@ -10,6 +12,13 @@ std::string SolverSummary::FullReport() const {
       "factorization_cached: %s\ndamping: %g\n",
       method, iterations, residual, seconds, factorization_cached ? "true" : "false",
       damping);
+}
+
+void FisherSummary::SetExtremeEigenvalues(double min, double max) {
+  has_eigenvalues = true;
+  min_eigenvalue = min;
+  max_eigenvalue = max;
+  condition_number = min > 0.0 ? max / min : std::numeric_limits<double>::infinity();
 }
 
 }  // namespace fisherd

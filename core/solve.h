@@ -36,6 +36,9 @@ struct FisherSummary {
   double min_eigenvalue = 0.0;
   double max_eigenvalue = 0.0;
   double condition_number = 0.0;  // max / min, +inf when min <= 0
+
+  // Sets the eigenvalue fields and the condition number they imply.
+  void SetExtremeEigenvalues(double min, double max);
 };
 
 }  // namespace fisherd

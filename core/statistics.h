@@ -34,22 +34,25 @@ class ScoreStatistics {
   // REQUIRES: 0 < rho <= 1.
   virtual void Decay(double rho) = 0;
 
-  // F v, undamped. FAILED_PRECONDITION when W == 0. REQUIRES: v.size() == dim().
-  virtual absl::StatusOr<Eigen::VectorXd> Multiply(const Eigen::VectorXd& v) const = 0;
+  // The estimate F exists only once some weight has arrived: every method below
+  // REQUIRES: weight_sum() > 0 (Session checks it and answers FAILED_PRECONDITION).
 
-  // n = (F + damping I)^-1 g. FAILED_PRECONDITION when W == 0, or when F + damping I is
-  // not numerically positive definite (the message suggests a positive damping).
+  // F v, undamped. REQUIRES: v.size() == dim().
+  virtual Eigen::VectorXd Multiply(const Eigen::VectorXd& v) const = 0;
+
+  // n = (F + damping I)^-1 g. FAILED_PRECONDITION when F + damping I is not
+  // numerically positive definite (the message suggests a positive damping).
   // Caches the factorization until the next Add or a different damping.
   // REQUIRES: g.size() == dim(), damping >= 0.
   virtual absl::StatusOr<SolveResult> Solve(const Eigen::VectorXd& g, double damping) = 0;
 
   // Trace, Frobenius norm and, when with_eigenvalues, the extreme eigenvalues of F.
-  // FAILED_PRECONDITION when W == 0.
+  // INTERNAL if the eigenvalue solver fails.
   virtual absl::StatusOr<FisherSummary> Summarize(bool with_eigenvalues) const = 0;
 
   // Writes entries of F: dense, full rows [begin, begin + count) row-major into
   // out[count * dim]; diagonal, diag(F)[begin, begin + count) into out[count].
-  // REQUIRES: W > 0, 0 <= begin, begin + count <= dim().
+  // REQUIRES: 0 <= begin, begin + count <= dim().
   virtual void CopyEntries(int64_t begin, int64_t count, double* out) const = 0;
 
   // Values per row that CopyEntries writes: dim() for dense, 1 for diagonal.
