@@ -94,7 +94,10 @@ absl::Status SessionRegistry::Reserve(const std::string& name, const SessionOpti
         "session ", Quote(name), " needs ", Mebibytes(bytes), " of statistics, but ",
         Mebibytes(reserved_bytes_), " of the --memory-budget-mb=",
         limits_.memory_budget_bytes >> 20,
-        " budget are in use; use REPRESENTATION_DIAGONAL, which needs O(dim) memory, "
+        " budget are in use; ",
+        options.representation == Representation::kDense
+            ? "use REPRESENTATION_DIAGONAL, which needs O(dim) memory, "
+            : "use a smaller dim, ",
         "delete a session, or raise --memory-budget-mb"));
   }
   creating_.insert(name);
