@@ -1,0 +1,407 @@
+// fisherd-bench: a load generator for a running fisherd.
+//
+//   fisherd-bench --target=HOST:PORT --dim=N --batch=B --workers=W --seconds=S
+//                 --representation=dense|diagonal
+// creates its own session, streams random float32 scores from W concurrent workers
+// (one StreamScores call each, up to --in-flight unacknowledged batches per worker) for
+// S seconds and prints a table and, as its last line, one JSON object.
+//
+//   fisherd-bench --mode=step --target=HOST:PORT --dim=N --batch=B --repeats=R
+// times, R times over: one batch (AddScores), a NaturalGradientStep right after it
+// (the factorization is new), and a second step with no new samples (cached factor).
+//
+// It speaks the proto directly through the generated stub, as any outside client
+// would, so that what it measures is the server, not client-side tricks.
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstring>
+#include <iostream>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "client/cli_flags.h"
+#include "fisherd/v1/fisher.grpc.pb.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using fisherd::v1::FisherService;
+
+double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+struct Config {
+  std::string target = "127.0.0.1:50051";
+  std::string mode = "ingest";
+  std::string representation = "dense";
+  std::string session_id;
+  int64_t dim = 1024;
+  int64_t batch = 256;
+  int64_t workers = 1;
+  double seconds = 5.0;
+  double warmup_seconds = 0.5;
+  int64_t in_flight = 8;
+  int64_t repeats = 5;
+  double damping = 1e-3;
+  bool delete_session = false;
+  bool channel_per_worker = false;
+};
+
+std::shared_ptr<grpc::Channel> MakeChannel(const Config& config, int index) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(-1);
+  args.SetMaxSendMessageSize(-1);
+  // A distinct argument keeps gRPC from sharing one connection between channels.
+  args.SetInt("fisherd.bench.channel", index);
+  return grpc::CreateCustomChannel(config.target, grpc::InsecureChannelCredentials(), args);
+}
+
+std::string RandomPayload(int64_t rows, int64_t dim, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> values(static_cast<size_t>(rows * dim));
+  for (float& v : values) v = normal(rng);
+  std::string bytes(values.size() * sizeof(float), '\0');
+  std::memcpy(bytes.data(), values.data(), bytes.size());  // little-endian hosts
+  return bytes;
+}
+
+absl::Status ToStatus(const grpc::Status& status, const std::string& what) {
+  if (status.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
+                      absl::StrCat(what, ": ", status.error_message()));
+}
+
+absl::Status CreateSession(FisherService::Stub* stub, const Config& config, bool dense) {
+  grpc::ClientContext context;
+  context.set_wait_for_ready(true);
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  fisherd::v1::CreateSessionRequest request;
+  request.set_session_id(config.session_id);
+  request.mutable_config()->set_dim(static_cast<uint64_t>(config.dim));
+  request.mutable_config()->set_representation(dense ? fisherd::v1::REPRESENTATION_DENSE
+                                                     : fisherd::v1::REPRESENTATION_DIAGONAL);
+  request.mutable_config()->set_damping(config.damping);
+  fisherd::v1::Session session;
+  return ToStatus(stub->CreateSession(&context, request, &session), "CreateSession");
+}
+
+void DeleteSession(FisherService::Stub* stub, const std::string& name) {
+  grpc::ClientContext context;
+  fisherd::v1::DeleteSessionRequest request;
+  request.set_name(name);
+  fisherd::v1::DeleteSessionResponse response;
+  stub->DeleteSession(&context, request, &response);
+}
+
+// --- ingest mode -----------------------------------------------------------------------
+
+struct WorkerResult {
+  int64_t rows_in_window = 0;
+  int64_t rows_total = 0;
+  int64_t batches = 0;
+  absl::Status status;
+};
+
+void RunWorker(const Config& config, std::shared_ptr<grpc::Channel> channel, int index,
+               const std::string& session_name, Clock::time_point window_start,
+               Clock::time_point window_end, WorkerResult* result) {
+  auto stub = FisherService::NewStub(channel);
+  fisherd::v1::ScoreBatch batch;
+  batch.set_session(session_name);
+  batch.set_worker_id(absl::StrCat("bench-worker-", index));
+  batch.set_rows(static_cast<uint32_t>(config.batch));
+  const std::string payloads[2] = {RandomPayload(config.batch, config.dim, 2 * index + 1),
+                                   RandomPayload(config.batch, config.dim, 2 * index + 2)};
+
+  grpc::ClientContext context;
+  context.set_wait_for_ready(true);
+  auto stream = stub->StreamScores(&context);
+
+  std::mutex mu;
+  std::condition_variable cv;
+  int64_t unacked = 0;
+  bool reader_done = false;
+  std::thread reader([&] {
+    fisherd::v1::ScoreAck ack;
+    while (stream->Read(&ack)) {
+      const auto now = Clock::now();
+      std::lock_guard<std::mutex> lock(mu);
+      --unacked;
+      result->rows_total += config.batch;
+      if (now >= window_start && now <= window_end) result->rows_in_window += config.batch;
+      cv.notify_all();
+    }
+    std::lock_guard<std::mutex> lock(mu);
+    reader_done = true;
+    cv.notify_all();
+  });
+
+  uint64_t sequence = 0;
+  while (Clock::now() < window_end) {
+    {
+      std::unique_lock<std::mutex> lock(mu);
+      cv.wait(lock, [&] { return unacked < config.in_flight || reader_done; });
+      if (reader_done) break;
+      ++unacked;
+    }
+    batch.set_sequence(++sequence);
+    batch.set_scores_f32(payloads[sequence % 2]);
+    if (!stream->Write(batch)) break;
+    ++result->batches;
+  }
+  stream->WritesDone();
+  reader.join();
+  result->status = ToStatus(stream->Finish(), absl::StrCat("worker ", index, " StreamScores"));
+}
+
+int RunIngest(const Config& config) {
+  const bool dense = config.representation == "dense";
+  auto control = FisherService::NewStub(MakeChannel(config, 0));
+  if (absl::Status s = CreateSession(control.get(), config, dense); !s.ok()) {
+    std::cerr << "fisherd-bench: " << s << "\n";
+    return 1;
+  }
+  const std::string session_name = "sessions/" + config.session_id;
+
+  std::vector<std::shared_ptr<grpc::Channel>> channels;
+  const int64_t channel_count = config.channel_per_worker ? config.workers : 1;
+  for (int64_t i = 0; i < channel_count; ++i) channels.push_back(MakeChannel(config, 1 + i));
+
+  // Workers start together; the window opens after the warm-up.
+  const auto start = Clock::now() + std::chrono::milliseconds(200);
+  const auto window_start =
+      start + std::chrono::duration_cast<Clock::duration>(
+                  std::chrono::duration<double>(config.warmup_seconds));
+  const auto window_end = window_start + std::chrono::duration_cast<Clock::duration>(
+                                             std::chrono::duration<double>(config.seconds));
+  std::vector<WorkerResult> results(config.workers);
+  std::vector<std::thread> threads;
+  for (int64_t i = 0; i < config.workers; ++i) {
+    threads.emplace_back([&, i] {
+      RunWorker(config, channels[i % channel_count], static_cast<int>(i), session_name,
+                window_start, window_end, &results[i]);
+    });
+  }
+  for (std::thread& t : threads) t.join();
+
+  int64_t rows_in_window = 0, rows_total = 0, batches = 0;
+  absl::Status status;
+  for (const WorkerResult& r : results) {
+    rows_in_window += r.rows_in_window;
+    rows_total += r.rows_total;
+    batches += r.batches;
+    if (!r.status.ok() && status.ok()) status = r.status;
+  }
+  const double scores_per_second = rows_in_window / config.seconds;
+  const double bytes_per_second = scores_per_second * config.dim * 4.0;
+
+  std::printf("fisherd-bench ingest  target %s  session %s\n", config.target.c_str(),
+              session_name.c_str());
+  std::printf("  %-28s %s\n", "representation", config.representation.c_str());
+  std::printf("  %-28s %lld x %lld float32 (%.2f MiB)\n", "batch (rows x dim)",
+              static_cast<long long>(config.batch), static_cast<long long>(config.dim),
+              config.batch * config.dim * 4.0 / (1 << 20));
+  std::printf("  %-28s %lld (in flight per worker %lld)\n", "workers",
+              static_cast<long long>(config.workers), static_cast<long long>(config.in_flight));
+  std::printf("  %-28s %.1f s after %.1f s warm-up\n", "window", config.seconds,
+              config.warmup_seconds);
+  std::printf("  %-28s %lld\n", "rows acknowledged (total)", static_cast<long long>(rows_total));
+  std::printf("  %-28s %.0f\n", "scores/s", scores_per_second);
+  std::printf("  %-28s %.1f MB/s\n", "payload", bytes_per_second / 1e6);
+  if (!status.ok()) std::printf("  error: %s\n", std::string(status.message()).c_str());
+
+  if (config.delete_session) DeleteSession(control.get(), session_name);
+  std::printf(
+      "{\"mode\":\"ingest\",\"session\":\"%s\",\"representation\":\"%s\",\"dim\":%lld,"
+      "\"batch\":%lld,\"workers\":%lld,\"seconds\":%.3f,\"rows\":%lld,"
+      "\"scores_per_second\":%.1f,\"payload_bytes_per_second\":%.1f,\"ok\":%s}\n",
+      session_name.c_str(), config.representation.c_str(), static_cast<long long>(config.dim),
+      static_cast<long long>(config.batch), static_cast<long long>(config.workers),
+      config.seconds, static_cast<long long>(rows_in_window), scores_per_second,
+      bytes_per_second, status.ok() ? "true" : "false");
+  return status.ok() ? 0 : 1;
+}
+
+// --- step mode -------------------------------------------------------------------------
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+int RunStep(const Config& config) {
+  auto stub = FisherService::NewStub(MakeChannel(config, 0));
+  if (absl::Status s = CreateSession(stub.get(), config, /*dense=*/true); !s.ok()) {
+    std::cerr << "fisherd-bench: " << s << "\n";
+    return 1;
+  }
+  const std::string session_name = "sessions/" + config.session_id;
+  fisherd::v1::ScoreBatch batch;
+  batch.set_session(session_name);
+  batch.set_worker_id("bench-step");
+  batch.set_rows(static_cast<uint32_t>(config.batch));
+  const std::string payload = RandomPayload(config.batch, config.dim, 99);
+  batch.set_scores_f32(payload);
+
+  fisherd::v1::NaturalGradientStepRequest step;
+  step.set_session(session_name);
+  std::mt19937_64 rng(5);
+  std::normal_distribution<double> normal;
+  for (int64_t i = 0; i < config.dim; ++i) step.add_gradient(normal(rng));
+  step.set_learning_rate(0.1);
+
+  uint64_t sequence = 0;
+  auto add = [&]() -> absl::Status {
+    grpc::ClientContext context;
+    batch.set_sequence(++sequence);
+    fisherd::v1::ScoreAck ack;
+    return ToStatus(stub->AddScores(&context, batch, &ack), "AddScores");
+  };
+  auto take_step = [&](fisherd::v1::NaturalGradientStepResponse* response) -> absl::Status {
+    grpc::ClientContext context;
+    return ToStatus(stub->NaturalGradientStep(&context, step, response), "NaturalGradientStep");
+  };
+
+  std::vector<double> ingest, first, cached, end_to_end, first_server, cached_server;
+  absl::Status status = add();  // some history before the first timed round
+  for (int64_t r = 0; r < config.repeats + 1 && status.ok(); ++r) {
+    const auto t0 = Clock::now();
+    status = add();
+    if (!status.ok()) break;
+    const auto t1 = Clock::now();
+    fisherd::v1::NaturalGradientStepResponse a, b;
+    status = take_step(&a);
+    if (!status.ok()) break;
+    const auto t2 = Clock::now();
+    status = take_step(&b);
+    if (!status.ok()) break;
+    const auto t3 = Clock::now();
+    if (r == 0) continue;  // first round warms caches and threads
+    ingest.push_back(Seconds(t1 - t0));
+    first.push_back(Seconds(t2 - t1));
+    cached.push_back(Seconds(t3 - t2));
+    end_to_end.push_back(Seconds(t2 - t0));
+    first_server.push_back(a.solver().seconds());
+    cached_server.push_back(b.solver().seconds());
+    if (a.solver().factorization_cached() || !b.solver().factorization_cached()) {
+      status = absl::InternalError("the server did not refactor after new samples, or did not "
+                                   "reuse the factor without them");
+    }
+  }
+  if (config.delete_session) DeleteSession(stub.get(), session_name);
+  if (!status.ok() || first.empty()) {
+    std::cerr << "fisherd-bench: " << status << "\n";
+    return 1;
+  }
+  std::printf("fisherd-bench step  target %s  session %s  dim %lld  batch %lld  repeats %lld\n",
+              config.target.c_str(), session_name.c_str(), static_cast<long long>(config.dim),
+              static_cast<long long>(config.batch), static_cast<long long>(config.repeats));
+  std::printf("  %-40s %10s %10s\n", "median seconds", "client", "server");
+  std::printf("  %-40s %10.4f %10s\n", "AddScores (one batch)", Median(ingest), "");
+  std::printf("  %-40s %10.4f %10.4f\n", "step after new samples", Median(first),
+              Median(first_server));
+  std::printf("  %-40s %10.4f %10.4f\n", "step, cached factor", Median(cached),
+              Median(cached_server));
+  std::printf("  %-40s %10.4f %10s\n", "batch + step, end to end", Median(end_to_end), "");
+  std::printf(
+      "{\"mode\":\"step\",\"session\":\"%s\",\"dim\":%lld,\"batch\":%lld,\"repeats\":%lld,"
+      "\"ingest_seconds\":%.6f,\"step_seconds\":%.6f,\"step_server_seconds\":%.6f,"
+      "\"cached_step_seconds\":%.6f,\"cached_step_server_seconds\":%.6f,"
+      "\"batch_and_step_seconds\":%.6f}\n",
+      session_name.c_str(), static_cast<long long>(config.dim),
+      static_cast<long long>(config.batch), static_cast<long long>(config.repeats),
+      Median(ingest), Median(first), Median(first_server), Median(cached),
+      Median(cached_server), Median(end_to_end));
+  return 0;
+}
+
+const char kUsage[] =
+    "Usage: fisherd-bench --target=HOST:PORT [--mode=ingest|step] [--dim=N] [--batch=B]\n"
+    "         [--workers=W] [--seconds=S] [--representation=dense|diagonal]\n"
+    "  --mode=ingest (default): create a session, stream random float32 scores from W\n"
+    "      workers for S seconds (after --warmup-seconds, default 0.5), print a table and\n"
+    "      a last line of JSON: session, scores_per_second, payload_bytes_per_second,\n"
+    "      workers, dim, batch, ...\n"
+    "  --mode=step: --repeats=R rounds of AddScores(one batch), a step, a cached step;\n"
+    "      JSON: step_seconds, cached_step_seconds, batch_and_step_seconds (medians)\n"
+    "  --in-flight=K unacknowledged batches per worker (8); --damping=L (1e-3);\n"
+    "  --session=ID (default bench-<pid>-<time>); --delete-session: delete it at the end;\n"
+    "  --channel-per-worker: one connection per worker instead of one shared\n";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::StatusOr<fisherd::client::CliFlags> flags = fisherd::client::CliFlags::Parse(argc, argv);
+  if (!flags.ok()) {
+    std::cerr << "fisherd-bench: " << flags.status().message() << "\n" << kUsage;
+    return 2;
+  }
+  if (flags->Has("help")) {
+    std::cout << kUsage;
+    return 0;
+  }
+  Config config;
+  absl::Status status;
+  auto get_int = [&](const char* name, int64_t* out) {
+    absl::StatusOr<int64_t> v = flags->GetInt(name, *out);
+    if (!v.ok()) status.Update(v.status()); else *out = *v;
+  };
+  auto get_double = [&](const char* name, double* out) {
+    absl::StatusOr<double> v = flags->GetDouble(name, *out);
+    if (!v.ok()) status.Update(v.status()); else *out = *v;
+  };
+  auto get_bool = [&](const char* name, bool* out) {
+    absl::StatusOr<bool> v = flags->GetBool(name, *out);
+    if (!v.ok()) status.Update(v.status()); else *out = *v;
+  };
+  config.target = flags->GetString("target", config.target);
+  config.mode = flags->GetString("mode", config.mode);
+  config.representation = flags->GetString("representation", config.representation);
+  config.session_id = flags->GetString(
+      "session", absl::StrCat("bench-", getpid(), "-",
+                              std::chrono::system_clock::now().time_since_epoch().count() %
+                                  1000000007));
+  get_int("dim", &config.dim);
+  get_int("batch", &config.batch);
+  get_int("workers", &config.workers);
+  get_int("in-flight", &config.in_flight);
+  get_int("repeats", &config.repeats);
+  get_double("seconds", &config.seconds);
+  get_double("warmup-seconds", &config.warmup_seconds);
+  get_double("damping", &config.damping);
+  get_bool("delete-session", &config.delete_session);
+  get_bool("channel-per-worker", &config.channel_per_worker);
+  status.Update(flags->CheckNoUnknownFlags());
+  if (status.ok() && (config.dim < 1 || config.batch < 1 || config.workers < 1 ||
+                      config.in_flight < 1 || config.repeats < 1 || config.seconds <= 0 ||
+                      config.warmup_seconds < 0)) {
+    status = absl::InvalidArgumentError(
+        "dim, batch, workers, in-flight and repeats must be >= 1 and seconds > 0");
+  }
+  if (status.ok() && config.representation != "dense" && config.representation != "diagonal") {
+    status = absl::InvalidArgumentError("--representation must be dense or diagonal");
+  }
+  if (status.ok() && config.mode != "ingest" && config.mode != "step") {
+    status = absl::InvalidArgumentError("--mode must be ingest or step");
+  }
+  if (!status.ok()) {
+    std::cerr << "fisherd-bench: " << status.message() << "\n" << kUsage;
+    return 2;
+  }
+  return config.mode == "step" ? RunStep(config) : RunIngest(config);
+}
