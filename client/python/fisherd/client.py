@@ -107,9 +107,16 @@ def _varint(value):
     return bytes(out)
 
 
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
 def _as_score_rows(scores):
-    """Any array-like of real numbers -> C-contiguous little-endian float32, 2-D.
-    A 1-D input is one row. Does not copy a float32 C-contiguous input."""
+    """Any array-like of real numbers -> a validated 2-D array (a 1-D input is one row).
+
+    The rows keep their dtype and layout: each batch is converted to little-endian
+    float32 when it is encoded, so a float64 input is never copied whole (and a float32
+    C-contiguous one not at all). Validation runs first over everything, so a bad row
+    is reported before any batch is sent."""
     try:
         array = np.asarray(scores)
     except (TypeError, ValueError) as error:
@@ -121,13 +128,26 @@ def _as_score_rows(scores):
     if array.ndim != 2:
         raise invalid_argument(f"scores must be 2-D (rows x dim) or one 1-D row, got shape "
                                f"{array.shape}")
-    with np.errstate(over="ignore", invalid="ignore"):
-        rows = np.ascontiguousarray(array, dtype="<f4")
-    finite = np.isfinite(rows).all(axis=1)
-    if not finite.all():
-        raise invalid_argument(f"scores row {int(np.argmin(finite))} is not finite in float32 "
-                               "(NaN, infinite, or beyond float32 range)")
-    return rows
+    if array.dtype.kind == "f" and array.size:
+        # Two vectorized passes without temporaries; NaN fails both comparisons.
+        with np.errstate(invalid="ignore"):
+            low, high = array.min(), array.max()
+        if not (low >= -_F32_MAX and high <= _F32_MAX):
+            _raise_for_first_bad_row(array)
+    return array
+
+
+def _raise_for_first_bad_row(array):
+    """Finds the first row that is not finite once rounded to float32 (values just
+    beyond float32's largest finite value may still round to it)."""
+    for start in range(0, array.shape[0], 1024):
+        with np.errstate(over="ignore", invalid="ignore"):
+            block = array[start:start + 1024].astype(np.float32)
+        finite = np.isfinite(block).all(axis=1)
+        if not finite.all():
+            raise invalid_argument(
+                f"scores row {start + int(np.argmin(finite))} is not finite in float32 "
+                "(NaN, infinite, or beyond float32 range)")
 
 
 def _as_weights(weights, rows):
@@ -412,6 +432,7 @@ class _StreamRun:
         self.max_in_flight = max_in_flight
         self.first = first_sequence
         self.total = -(-rows.shape[0] // rows_per_batch)
+        self.scratch = None  # float32 conversion buffer for inputs of other dtypes
         self.highest_sent = first_sequence - 1
         self.unacked = collections.deque()   # [sequence, encoded batch, transmissions]
         self.resent = 0
@@ -426,6 +447,14 @@ class _StreamRun:
         head = pb.ScoreBatch(session=self.name, worker_id=self.worker, sequence=sequence,
                              rows=end - start).SerializeToString()
         block = self.rows[start:end]
+        if block.dtype != np.dtype("<f4") or not block.flags.c_contiguous:
+            # Convert into one reused buffer (join below copies it into the message):
+            # a fresh allocation per batch would page-fault on every batch.
+            if self.scratch is None:
+                self.scratch = np.empty((self.per_batch, self.rows.shape[1]), dtype="<f4")
+            with np.errstate(over="ignore"):  # validated: at most rounds to float32's max
+                np.copyto(self.scratch[:end - start], block, casting="unsafe")
+            block = self.scratch[:end - start]
         parts = [head, b"\x2a", _varint(block.nbytes), block.data]
         if self.weights is not None:
             w = self.weights[start:end]
