@@ -1,6 +1,10 @@
 #include "client/fisher_client.h"
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
 #include <utility>
 
 #include "absl/strings/str_format.h"
@@ -18,7 +22,46 @@ namespace {
 
 constexpr char kHealthCheckMethod[] = "/grpc.health.v1.Health/Check";
 
-std::shared_ptr<grpc::Channel> MakeChannel(const ClientOptions& options) {
+absl::StatusOr<std::string> ReadWholeFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return absl::NotFoundError(absl::StrFormat("cannot read %s: %s", path, std::strerror(errno)));
+  }
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+// `pem` if set, else the contents of `file` (empty when both are).
+absl::StatusOr<std::string> PemOrFile(const std::string& pem, const std::string& file) {
+  if (!pem.empty() || file.empty()) return pem;
+  return ReadWholeFile(file);
+}
+
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> MakeCredentials(
+    const ClientOptions& options) {
+  if (options.credentials) return options.credentials;
+  const ClientTlsOptions& tls = options.tls;
+  if (!tls.enabled) return grpc::InsecureChannelCredentials();
+  grpc::SslCredentialsOptions ssl;
+  absl::StatusOr<std::string> roots = PemOrFile(tls.root_certs_pem, tls.root_certs_file);
+  if (!roots.ok()) return roots.status();
+  absl::StatusOr<std::string> chain = PemOrFile(tls.cert_chain_pem, tls.cert_chain_file);
+  if (!chain.ok()) return chain.status();
+  absl::StatusOr<std::string> key = PemOrFile(tls.private_key_pem, tls.private_key_file);
+  if (!key.ok()) return key.status();
+  if (chain->empty() != key->empty()) {
+    return absl::InvalidArgumentError(
+        "a client certificate needs its private key and vice versa (--tls-cert with --tls-key)");
+  }
+  ssl.pem_root_certs = *std::move(roots);
+  ssl.pem_cert_chain = *std::move(chain);
+  ssl.pem_private_key = *std::move(key);
+  return grpc::SslCredentials(ssl);
+}
+
+std::shared_ptr<grpc::Channel> MakeChannel(const ClientOptions& options,
+                                           std::shared_ptr<grpc::ChannelCredentials> credentials) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(options.max_message_bytes);
   args.SetMaxSendMessageSize(options.max_message_bytes);
@@ -28,8 +71,9 @@ std::shared_ptr<grpc::Channel> MakeChannel(const ClientOptions& options) {
   // The first reconnect must not wait longer than the cap either (gRPC starts at 1 s).
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, std::min(max_backoff_ms, 100));
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, std::min(max_backoff_ms, 100));
-  auto credentials =
-      options.credentials ? options.credentials : grpc::InsecureChannelCredentials();
+  if (options.tls.enabled && !options.tls.server_name_override.empty()) {
+    args.SetSslTargetNameOverride(options.tls.server_name_override);
+  }
   return grpc::CreateCustomChannel(options.target, credentials, args);
 }
 
@@ -47,7 +91,10 @@ absl::StatusOr<std::unique_ptr<FisherClient>> FisherClient::Create(const ClientO
   if (options.max_reconnect_backoff <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("ClientOptions.max_reconnect_backoff must be > 0");
   }
-  return std::make_unique<FisherClient>(MakeChannel(options), options);
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
+      MakeCredentials(options);
+  if (!credentials.ok()) return credentials.status();
+  return std::make_unique<FisherClient>(MakeChannel(options, *std::move(credentials)), options);
 }
 
 FisherClient::FisherClient(std::shared_ptr<grpc::Channel> channel, const ClientOptions& options)
@@ -58,6 +105,11 @@ FisherClient::FisherClient(std::shared_ptr<grpc::Channel> channel, const ClientO
 void FisherClient::PrepareContext(grpc::ClientContext* context) const {
   context->set_deadline(absl::ToChronoTime(absl::Now() + options_.call_timeout));
   context->set_wait_for_ready(options_.wait_for_ready);
+  AddToken(context);
+}
+
+void FisherClient::AddToken(grpc::ClientContext* context) const {
+  if (!options_.token.empty()) context->AddMetadata("authorization", "Bearer " + options_.token);
 }
 
 absl::StatusOr<v1::Session> FisherClient::CreateSession(absl::string_view session_id,

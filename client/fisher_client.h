@@ -34,6 +34,25 @@
 
 namespace fisherd::client {
 
+// TLS towards the server (used when ClientOptions::credentials is null). Each PEM may
+// be given inline or as a file path (the inline text wins when both are set).
+struct ClientTlsOptions {
+  // false: plaintext, unless `credentials` says otherwise.
+  bool enabled = false;
+  // CA bundle that must have signed the server's certificate; empty: the system's roots.
+  std::string root_certs_pem;
+  std::string root_certs_file;
+  // The client's own certificate chain and key, for servers that require mutual TLS.
+  // Both or neither.
+  std::string cert_chain_pem;
+  std::string cert_chain_file;
+  std::string private_key_pem;
+  std::string private_key_file;
+  // Name to check the server's certificate against instead of the target's host (e.g.
+  // when connecting by IP address to a server whose certificate names a DNS name).
+  std::string server_name_override;
+};
+
 struct ClientOptions {
   // "host:port", or any gRPC target URI ("dns:///host:port", "unix:/path").
   std::string target = "127.0.0.1:50051";
@@ -56,8 +75,15 @@ struct ClientOptions {
   // which would make a client that lost its server wait long after the server is back.
   absl::Duration max_reconnect_backoff = absl::Seconds(2);
 
-  // nullptr: plaintext (grpc::InsecureChannelCredentials()).
+  // nullptr: built from `tls` (plaintext unless tls.enabled).
   std::shared_ptr<grpc::ChannelCredentials> credentials;
+
+  ClientTlsOptions tls;
+
+  // Non-empty: every call (health excepted) carries metadata
+  // "authorization: Bearer <token>", for servers started with --auth-token-file. Sent
+  // over plaintext too: use TLS, or a trusted network, to keep it secret.
+  std::string token;
 };
 
 // What a natural-gradient step request may set besides the gradient
@@ -140,8 +166,10 @@ class FisherClient {
   const std::shared_ptr<grpc::Channel>& channel() const { return channel_; }
   const ClientOptions& options() const { return options_; }
 
-  // Applies the per-call deadline and wait-for-ready setting to a fresh context.
+  // Applies the per-call deadline, wait-for-ready setting and token to a fresh context.
   void PrepareContext(grpc::ClientContext* context) const;
+  // Only the token (for calls that set their own deadline, such as streams).
+  void AddToken(grpc::ClientContext* context) const;
 
  private:
   const ClientOptions options_;

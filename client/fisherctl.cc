@@ -13,6 +13,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/time.h"
 #include "client/cli_flags.h"
+#include "client/connection_flags.h"
 #include "client/describe.h"
 #include "client/fisher_client.h"
 
@@ -36,7 +37,6 @@ commands:
                                summary of the Fisher estimate; --matrix also prints it
 
 flags:
-  --target=HOST:PORT           server address (default 127.0.0.1:50051)
   --timeout-seconds=S          deadline of the call (default 5 for health, 60 otherwise)
 )";
 
@@ -46,7 +46,7 @@ constexpr int kFailed = 1;
 constexpr int kUsageError = 2;
 
 int UsageError(absl::string_view message) {
-  std::cerr << "fisherctl: " << message << "\n\n" << kUsage;
+  std::cerr << "fisherctl: " << message << "\n\n" << kUsage << kConnectionFlagsHelp;
   return kUsageError;
 }
 
@@ -164,14 +164,17 @@ int Main(int argc, char** argv) {
   const bool help_command = !flags.positional().empty() &&
                             (flags.positional()[0] == "help" || flags.positional()[0] == "-h");
   if (flags.Has("help") || help_command) {
-    std::cout << kUsage;
+    std::cout << kUsage << kConnectionFlagsHelp;
     return kOk;
   }
   if (flags.positional().empty()) return UsageError("missing command");
   const std::string name = flags.positional()[0];
 
   ClientOptions options;
-  options.target = flags.GetString("target", "127.0.0.1:50051");
+  if (absl::Status s = ReadConnectionFlags(flags, &options); !s.ok()) {
+    if (s.code() == absl::StatusCode::kInvalidArgument) return UsageError(s.message());
+    return Failed(s);
+  }
   absl::StatusOr<double> timeout_seconds =
       flags.GetDouble("timeout-seconds", name == "health" ? 5.0 : 60.0);
   if (!timeout_seconds.ok()) return UsageError(timeout_seconds.status().message());
@@ -179,7 +182,12 @@ int Main(int argc, char** argv) {
   options.call_timeout = absl::Seconds(*timeout_seconds);
 
   absl::StatusOr<std::unique_ptr<FisherClient>> client = FisherClient::Create(options);
-  if (!client.ok()) return UsageError(client.status().message());
+  if (!client.ok()) {
+    if (client.status().code() == absl::StatusCode::kInvalidArgument) {
+      return UsageError(client.status().message());
+    }
+    return Failed(client.status());
+  }
 
   Command cmd{std::vector<std::string>(flags.positional().begin() + 1, flags.positional().end()),
               &flags, client->get(), options.call_timeout};

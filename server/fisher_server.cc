@@ -27,7 +27,20 @@ absl::StatusOr<std::unique_ptr<FisherServer>> FisherServer::Start(const ServerOp
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
 
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
+      MakeServerCredentials(options.tls);
+  if (!credentials.ok()) return credentials.status();
+
+  std::unique_ptr<TokenAuthenticator> auth;
+  if (!options.auth_token_file.empty()) {
+    absl::StatusOr<std::unique_ptr<TokenAuthenticator>> loaded =
+        TokenAuthenticator::FromFile(options.auth_token_file);
+    if (!loaded.ok()) return loaded.status();
+    auth = *std::move(loaded);
+  }
+
   std::unique_ptr<FisherServer> server(new FisherServer());
+  server->auth_ = std::move(auth);
   int threads = options.math_threads;
   if (threads <= 0) threads = static_cast<int>(std::thread::hardware_concurrency());
   if (threads <= 0) threads = 1;
@@ -35,11 +48,10 @@ absl::StatusOr<std::unique_ptr<FisherServer>> FisherServer::Start(const ServerOp
   server->pool_ = std::make_unique<WorkPool>(threads);
   server->service_ =
       std::make_unique<FisherServiceImpl>(server->registry_.get(), server->pool_.get(),
-                                          options.max_message_bytes);
+                                          options.max_message_bytes, server->auth_.get());
 
   grpc::ServerBuilder builder;
-  // Plaintext for now; TLS arrives with its own flags.
-  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &server->port_);
+  builder.AddListeningPort(options.listen, *credentials, &server->port_);
   // gRPC sets SO_REUSEPORT by default, which would let a second fisherd silently share
   // a port with the first; a busy port must be an error instead.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);

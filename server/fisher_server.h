@@ -11,6 +11,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "grpcpp/server.h"
+#include "server/auth.h"
 #include "server/service.h"
 #include "server/session_registry.h"
 #include "server/work_pool.h"
@@ -25,11 +26,18 @@ struct ServerOptions {
   int max_message_bytes = 64 << 20;
   // Work pool threads; 0 means std::thread::hardware_concurrency() (at least 1).
   int math_threads = 0;
+  // TLS key pair and, for mutual TLS, the CA that client certificates must chain to
+  // (--tls-cert, --tls-key, --tls-client-ca). All empty: plaintext.
+  TlsFiles tls;
+  // A file holding the bearer token every FisherService call must carry
+  // (--auth-token-file). Empty: no token required. Health never requires it.
+  std::string auth_token_file;
 };
 
 class FisherServer {
  public:
-  // Builds and starts the server. UNAVAILABLE when the address cannot be bound.
+  // Builds and starts the server. UNAVAILABLE when the address cannot be bound;
+  // INVALID_ARGUMENT / NOT_FOUND when the TLS or token files are unusable.
   static absl::StatusOr<std::unique_ptr<FisherServer>> Start(const ServerOptions& options);
 
   // Shuts down with a zero drain if Shutdown was not called.
@@ -59,6 +67,7 @@ class FisherServer {
   // then the service, then the pool (running whatever is queued), then the sessions.
   std::unique_ptr<SessionRegistry> registry_;
   std::unique_ptr<WorkPool> pool_;
+  std::unique_ptr<TokenAuthenticator> auth_;
   std::unique_ptr<FisherServiceImpl> service_;
   std::unique_ptr<grpc::Server> server_;
 };

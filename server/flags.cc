@@ -148,6 +148,16 @@ void DefineServerFlags(ServerFlags* flags, FlagSet* set) {
   set->AddDouble("drain-seconds", &flags->drain_seconds, 0, 24 * 3600,
                  "On SIGTERM/SIGINT, how long in-flight calls may run before they are "
                  "cancelled.");
+  set->AddString("tls-cert", &flags->tls_cert,
+                 "PEM certificate chain; with --tls-key, serve TLS only (plaintext clients "
+                 "are refused at the handshake).");
+  set->AddString("tls-key", &flags->tls_key, "PEM private key of --tls-cert.");
+  set->AddString("tls-client-ca", &flags->tls_client_ca,
+                 "PEM CA bundle; clients must present a certificate it signed (mutual TLS). "
+                 "Needs --tls-cert and --tls-key.");
+  set->AddString("auth-token-file", &flags->auth_token_file,
+                 "File holding a bearer token; every call but health must send metadata "
+                 "'authorization: Bearer <token>' (works over plaintext too).");
 }
 
 ServerOptions ServerFlags::ToServerOptions() const {
@@ -158,6 +168,10 @@ ServerOptions ServerFlags::ToServerOptions() const {
   options.limits.memory_budget_bytes = static_cast<uint64_t>(memory_budget_mb) << 20;
   options.max_message_bytes = static_cast<int>(max_message_mb << 20);
   options.math_threads = static_cast<int>(math_threads);
+  options.tls.cert_file = tls_cert;
+  options.tls.key_file = tls_key;
+  options.tls.client_ca_file = tls_client_ca;
+  options.auth_token_file = auth_token_file;
   return options;
 }
 

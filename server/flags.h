@@ -58,6 +58,10 @@ struct ServerFlags {
   int64_t max_message_mb = 64;
   int64_t math_threads = 0;  // 0 is replaced by hardware_concurrency() in DefineServerFlags
   double drain_seconds = 10;
+  std::string tls_cert;
+  std::string tls_key;
+  std::string tls_client_ca;
+  std::string auth_token_file;
 
   ServerOptions ToServerOptions() const;
 };

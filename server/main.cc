@@ -48,6 +48,13 @@ int main(int argc, char** argv) {
   }
   // Tests and scripts parse this line to learn the port when --listen asked for port 0.
   std::cout << "fisherd listening on " << (*server)->address() << std::endl;
+  std::cerr << "fisherd: transport "
+            << (flags.tls_cert.empty()        ? "plaintext"
+                : flags.tls_client_ca.empty() ? "TLS"
+                                              : "mutual TLS")
+            << (flags.auth_token_file.empty() ? ", no token required"
+                                              : ", bearer token required (health excepted)")
+            << std::endl;
 
   int signal_number = 0;
   while (sigwait(&stop_signals, &signal_number) != 0) {

@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "fisherd/v1/fisher.grpc.pb.h"
+#include "server/auth.h"
 #include "server/handler_util.h"
 #include "server/session_registry.h"
 #include "server/work_pool.h"
@@ -16,8 +17,11 @@ class FisherServiceImpl final : public v1::FisherService::CallbackService {
  public:
   // REQUIRES: registry and pool outlive the grpc::Server this service is registered
   // with (shut it down and Wait() before destroying them); max_message_bytes >= 4096
-  // is the server's send limit, which streamed responses stay under.
-  FisherServiceImpl(SessionRegistry* registry, WorkPool* pool, int64_t max_message_bytes);
+  // is the server's send limit, which streamed responses stay under. auth: when not
+  // null, every RPC must pass auth->Check() before its handler runs (server/auth.h);
+  // REQUIRES: it outlives the server too.
+  FisherServiceImpl(SessionRegistry* registry, WorkPool* pool, int64_t max_message_bytes,
+                    const TokenAuthenticator* auth = nullptr);
 
   grpc::ServerUnaryReactor* CreateSession(grpc::CallbackServerContext* context,
                                           const v1::CreateSessionRequest* request,
@@ -46,7 +50,11 @@ class FisherServiceImpl final : public v1::FisherService::CallbackService {
       grpc::CallbackServerContext* context, const v1::GetFisherRequest* request) override;
 
  private:
+  // OK without an authenticator; otherwise its verdict on the call's metadata.
+  grpc::Status Authorize(const grpc::CallbackServerContext* context) const;
+
   const ServiceResources resources_;
+  const TokenAuthenticator* const auth_;
 };
 
 }  // namespace fisherd::server

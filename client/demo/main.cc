@@ -16,6 +16,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "client/cli_flags.h"
+#include "client/connection_flags.h"
 #include "client/demo/digits.h"
 #include "client/demo/gradient_descent.h"
 #include "client/demo/natural_gradient.h"
@@ -36,21 +37,23 @@ Trains softmax regression on the handwritten digits twice: natural gradient thro
 fisherd server, and tuned full-batch gradient descent in-process; prints a comparison.
 
 flags:
-  --target=HOST:PORT   fisherd server (default 127.0.0.1:50051)
   --data=PATH          digits.csv.gz (default: the repository's data/digits.csv.gz)
   --max-steps=N        natural-gradient steps (default 12)
   --gd-max-steps=N     gradient-descent budget (default 2000)
   --kl-budget=C        KL budget per natural-gradient step, nats (default 0.5)
   --damping=LAMBDA     damping of F (default 1e-4)
   --worker-id=ID       worker id of the score stream (default demo-worker)
+  --session=ID         session to create (default fisherd-demo-PID-MICROS, unique)
   --quiet              no progress lines, only the summary
+
+connection flags:
 )";
 
 constexpr double kTargetAccuracy = 0.95;
 constexpr int kRequiredSpeedup = 5;
 
 int UsageError(absl::string_view message) {
-  std::cerr << "fisherd-demo: " << message << "\n\n" << kUsage;
+  std::cerr << "fisherd-demo: " << message << "\n\n" << kUsage << client::kConnectionFlagsHelp;
   return 2;
 }
 
@@ -65,18 +68,27 @@ int Main(int argc, char** argv) {
   if (!parsed.ok()) return UsageError(parsed.status().message());
   client::CliFlags& flags = *parsed;
   if (flags.Has("help")) {
-    std::cout << kUsage;
+    std::cout << kUsage << client::kConnectionFlagsHelp;
     return 0;
   }
   NgOptions ng;
-  const std::string target = flags.GetString("target", "127.0.0.1:50051");
+  client::ClientOptions options;
+  const absl::Status connection = client::ReadConnectionFlags(flags, &options);
+  const std::string target = options.target;
   const std::string data_path = flags.GetString("data", FISHERD_DEMO_DATA);
   absl::StatusOr<int64_t> max_steps = flags.GetInt("max-steps", ng.max_steps);
   absl::StatusOr<int64_t> gd_max_steps = flags.GetInt("gd-max-steps", 2000);
   absl::StatusOr<double> kl_budget = flags.GetDouble("kl-budget", ng.kl_budget);
   absl::StatusOr<double> damping = flags.GetDouble("damping", ng.damping);
   ng.worker_id = flags.GetString("worker-id", ng.worker_id);
+  const std::string session_flag = flags.GetString("session", "");
   absl::StatusOr<bool> quiet = flags.GetBool("quiet", false);
+  if (!connection.ok()) {
+    if (connection.code() == absl::StatusCode::kInvalidArgument) {
+      return UsageError(connection.message());
+    }
+    return Failed(connection);
+  }
   for (const absl::Status& s : {max_steps.status(), gd_max_steps.status(), kl_budget.status(),
                                 damping.status(), quiet.status(), flags.CheckNoUnknownFlags()}) {
     if (!s.ok()) return UsageError(s.message());
@@ -90,15 +102,20 @@ int Main(int argc, char** argv) {
   ng.kl_budget = *kl_budget;
   ng.damping = *damping;
   // Unique per process so that concurrent demos against one server do not collide.
-  ng.session_id = absl::StrFormat("fisherd-demo-%d-%d", getpid(), absl::ToUnixMicros(absl::Now()));
+  ng.session_id = !session_flag.empty() ? session_flag
+                                        : absl::StrFormat("fisherd-demo-%d-%d", getpid(),
+                                                          absl::ToUnixMicros(absl::Now()));
 
   absl::StatusOr<Digits> data = LoadDigits(data_path);
   if (!data.ok()) return Failed(data.status());
 
-  client::ClientOptions options;
-  options.target = target;
   absl::StatusOr<std::unique_ptr<client::FisherClient>> fisher = client::FisherClient::Create(options);
-  if (!fisher.ok()) return UsageError(fisher.status().message());
+  if (!fisher.ok()) {
+    if (fisher.status().code() == absl::StatusCode::kInvalidArgument) {
+      return UsageError(fisher.status().message());
+    }
+    return Failed(fisher.status());
+  }
   // Waits briefly for a server that is still starting; fails clearly if there is none.
   absl::StatusOr<client::ServingStatus> health = (*fisher)->CheckHealth(absl::Seconds(5));
   if (!health.ok()) return Failed(health.status());
