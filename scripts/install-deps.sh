@@ -8,8 +8,11 @@ packages=(
   libeigen3-dev libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev
   libopenblas-dev liblapacke-dev zlib1g-dev
   python3-grpcio python3-protobuf python3-numpy python3-pytest
+  openssl docker.io docker-compose debootstrap ca-certificates
   python3-pip python3-setuptools python3-wheel python3-venv
 )
+# npm runs the Docker smoke test's linters; a Node.js installed otherwise brings its own.
+command -v npm >/dev/null || packages+=(npm)
 
 missing=()
 for package in "${packages[@]}"; do
