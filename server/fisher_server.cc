@@ -67,10 +67,25 @@ absl::StatusOr<std::unique_ptr<FisherServer>> FisherServer::Start(const ServerOp
                      " (address in use, not local, or malformed?)"));
   }
   server->address_ = absl::StrCat(HostOf(options.listen), ":", server->port_);
-  if (grpc::HealthCheckServiceInterface* health = server->server_->GetHealthCheckService()) {
-    // The overall status ("") is SERVING from the start; name the service too so that
-    // probes asking for it by name get an answer.
-    health->SetServingStatus(v1::FisherService::service_full_name(), true);
+  if (!options.health_listen.empty()) {
+    // Its own grpc::Server, so that nothing but health is reachable without TLS.
+    grpc::ServerBuilder health_builder;
+    health_builder.AddListeningPort(options.health_listen, grpc::InsecureServerCredentials(),
+                                    &server->health_port_);
+    health_builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+    server->health_server_ = health_builder.BuildAndStart();
+    if (server->health_server_ == nullptr || server->health_port_ == 0) {
+      return absl::UnavailableError(
+          absl::StrCat("cannot listen on ", options.health_listen, " (--health-listen)"));
+    }
+  }
+  for (grpc::Server* s : {server->server_.get(), server->health_server_.get()}) {
+    if (s == nullptr) continue;
+    if (grpc::HealthCheckServiceInterface* health = s->GetHealthCheckService()) {
+      // The overall status ("") is SERVING from the start; name the service too so
+      // that probes asking for it by name get an answer.
+      health->SetServingStatus(v1::FisherService::service_full_name(), true);
+    }
   }
   return server;
 }
@@ -78,8 +93,11 @@ absl::StatusOr<std::unique_ptr<FisherServer>> FisherServer::Start(const ServerOp
 void FisherServer::Shutdown(absl::Duration drain) {
   if (shut_down_) return;
   shut_down_ = true;
-  if (grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService()) {
-    health->SetServingStatus(false);
+  for (grpc::Server* s : {server_.get(), health_server_.get()}) {
+    if (s == nullptr) continue;
+    if (grpc::HealthCheckServiceInterface* health = s->GetHealthCheckService()) {
+      health->SetServingStatus(false);
+    }
   }
   const auto deadline =
       std::chrono::system_clock::now() + absl::ToChronoMilliseconds(drain);
@@ -87,6 +105,10 @@ void FisherServer::Shutdown(absl::Duration drain) {
   // returns once every reactor is done (pool tasks finish their calls even then).
   server_->Shutdown(deadline);
   server_->Wait();
+  if (health_server_ != nullptr) {
+    health_server_->Shutdown(std::chrono::system_clock::now());
+    health_server_->Wait();
+  }
 }
 
 FisherServer::~FisherServer() { Shutdown(absl::ZeroDuration()); }

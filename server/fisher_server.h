@@ -32,6 +32,9 @@ struct ServerOptions {
   // A file holding the bearer token every FisherService call must carry
   // (--auth-token-file). Empty: no token required. Health never requires it.
   std::string auth_token_file;
+  // HOST:PORT of a second, plaintext listener that serves only grpc.health.v1 (for
+  // probes that cannot speak TLS, such as Kubernetes' gRPC probes). Empty: none.
+  std::string health_listen;
 };
 
 class FisherServer {
@@ -49,6 +52,8 @@ class FisherServer {
   // "HOST:PORT" with the port actually bound (the listen host as given).
   const std::string& address() const { return address_; }
   int port() const { return port_; }
+  // The health-only listener's bound port; 0 when there is none.
+  int health_port() const { return health_port_; }
 
   SessionRegistry& registry() { return *registry_; }
 
@@ -62,6 +67,7 @@ class FisherServer {
 
   std::string address_;
   int port_ = 0;
+  int health_port_ = 0;
   bool shut_down_ = false;
   // Declaration order is destruction order in reverse: the grpc::Server goes first,
   // then the service, then the pool (running whatever is queued), then the sessions.
@@ -70,6 +76,7 @@ class FisherServer {
   std::unique_ptr<TokenAuthenticator> auth_;
   std::unique_ptr<FisherServiceImpl> service_;
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<grpc::Server> health_server_;  // only with ServerOptions::health_listen
 };
 
 }  // namespace fisherd::server

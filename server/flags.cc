@@ -158,6 +158,12 @@ void DefineServerFlags(ServerFlags* flags, FlagSet* set) {
   set->AddString("auth-token-file", &flags->auth_token_file,
                  "File holding a bearer token; every call but health must send metadata "
                  "'authorization: Bearer <token>' (works over plaintext too).");
+  set->AddString("health-listen", &flags->health_listen,
+                 "HOST:PORT of an extra plaintext listener serving only grpc.health.v1, for "
+                 "probes that cannot use TLS (Kubernetes gRPC probes). Empty: none.");
+  set->AddStringCheck("health-listen", [](absl::string_view value) {
+    return value.empty() ? absl::OkStatus() : CheckListenAddress(value);
+  });
 }
 
 ServerOptions ServerFlags::ToServerOptions() const {
@@ -172,6 +178,7 @@ ServerOptions ServerFlags::ToServerOptions() const {
   options.tls.key_file = tls_key;
   options.tls.client_ca_file = tls_client_ca;
   options.auth_token_file = auth_token_file;
+  options.health_listen = health_listen;
   return options;
 }
 

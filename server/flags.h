@@ -62,6 +62,7 @@ struct ServerFlags {
   std::string tls_key;
   std::string tls_client_ca;
   std::string auth_token_file;
+  std::string health_listen;
 
   ServerOptions ToServerOptions() const;
 };

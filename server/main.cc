@@ -55,6 +55,10 @@ int main(int argc, char** argv) {
             << (flags.auth_token_file.empty() ? ", no token required"
                                               : ", bearer token required (health excepted)")
             << std::endl;
+  if ((*server)->health_port() != 0) {
+    std::cerr << "fisherd: health only, plaintext, on port " << (*server)->health_port()
+              << std::endl;
+  }
 
   int signal_number = 0;
   while (sigwait(&stop_signals, &signal_number) != 0) {

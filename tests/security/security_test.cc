@@ -3,6 +3,8 @@
 // C++ client library and fisherctl. Certificates are made at test time with openssl:
 // a CA, a server certificate for localhost/127.0.0.1, a client certificate from the
 // same CA, and a second ("rogue") CA with a client certificate of its own.
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -29,6 +31,19 @@ using client::ClientOptions;
 using client::FisherClient;
 
 constexpr char kToken[] = "s3cr3t-token-for-tests";
+
+// A port that was free a moment ago (bound to port 0, then released).
+int FreePort() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t length = sizeof address;
+  bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
+  close(fd);
+  return ntohs(address.sin_port);
+}
 
 std::string Join(const std::string& dir, const std::string& name) { return dir + "/" + name; }
 
@@ -269,6 +284,26 @@ TEST_F(SecurityTest, MutualTlsAndTokenTogether) {
   EXPECT_EQ(CreateAndList(options, "both").code(), absl::StatusCode::kUnauthenticated);
   options.token = kToken;
   EXPECT_TRUE(CreateAndList(options, "both").ok());
+  EXPECT_EQ(server.Terminate(), 0);
+}
+
+TEST_F(SecurityTest, HealthListenerServesOnlyHealthInPlaintext) {
+  const int health_port = FreePort();
+  std::vector<std::string> flags = TlsFlags();
+  flags.push_back("--tls-client-ca=" + Path("ca.pem"));
+  flags.push_back("--health-listen=127.0.0.1:" + std::to_string(health_port));
+  ServerProcess server(flags);
+  ASSERT_FALSE(server.address().empty());
+  ClientOptions options;
+  options.target = "127.0.0.1:" + std::to_string(health_port);
+  options.call_timeout = absl::Seconds(5);
+  absl::StatusOr<std::unique_ptr<FisherClient>> client = FisherClient::Create(options);
+  ASSERT_TRUE(client.ok());
+  absl::StatusOr<client::ServingStatus> health = (*client)->CheckHealth(absl::Seconds(5));
+  ASSERT_TRUE(health.ok()) << health.status();
+  EXPECT_EQ(*health, client::ServingStatus::kServing);
+  // Only health: the service itself is not there.
+  EXPECT_EQ((*client)->ListSessions().status().code(), absl::StatusCode::kUnimplemented);
   EXPECT_EQ(server.Terminate(), 0);
 }
 
