@@ -2,13 +2,10 @@
 packages only), and from a source tree without stubs (generated on first import);
 both run the README's example against the real server."""
 import os
-import pathlib
 import re
 import shutil
 import subprocess
 import sys
-
-import pytest
 
 from conftest import REPO
 
