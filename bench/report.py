@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""Turns bench/run.sh's results.jsonl into the table of issue #3.
+
+Each row: measure, fisherd, peer, ratio, target, met. Figures are medians over the
+repeats of the run; a row whose peer is missing says so instead of a ratio.
+"""
+import argparse
+import json
+import statistics
+import sys
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("results")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=0)
+    args = parser.parse_args()
+
+    values = {}
+    for line in open(args.results):
+        line = line.strip()
+        if line:
+            record = json.loads(line)
+            values.setdefault(record["key"], []).append(record["data"])
+
+    def median(key, field):
+        runs = [r[field] for r in values.get(key, []) if field in r]
+        return statistics.median(runs) if runs else None
+
+    def info(key, field):
+        runs = values.get(key, [])
+        return runs[0].get(field) if runs else None
+
+    rows = []
+
+    def row(measure, ours, peer, unit, target_text, ratio, ok):
+        def fmt(v):
+            if v is None:
+                return "n/a"
+            if unit == "s":
+                return f"{v:.4f} s"
+            if unit == "B/s":
+                return f"{v / 1e6:.0f} MB/s"
+            if unit == "x":
+                return f"{v:.3g}"
+            return f"{v:,.0f} {unit}"
+        ratio_text = "n/a" if ratio is None else f"{ratio:.2f}x"
+        met = "n/a" if ratio is None else ("met" if ok(ratio) else "NOT met")
+        rows.append((measure, fmt(ours), fmt(peer), ratio_text, target_text, met))
+
+    def ratio(a, b):
+        return None if a is None or b is None or b == 0 else a / b
+
+    small, large = info("dense_small", "dim"), info("dense_large", "dim")
+    f_small = median("dense_small", "scores_per_second")
+    f_large = median("dense_large", "scores_per_second")
+    b_small = median("blas_small", "scores_per_second")
+    b_large = median("blas_large", "scores_per_second")
+    n_small = median("numpy_small", "scores_per_second")
+    w8 = median("dense_small_w8", "scores_per_second")
+    diag = median("diagonal", "payload_bytes_per_second")
+    tcp = median("tcp", "bytes_per_second")
+    step = median("step", "step_seconds")
+    cached = median("step", "cached_step_seconds")
+    batch_step = median("step", "batch_and_step_seconds")
+    lapack = median("lapack", "factor_and_solve_seconds")
+    solves = median("lapack", "two_solves_seconds")
+    torch = median("torch", "seconds")
+    step_dim = info("step", "dim")
+
+    row(f"dense ingest dim {small}, gRPC vs OpenBLAS dsyrk", f_small, b_small, "scores/s",
+        ">= 0.8x", ratio(f_small, b_small), lambda r: r >= 0.8)
+    row(f"dense ingest dim {large}, gRPC vs OpenBLAS dsyrk", f_large, b_large, "scores/s",
+        ">= 0.9x", ratio(f_large, b_large), lambda r: r >= 0.9)
+    row(f"dense ingest dim {small}, gRPC vs NumPy F += S.T @ S", f_small, n_small, "scores/s",
+        ">= 2x", ratio(f_small, n_small), lambda r: r >= 2.0)
+    row(f"diagonal ingest dim {info('diagonal', 'dim')} x {info('diagonal', 'batch')} rows, "
+        "payload vs iperf3 loopback", diag, tcp, "B/s", ">= 0.5x", ratio(diag, tcp),
+        lambda r: r >= 0.5)
+    row(f"step dim {step_dim} after new samples vs dpotrf + 2 trsv", step, lapack, "s",
+        "<= 1.2x", ratio(step, lapack), lambda r: r <= 1.2)
+    row(f"cached step dim {step_dim} vs 2 trsv", cached, solves, "s", "<= 2x",
+        ratio(cached, solves), lambda r: r <= 2.0)
+    row(f"batch (256) + step dim {step_dim}, PyTorch time / fisherd time", batch_step, torch,
+        "s", ">= 3x faster", ratio(torch, batch_step), lambda r: r >= 3.0)
+    row(f"8 workers vs 1, dense dim {small}", w8, f_small, "scores/s", ">= 0.9x",
+        ratio(w8, f_small), lambda r: r >= 0.9)
+    mem = values.get("memory", [None])[0]
+    if mem:
+        session_bytes = (mem["after_kb"] - mem["idle_kb"]) * 1024.0
+        budget = 8.0 * mem["dim"] ** 2
+        row(f"resident memory, dense dim {mem['dim']} session (peak "
+            f"{(mem['peak_kb'] - mem['idle_kb']) / 1024:.0f} MiB)", session_bytes / 2**20,
+            budget / 2**20, "MiB", "<= 1.5x", session_bytes / budget, lambda r: r <= 1.5)
+    acc = median("accuracy", "relative_error")
+    row("accuracy, 1e6 samples, float32 kernel vs float64 sums", acc, 1e-6, "x", "<= 1e-6",
+        None if acc is None else acc / 1e-6, lambda r: r <= 1.0)
+
+    header = ("measure", "fisherd", "peer", "ratio", "target", "met")
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    print()
+    print(f"fisherd vs in-process peers: {args.threads} cores; OpenBLAS, NumPy and PyTorch "
+          f"with {args.threads} threads; fisherd --math-threads={args.threads}; medians of "
+          f"{args.repeats} runs")
+    for r in [header, tuple("-" * w for w in widths)] + rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

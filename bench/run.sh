@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# The performance comparison of issue #3: builds in Release, starts fisherd on loopback,
+# runs fisherd-bench beside its in-process peers (OpenBLAS dsyrk, LAPACK dpotrf + solves,
+# NumPy, PyTorch, iperf3) in the same run, and prints one table:
+# measure, fisherd, peer, ratio, target, met.
+#
+#   bash bench/run.sh                 # the full run (about 5-8 minutes on 2 cores)
+#   bash bench/run.sh --repeats=5     # medians over 5 interleaved runs (default 3)
+#   bash bench/run.sh --quick --build-dir=DIR   # smoke: tiny dims, under a minute,
+#                                     # installs and builds nothing, skips missing peers
+#
+# Every figure is the median over the repeats; each repeat runs fisherd and its peer
+# back to back, so both see the same machine. Raw JSON lines go to $BENCH_OUT
+# (default: a temporary directory, printed at the end).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+quick=0
+repeats=3
+build_dir=build
+for arg in "$@"; do
+  case "$arg" in
+    --quick) quick=1 ;;
+    --repeats=*) repeats="${arg#--repeats=}" ;;
+    --build-dir=*) build_dir="${arg#--build-dir=}" ;;
+    *) echo "usage: bench/run.sh [--quick] [--repeats=N] [--build-dir=DIR]" >&2; exit 2 ;;
+  esac
+done
+python=/usr/bin/python3  # Debian's interpreter, which sees python3-numpy and python3-torch
+
+if [ "$quick" -eq 0 ]; then
+  scripts/install-deps.sh
+  extra=()
+  for package in iperf3 python3-numpy python3-torch; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" ||
+      extra+=("$package")
+  done
+  if [ ${#extra[@]} -gt 0 ]; then
+    echo "installing the peers: ${extra[*]}"
+    sudo_cmd=()
+    [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+    "${sudo_cmd[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq \
+      --no-install-recommends "${extra[@]}"
+  fi
+  BUILD_TYPE=Release scripts/build.sh >/dev/null
+fi
+
+bin="$build_dir"
+for tool in server/fisherd bench/fisherd-bench bench/peer-blas; do
+  [ -x "$bin/$tool" ] || { echo "missing $bin/$tool: build first" >&2; exit 1; }
+done
+
+out="${BENCH_OUT:-$(mktemp -d)}"
+mkdir -p "$out"
+results="$out/results.jsonl"
+: >"$results"
+
+# Sizes: the issue's for the full run, tiny ones for the smoke.
+if [ "$quick" -eq 1 ]; then
+  repeats=1; secs=0.3; small=64; large=128; diag_dim=256; diag_batch=16; step_dim=64
+  step_repeats=1; mem_dim=128
+else
+  secs=4; small=1024; large=4096; diag_dim=4096; diag_batch=64; step_dim=4096
+  step_repeats=3; mem_dim=4096
+fi
+threads=$(nproc)
+
+servers=()
+cleanup() {
+  for pid in "${servers[@]+"${servers[@]}"}"; do kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+
+# start_server LOG: starts fisherd on a free loopback port; sets address and server_pid.
+start_server() {
+  "$bin/server/fisherd" --listen=127.0.0.1:0 --math-threads="$threads" >"$1" 2>&1 &
+  server_pid=$!
+  servers+=("$server_pid")
+  local pid=$server_pid
+  address=""
+  for _ in $(seq 100); do
+    address=$(sed -n 's/^fisherd listening on //p' "$1")
+    [ -n "$address" ] && break
+    kill -0 "$pid" 2>/dev/null || { cat "$1" >&2; exit 1; }
+    sleep 0.1
+  done
+  [ -n "$address" ] || { echo "fisherd did not start" >&2; cat "$1" >&2; exit 1; }
+}
+
+# record KEY COMMAND...: runs COMMAND, echoes its output to the log, appends its last
+# line (a JSON object) tagged with KEY to the results.
+record() {
+  local key="$1"; shift
+  local log="$out/$key.log"
+  if "$@" >"$log" 2>&1; then
+    echo "  $key: $(tail -n 1 "$log" | cut -c1-150)"
+    printf '{"key":"%s","data":%s}\n' "$key" "$(tail -n 1 "$log")" >>"$results"
+  else
+    echo "  $key: FAILED (see $log)"; tail -n 5 "$log" | sed 's/^/    /'
+  fi
+}
+
+start_server "$out/fisherd.log"
+target=$address
+echo "fisherd on $target; $threads cores; raw results in $out"
+bench=("$bin/bench/fisherd-bench" --target="$target" --delete-session --seconds="$secs")
+
+for rep in $(seq "$repeats"); do
+  echo "repeat $rep/$repeats"
+  record dense_small "${bench[@]}" --dim="$small" --batch=256 --workers=1
+  record blas_small "$bin/bench/peer-blas" syrk --dim="$small" --batch=256 --seconds="$secs" --threads="$threads"
+  if "$python" -c "import numpy" 2>/dev/null; then
+    record numpy_small "$python" bench/peers.py numpy --dim="$small" --batch=256 --seconds="$secs"
+  fi
+  record dense_small_w8 "${bench[@]}" --dim="$small" --batch=256 --workers=8
+  record dense_large "${bench[@]}" --dim="$large" --batch=256 --workers=1
+  record blas_large "$bin/bench/peer-blas" syrk --dim="$large" --batch=256 --seconds="$secs" --threads="$threads"
+  record diagonal "${bench[@]}" --representation=diagonal --dim="$diag_dim" --batch="$diag_batch" --workers=1
+  if command -v iperf3 >/dev/null; then
+    port=$((20000 + RANDOM % 20000))
+    timeout 60 iperf3 -s -1 -p "$port" >/dev/null 2>&1 &
+    iperf_pid=$!
+    sleep 0.3
+    # iperf3 takes whole seconds (-t 0 would mean forever).
+    tcp_secs=$(printf '%.0f' "$secs"); [ "$tcp_secs" -ge 1 ] || tcp_secs=1
+    record tcp "$python" -c "
+import json, subprocess, sys
+r = json.loads(subprocess.run(['iperf3', '-c', '127.0.0.1', '-p', '$port', '-t', '$tcp_secs', '-J'],
+                              check=True, capture_output=True, text=True, timeout=60).stdout)
+print(json.dumps({'peer': 'iperf3', 'bytes_per_second': r['end']['sum_received']['bits_per_second'] / 8}))"
+    wait "$iperf_pid" 2>/dev/null || true
+  fi
+  record step "${bench[@]}" --mode=step --dim="$step_dim" --batch=256 --repeats="$step_repeats"
+  record lapack "$bin/bench/peer-blas" solve --dim="$step_dim" --repeats="$step_repeats" --threads="$threads"
+  if [ "$quick" -eq 0 ] && "$python" -c "import torch" 2>/dev/null; then
+    record torch "$python" bench/peers.py torch --dim="$step_dim" --batch=256 --repeats="$step_repeats" --threads="$threads"
+  fi
+done
+
+# Resident memory of one dense session: a fresh server, its RSS idle, then after a
+# session of mem_dim has taken batches and steps (every buffer touched).
+start_server "$out/fisherd-mem.log"
+mem_target=$address
+mem_pid=$server_pid
+rss_kb() { awk '/^'"$1"':/ {print $2}' "/proc/$mem_pid/status"; }
+sleep 0.5
+idle=$(rss_kb VmRSS)
+"$bin/bench/fisherd-bench" --target="$mem_target" --mode=step --dim="$mem_dim" --batch=256 \
+  --repeats=2 >"$out/memory.log" 2>&1
+after=$(rss_kb VmRSS)
+peak=$(rss_kb VmHWM)
+printf '{"key":"memory","data":{"dim":%d,"idle_kb":%d,"after_kb":%d,"peak_kb":%d}}\n' \
+  "$mem_dim" "$idle" "$after" "$peak" >>"$results"
+
+# Accuracy: the core test that streams 1e6 samples through the float32 kernel in use
+# at these sizes and compares with float64 sums (prints the relative error).
+if [ -x "$bin/tests/core_test" ] && [ "$quick" -eq 0 ]; then
+  error=$("$bin/tests/core_test" --gtest_filter='*Float32KernelMillionSamples*' 2>&1 |
+          sed -n 's/.*relative error \([0-9.eE+-]*\).*/\1/p')
+  [ -n "$error" ] && printf '{"key":"accuracy","data":{"relative_error":%s}}\n' "$error" >>"$results"
+fi
+
+"$python" bench/report.py "$results" --threads="$threads" --repeats="$repeats"
+echo "raw results: $results"
