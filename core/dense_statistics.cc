@@ -31,15 +31,54 @@ DenseStatistics::DenseStatistics(const SessionOptions& options)
       factor_diagonal_(Eigen::VectorXd::Zero(options.dim)) {}
 
 void DenseStatistics::Add(const PreparedBatch& batch) {
-  // root_weighted is rows x dim row-major, which is R^T (dim x rows) column-major:
-  // upper(storage) += (1 / scale_) R^T R in one rank-k update.
-  cblas_dsyrk(CblasColMajor, CblasUpper, CblasNoTrans, static_cast<int>(dim_),
-              static_cast<int>(batch.rows), 1.0 / scale_, batch.root_weighted.data(),
-              static_cast<int>(dim_), 1.0, storage_.data(), static_cast<int>(dim_));
+  if (batch.root_weighted_f32.size() > 0) {
+    AddFloat32(batch);
+  } else {
+    // root_weighted is rows x dim row-major, which is R^T (dim x rows) column-major:
+    // upper(storage) += (1 / scale_) R^T R in one rank-k update.
+    cblas_dsyrk(CblasColMajor, CblasUpper, CblasNoTrans, static_cast<int>(dim_),
+                static_cast<int>(batch.rows), 1.0 / scale_, batch.root_weighted.data(),
+                static_cast<int>(dim_), 1.0, storage_.data(), static_cast<int>(dim_));
+  }
   mean_sum_ += batch.weighted_sum;
   weight_sum_ += batch.weight_sum;
   sample_count_ += static_cast<uint64_t>(batch.rows);
   factor_valid_ = false;
+}
+
+void DenseStatistics::AddFloat32(const PreparedBatch& batch) {
+  // R^T is dim x rows column-major with leading dimension dim. The upper triangle of
+  // R^T R is formed one block column [j0, j0 + b) at a time into a float32 scratch of
+  // (j0 + b) x b: rows [0, j0) by sgemm, the diagonal block by ssyrk. Each block is
+  // then added, scaled by 1 / scale_, into the float64 sums, so the scratch stays
+  // dim * kBlock floats instead of a second dim x dim matrix.
+  constexpr int64_t kBlock = 256;
+  const int n = static_cast<int>(dim_);
+  const double alpha = 1.0 / scale_;
+  if (static_cast<int64_t>(scratch_.size()) < dim_ * kBlock) {
+    scratch_.resize(static_cast<size_t>(dim_ * std::min(dim_, kBlock)));
+  }
+  for (int64_t r0 = 0; r0 < batch.rows; r0 += kFloat32KernelRows) {
+    const int k = static_cast<int>(std::min(kFloat32KernelRows, batch.rows - r0));
+    const float* a = batch.root_weighted_f32.data() + r0 * dim_;
+    for (int64_t j0 = 0; j0 < dim_; j0 += kBlock) {
+      const int b = static_cast<int>(std::min(kBlock, dim_ - j0));
+      const int m = static_cast<int>(j0) + b;
+      float* c = scratch_.data();
+      if (j0 > 0) {
+        cblas_sgemm(CblasColMajor, CblasNoTrans, CblasTrans, static_cast<int>(j0), b, k, 1.0f,
+                    a, n, a + j0, n, 0.0f, c, m);
+      }
+      cblas_ssyrk(CblasColMajor, CblasUpper, CblasNoTrans, b, k, 1.0f, a + j0, n, 0.0f,
+                  c + j0, m);
+      for (int jj = 0; jj < b; ++jj) {
+        const int64_t col = j0 + jj;
+        double* dst = storage_.data() + col * dim_;
+        const float* src = c + static_cast<int64_t>(jj) * m;
+        for (int64_t i = 0; i <= col; ++i) dst[i] += alpha * static_cast<double>(src[i]);
+      }
+    }
+  }
 }
 
 void DenseStatistics::Decay(double rho) {
@@ -55,8 +94,13 @@ void DenseStatistics::Decay(double rho) {
 
 Eigen::VectorXd DenseStatistics::DampedProduct(const Eigen::VectorXd& x,
                                                double damping) const {
-  Eigen::VectorXd y = storage_.selfadjointView<Eigen::Upper>() * x;
-  y *= RawToEstimate();
+  // One threaded dsymv over the upper triangle, scaled on the way: Eigen's own
+  // selfadjoint product is single-threaded and took 3x the time of the two triangular
+  // solves of a cached step (docs/performance.md).
+  Eigen::VectorXd y(dim_);
+  const int n = static_cast<int>(dim_);
+  cblas_dsymv(CblasColMajor, CblasUpper, n, RawToEstimate(), storage_.data(), n, x.data(), 1,
+              0.0, y.data(), 1);
   if (centered_) {
     const Eigen::VectorXd mean = Mean();
     y -= mean * mean.dot(x);

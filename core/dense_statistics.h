@@ -4,6 +4,8 @@
 #ifndef FISHERD_CORE_DENSE_STATISTICS_H_
 #define FISHERD_CORE_DENSE_STATISTICS_H_
 
+#include <vector>
+
 #include "core/statistics.h"
 
 namespace fisherd {
@@ -31,6 +33,8 @@ class DenseStatistics final : public ScoreStatistics {
   Eigen::VectorXd Mean() const { return mean_sum_ / weight_sum_; }
   // F_lambda x, from the upper triangle (one dsymv).
   Eigen::VectorXd DampedProduct(const Eigen::VectorXd& x, double damping) const;
+  // Add's float32 kernel (DenseKernel::kFloat32 in core/score_batch.h).
+  void AddFloat32(const PreparedBatch& batch);
   // Factors F + damping I into the strict lower triangle and factor_diagonal_.
   absl::Status Factor(double damping);
 
@@ -51,6 +55,8 @@ class DenseStatistics final : public ScoreStatistics {
   bool factor_valid_ = false;
   double factor_damping_ = 0.0;
   Eigen::VectorXd factor_diagonal_;
+  // AddFloat32's block of one batch product, dim x 256 floats, allocated on first use.
+  std::vector<float> scratch_;
 };
 
 }  // namespace fisherd

@@ -1,10 +1,29 @@
 #include "core/score_batch.h"
 
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
 
 namespace fisherd {
+
+namespace {
+
+// True when some value is NaN or infinite: its exponent bits are all ones. Branch-free
+// over the whole array so that it vectorizes; the slow loop below only runs to name
+// the culprit.
+bool AnyNonFinite(const float* values, int64_t count) {
+  uint32_t all_ones = 0;
+  for (int64_t k = 0; k < count; ++k) {
+    uint32_t bits;
+    std::memcpy(&bits, values + k, sizeof(bits));
+    all_ones |= static_cast<uint32_t>((bits & 0x7f800000u) == 0x7f800000u);
+  }
+  return all_ones != 0;
+}
+
+}  // namespace
 
 absl::Status ValidateScores(const ScoreBatchView& batch) {
   if (batch.rows < 1) {
@@ -14,7 +33,8 @@ absl::Status ValidateScores(const ScoreBatchView& batch) {
     return absl::InvalidArgumentError(absl::StrCat("dim must be >= 1, got ", batch.dim));
   }
   const int64_t count = batch.rows * batch.dim;
-  for (int64_t k = 0; k < count; ++k) {
+  const bool any_bad = AnyNonFinite(batch.scores, count);
+  for (int64_t k = 0; any_bad && k < count; ++k) {
     if (!std::isfinite(batch.scores[k])) {
       return absl::InvalidArgumentError(absl::StrCat(
           "scores[row ", k / batch.dim, ", column ", k % batch.dim, "] is ",
@@ -33,28 +53,56 @@ absl::Status ValidateScores(const ScoreBatchView& batch) {
   return absl::OkStatus();
 }
 
-PreparedBatch PrepareBatch(const ScoreBatchView& batch, Representation representation) {
-  using RowMajorF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-  const Eigen::Map<const RowMajorF> scores(batch.scores, batch.rows, batch.dim);
-  Eigen::VectorXd weights = Eigen::VectorXd::Ones(batch.rows);
-  if (batch.weights != nullptr) {
-    weights = Eigen::Map<const Eigen::VectorXf>(batch.weights, batch.rows).cast<double>();
+PreparedBatch PrepareBatch(const ScoreBatchView& batch, Representation representation,
+                           DenseKernel kernel) {
+  const int64_t rows = batch.rows, dim = batch.dim;
+  PreparedBatch prepared;
+  prepared.rows = rows;
+  prepared.weighted_sum = Eigen::VectorXd::Zero(dim);
+  double* sum = prepared.weighted_sum.data();
+  auto weight = [&](int64_t i) -> double {
+    return batch.weights != nullptr ? static_cast<double>(batch.weights[i]) : 1.0;
+  };
+
+  if (representation == Representation::kDiagonal) {
+    // One pass over the scores, widening each to float64 as it is read (DESIGN.md 5).
+    prepared.weighted_squares = Eigen::VectorXd::Zero(dim);
+    double* squares = prepared.weighted_squares.data();
+    for (int64_t i = 0; i < rows; ++i) {
+      const float* row = batch.scores + i * dim;
+      const double w = weight(i);
+      prepared.weight_sum += w;
+      for (int64_t j = 0; j < dim; ++j) {
+        const double s = row[j];
+        sum[j] += w * s;
+        squares[j] += w * s * s;
+      }
+    }
+    return prepared;
   }
 
-  PreparedBatch prepared;
-  prepared.rows = batch.rows;
-  prepared.weight_sum = weights.sum();
-  // Scores widen to float64 once, here; every later sum is in float64 (DESIGN.md 5).
-  if (representation == Representation::kDense) {
-    prepared.root_weighted = scores.cast<double>();
-    prepared.weighted_sum = prepared.root_weighted.transpose() * weights;
+  for (int64_t i = 0; i < rows; ++i) {
+    const float* row = batch.scores + i * dim;
+    const double w = weight(i);
+    prepared.weight_sum += w;
+    for (int64_t j = 0; j < dim; ++j) sum[j] += w * static_cast<double>(row[j]);
+  }
+  const bool float32 = kernel == DenseKernel::kFloat32 ||
+                       (kernel == DenseKernel::kAuto && dim >= kFloat32KernelMinDim &&
+                        rows >= kFloat32KernelMinRows);
+  const Eigen::Map<const PreparedBatch::RowMajorF> scores(batch.scores, rows, dim);
+  if (float32) {
+    prepared.root_weighted_f32 = scores;
     if (batch.weights != nullptr) {
-      prepared.root_weighted = weights.cwiseSqrt().asDiagonal() * prepared.root_weighted;
+      for (int64_t i = 0; i < rows; ++i) {
+        prepared.root_weighted_f32.row(i) *= static_cast<float>(std::sqrt(weight(i)));
+      }
     }
   } else {
-    const Eigen::MatrixXd wide = scores.cast<double>();
-    prepared.weighted_sum = wide.transpose() * weights;
-    prepared.weighted_squares = wide.cwiseAbs2().transpose() * weights;
+    prepared.root_weighted = scores.cast<double>();
+    if (batch.weights != nullptr) {
+      for (int64_t i = 0; i < rows; ++i) prepared.root_weighted.row(i) *= std::sqrt(weight(i));
+    }
   }
   return prepared;
 }

@@ -24,20 +24,43 @@ struct ScoreBatchView {
 // row and column), a negative or non-finite weight (with its row).
 absl::Status ValidateScores(const ScoreBatchView& batch);
 
+// How a dense batch's R^T R is formed before it is added into the float64 sums.
+//  - kFloat64: scores widened to float64, one dsyrk (exact products; the reference).
+//  - kFloat32: the batch's product in float32 (sgemm/ssyrk, about twice dsyrk's speed
+//    and no widened copy), in chunks of at most kFloat32KernelRows rows, each chunk's
+//    product added into the float64 sums (DESIGN.md 5: "an fp32 batch kernel added
+//    into fp64 totals"). Relative error per chunk ~ sqrt(chunk rows) * 6e-8, and
+//    independent between chunks, so the estimate after many samples stays far inside
+//    1e-6 of a float64 reference (tests/core/dense_statistics_test.cc).
+//  - kAuto: kFloat32 for batches of at least kFloat32KernelMinRows rows at dim
+//    kFloat32KernelMinDim or more, where the product dominates the cost of a batch;
+//    kFloat64 otherwise, where exactness is cheap. (The float32 kernel adds its block
+//    products into the float64 sums in one O(dim^2) pass per batch, which costs more
+//    than it saves for a batch of few rows.)
+enum class DenseKernel { kAuto, kFloat64, kFloat32 };
+inline constexpr int64_t kFloat32KernelMinDim = 256;
+inline constexpr int64_t kFloat32KernelMinRows = 128;
+inline constexpr int64_t kFloat32KernelRows = 256;
+
 // A validated batch converted to what the statistics consume. Building it is the
 // O(rows * dim) part of ingestion that needs no lock.
 struct PreparedBatch {
+  using RowMajorD = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  using RowMajorF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   int64_t rows = 0;
   double weight_sum = 0.0;         // sum w_i
   Eigen::VectorXd weighted_sum;    // sum w_i s_i
-  // Dense only: row i is sqrt(w_i) s_i, so that M += R^T R is one rank-k update.
-  Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> root_weighted;
+  // Dense only, exactly one of the two set (see DenseKernel): row i is sqrt(w_i) s_i,
+  // so that M += R^T R is one rank-k update.
+  RowMajorD root_weighted;      // kFloat64
+  RowMajorF root_weighted_f32;  // kFloat32
   // Diagonal only: sum w_i s_i .* s_i.
   Eigen::VectorXd weighted_squares;
 };
 
 // REQUIRES: ValidateScores(batch).ok().
-PreparedBatch PrepareBatch(const ScoreBatchView& batch, Representation representation);
+PreparedBatch PrepareBatch(const ScoreBatchView& batch, Representation representation,
+                           DenseKernel kernel = DenseKernel::kAuto);
 
 }  // namespace fisherd
 

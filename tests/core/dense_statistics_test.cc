@@ -1,5 +1,6 @@
 // The dense estimator against the closed-form oracles of DESIGN.md section 1.
 #include <cmath>
+#include <iostream>
 #include <random>
 
 #include "Eigen/Cholesky"
@@ -414,6 +415,76 @@ TEST(DenseStatisticsTest, MillionSamplesStayWithinOnePpmOfAFloat64Reference) {
   const Eigen::MatrixXd expected = (reference / (batch * batches)).cast<double>();
   EXPECT_EQ(session.Stats().sample_count, 1000000u);
   EXPECT_LT(RelativeError(DenseEstimate(session), expected), 1e-6);
+}
+
+// The float32 batch kernel (DenseKernel::kFloat32): block columns by sgemm and ssyrk,
+// added into float64 sums. With small-integer scores every float32 product and sum is
+// exact, so both kernels must agree bit for bit, across block and chunk edges (dim 300
+// is not a multiple of the 256-column block, 600 rows span three 256-row chunks).
+TEST(DenseStatisticsTest, Float32KernelIsExactOnSmallIntegers) {
+  const int dim = 300, rows = 600;
+  std::mt19937_64 rng(11);
+  std::uniform_int_distribution<int> pick(-3, 3);
+  RowMatrixF scores(rows, dim);
+  for (float& x : scores.reshaped()) x = static_cast<float>(pick(rng));
+  std::vector<float> weights(rows);
+  for (float& w : weights) w = static_cast<float>(pick(rng) * pick(rng));  // squares: exact roots
+  for (float& w : weights) w = w * w;
+  for (bool weighted : {false, true}) {
+    ScoreBatchView view;
+    view.rows = rows;
+    view.dim = dim;
+    view.scores = scores.data();
+    view.weights = weighted ? weights.data() : nullptr;
+    Session fast(Dense(dim)), exact(Dense(dim));
+    const PreparedBatch f32 = PrepareBatch(view, Representation::kDense, DenseKernel::kFloat32);
+    const PreparedBatch f64 = PrepareBatch(view, Representation::kDense, DenseKernel::kFloat64);
+    ASSERT_GT(f32.root_weighted_f32.size(), 0);
+    ASSERT_GT(f64.root_weighted.size(), 0);
+    fast.AddScores("", 0, f32);
+    exact.AddScores("", 0, f64);
+    EXPECT_EQ((DenseEstimate(fast) - DenseEstimate(exact)).cwiseAbs().maxCoeff(), 0.0)
+        << "weighted " << weighted;
+  }
+}
+
+// kAuto picks the float32 kernel for batches of kFloat32KernelMinRows rows or more at
+// dim kFloat32KernelMinDim or more, and float64 otherwise.
+TEST(DenseStatisticsTest, AutoKernelSwitchesAtTheThresholds) {
+  const int min_dim = static_cast<int>(kFloat32KernelMinDim);
+  const int min_rows = static_cast<int>(kFloat32KernelMinRows);
+  for (int dim : {min_dim - 1, min_dim}) {
+    for (int rows : {min_rows - 1, min_rows}) {
+      const PreparedBatch batch = Prepare(RowMatrixF::Ones(rows, dim), Representation::kDense);
+      const bool float32 = dim >= min_dim && rows >= min_rows;
+      EXPECT_EQ(batch.root_weighted_f32.size() > 0, float32) << dim << " " << rows;
+      EXPECT_EQ(batch.root_weighted.size() > 0, !float32) << dim << " " << rows;
+    }
+  }
+}
+
+// DESIGN.md 5 at a size where the float32 kernel is the one in use: 1e6 samples at
+// dim 256 (mean 1, so the sums only grow) stay within 1e-6 relative (Frobenius) of the
+// same stream accumulated with float64 products.
+TEST(DenseStatisticsTest, Float32KernelMillionSamplesStayWithinOnePpmOfFloat64) {
+  const int dim = 256, batch = 256, batches = 3907;  // 1,000,192 samples
+  std::mt19937 rng(53);
+  std::uniform_real_distribution<float> uniform(-2.0f, 4.0f);
+  Session fast(Dense(dim)), reference(Dense(dim));
+  RowMatrixF rows(batch, dim);
+  ScoreBatchView view;
+  view.rows = batch;
+  view.dim = dim;
+  view.scores = rows.data();
+  for (int b = 0; b < batches; ++b) {
+    for (float& x : rows.reshaped()) x = uniform(rng);
+    fast.AddScores("", 0, PrepareBatch(view, Representation::kDense, DenseKernel::kFloat32));
+    reference.AddScores("", 0,
+                        PrepareBatch(view, Representation::kDense, DenseKernel::kFloat64));
+  }
+  const double error = RelativeError(DenseEstimate(fast), DenseEstimate(reference));
+  EXPECT_LT(error, 1e-6);
+  std::cout << "float32 kernel, 1e6 samples at dim 256: relative error " << error << "\n";
 }
 
 }  // namespace
