@@ -270,9 +270,11 @@ class Client:
 
     def wait_until_ready(self, timeout=10.0):
         """Blocks until the channel is connected; FisherdError(UNAVAILABLE) after timeout."""
+        ready = grpc.channel_ready_future(self._channel)
         try:
-            grpc.channel_ready_future(self._channel).result(timeout=timeout)
+            ready.result(timeout=timeout)
         except grpc.FutureTimeoutError:
+            ready.cancel()
             raise FisherdError(grpc.StatusCode.UNAVAILABLE,
                                f"no connection to the server within {timeout} s") from None
 
@@ -547,20 +549,24 @@ class _StreamRun:
                         f"undelivered: {broken.message}"))
                 failures += 1
                 deadline = time.monotonic() + backoff
+                ready = grpc.channel_ready_future(client._channel)
                 try:  # spend the backoff asking the channel to connect
-                    grpc.channel_ready_future(client._channel).result(timeout=backoff)
+                    ready.result(timeout=backoff)
                 except grpc.FutureTimeoutError:
-                    pass
+                    ready.cancel()  # stops watching the channel
                 time.sleep(max(0.0, deadline - time.monotonic()))
                 backoff = min(2 * backoff, client._max_backoff)
-        finally:
-            if stream is not None:
-                stream.half_close()
-                try:
-                    for _ in stream.responses:  # the server's final status, after the acks
-                        pass
-                except grpc.RpcError:
+        except BaseException:
+            if stream is not None:  # a rejection, a conflict, KeyboardInterrupt: stop now
+                stream.abandon()
+            raise
+        if stream is not None:
+            stream.half_close()
+            try:
+                for _ in stream.responses:  # the server's final status, after the acks
                     pass
+            except grpc.RpcError:
+                pass  # everything was acknowledged: the batches are applied
         ack = self.last_ack
         return StreamResult(worker_id=self.worker, sequence=ack.sequence,
                             duplicate=ack.duplicate, sample_count=ack.sample_count,

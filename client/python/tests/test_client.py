@@ -2,6 +2,7 @@
 float64, dtype and shape handling, error mapping, resends after a cut stream, and
 several workers adding up to one."""
 import threading
+import time
 
 import grpc
 import numpy as np
@@ -323,3 +324,25 @@ def test_bearer_token_is_sent_on_every_call():
         assert seen == ["Bearer s3cret", "Bearer s3cret", "Bearer s3cret"]
     finally:
         server.stop(None)
+
+
+def test_stream_rejection_is_raised_not_retried():
+    """A batch over the server's message limit ends the stream with RESOURCE_EXHAUSTED;
+    the client raises it at once (no resend loop) and the batches before it stay applied."""
+    from conftest import start_fisherd, stop_fisherd
+    process, address = start_fisherd("--max-message-mb=1")
+    try:
+        with fisherd.Client(address, wait_for_ready=True) as c:
+            name = c.create_session("limit", 1024)
+            c.stream_scores(name, np.ones((64, 1024)), worker_id="w", rows_per_batch=64)
+            start = time.monotonic()
+            with pytest.raises(fisherd.FisherdError) as error:
+                c.stream_scores(name, np.ones((1024, 1024)), worker_id="w", rows_per_batch=512)
+            assert error.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED, error.value
+            assert time.monotonic() - start < 5
+            assert c.get_session(name).sample_count == 64
+            # The client asks the server again and continues after sequence 1.
+            ack = c.stream_scores(name, np.ones((2, 1024)), worker_id="w")
+            assert (ack.sequence, ack.sample_count) == (2, 66)
+    finally:
+        stop_fisherd(process)
