@@ -60,7 +60,7 @@ struct PreparedBatch {
 
 // REQUIRES: ValidateScores(batch).ok().
 PreparedBatch PrepareBatch(const ScoreBatchView& batch, Representation representation,
-                           DenseKernel kernel = DenseKernel::kAuto);
+                           DenseKernel kernel = DenseKernel::kFloat64);
 
 }  // namespace fisherd
 

@@ -114,7 +114,8 @@ absl::StatusOr<PreparedBatch> DecodeScoreBatch(const v1::ScoreBatch& batch,
   if (absl::Status status = ValidateScores(view); !status.ok()) {
     return BatchError(batch, status.message());
   }
-  return PrepareBatch(view, options.representation);
+  return PrepareBatch(view, options.representation,
+                      options.float32_products ? DenseKernel::kAuto : DenseKernel::kFloat64);
 }
 
 }  // namespace fisherd::server

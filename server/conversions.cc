@@ -35,6 +35,7 @@ absl::StatusOr<SessionOptions> SessionOptionsFromProto(const v1::SessionConfig& 
   // The wire default 0 means "keep everything" (DESIGN.md section 3).
   options.decay = config.decay() == 0.0 ? 1.0 : config.decay();
   options.damping = config.damping();
+  options.float32_products = config.float32_products();
   if (absl::Status status = options.Validate(); !status.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("invalid config: ", status.message()));
   }
@@ -57,6 +58,7 @@ void SessionOptionsToProto(const SessionOptions& options, v1::SessionConfig* con
   config->set_centered(options.centered);
   config->set_decay(options.decay);
   config->set_damping(options.damping);
+  config->set_float32_products(options.float32_products);
 }
 
 void StatsToProto(const SessionStatsSnapshot& stats, v1::SessionStats* out) {

@@ -455,7 +455,9 @@ TEST(DenseStatisticsTest, AutoKernelSwitchesAtTheThresholds) {
   const int min_rows = static_cast<int>(kFloat32KernelMinRows);
   for (int dim : {min_dim - 1, min_dim}) {
     for (int rows : {min_rows - 1, min_rows}) {
-      const PreparedBatch batch = Prepare(RowMatrixF::Ones(rows, dim), Representation::kDense);
+      const RowMatrixF ones = RowMatrixF::Ones(rows, dim);
+      const ScoreBatchView view{rows, dim, ones.data(), nullptr};
+      const PreparedBatch batch = PrepareBatch(view, Representation::kDense, DenseKernel::kAuto);
       const bool float32 = dim >= min_dim && rows >= min_rows;
       EXPECT_EQ(batch.root_weighted_f32.size() > 0, float32) << dim << " " << rows;
       EXPECT_EQ(batch.root_weighted.size() > 0, !float32) << dim << " " << rows;

@@ -240,3 +240,29 @@ def test_sessions_crud_and_limits(stub, fisher_pb):
     with pytest.raises(grpc.RpcError) as error:
         stub.GetSession(pb.GetSessionRequest(name=name))
     assert error.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_default_sessions_multiply_large_batches_in_float64(stub, fisher_pb):
+    """At dim >= 256 with batches of 256 rows (where the optional float32 kernel would
+    apply) a default session still gives the float64 answer. Here cond(F) ~ 1e7: the
+    float32 kernel's ~1e-7 relative error in F shows as ~4e-2 in the step, while float64
+    products leave only solver round-off, at most ~cond * 1e-16 = 1e-9 (6e-11 measured)."""
+    pb, _ = fisher_pb
+    dim, n = 300, 1024
+    rng = np.random.default_rng(9)
+    mixing = rng.standard_normal((dim, dim)) * np.logspace(0, -1.2, dim)
+    rows = (rng.standard_normal((n, dim)) @ mixing.T).astype(np.float32)
+    name = create(stub, pb, dim)
+    for k, start in enumerate(range(0, n, 256)):
+        stub.AddScores(batch(pb, name, rows[start:start + 256], sequence=k + 1))
+    f = rows.astype(np.float64).T @ rows.astype(np.float64) / n
+    assert np.linalg.cond(f) > 1e6
+    g = rng.standard_normal(dim)
+    response = stub.NaturalGradientStep(pb.NaturalGradientStepRequest(session=name, gradient=g))
+    expected = np.linalg.solve(f, g)
+    error = np.linalg.norm(np.array(response.natural_gradient) - expected)
+    assert error <= 1e-8 * np.linalg.norm(expected)
+
+    fast = create(stub, pb, dim, float32_products=True)
+    session = stub.GetSession(pb.GetSessionRequest(name=fast))
+    assert session.config.float32_products
