@@ -77,7 +77,11 @@ class StreamScoresReactor final
     to_write_.pop_front();
     --unacked_;
     if (!ok) {
+      // The call is dead: acks queued behind this one can never be written, and
+      // waiting for them would keep the call (and server shutdown) open forever.
       Fail(grpc::Status(grpc::StatusCode::CANCELLED, "the client stopped receiving acks"));
+      unacked_ -= static_cast<int>(to_write_.size());
+      to_write_.clear();
     } else if (!to_write_.empty()) {
       writing_ = true;
       StartWrite(&to_write_.front());
