@@ -27,10 +27,10 @@ void DiagonalStatistics::Decay(double rho) {
   weight_sum_ *= rho;
 }
 
-Eigen::VectorXd DiagonalStatistics::Estimate() const {
-  Eigen::VectorXd estimate = squares_sum_ / weight_sum_;
+Eigen::VectorXd DiagonalStatistics::Estimate(int64_t begin, int64_t count) const {
+  Eigen::VectorXd estimate = squares_sum_.segment(begin, count) / weight_sum_;
   if (centered_) {
-    estimate -= (mean_sum_ / weight_sum_).cwiseAbs2();
+    estimate -= (mean_sum_.segment(begin, count) / weight_sum_).cwiseAbs2();
     estimate = estimate.cwiseMax(0.0);
   }
   return estimate;
@@ -77,8 +77,8 @@ absl::StatusOr<FisherSummary> DiagonalStatistics::Summarize(bool with_eigenvalue
 }
 
 void DiagonalStatistics::CopyEntries(int64_t begin, int64_t count, double* out) const {
-  const Eigen::VectorXd estimate = Estimate();
-  Eigen::Map<Eigen::VectorXd>(out, count) = estimate.segment(begin, count);
+  // GetFisher copies a long diagonal block by block: compute only this block.
+  Eigen::Map<Eigen::VectorXd>(out, count) = Estimate(begin, count);
 }
 
 }  // namespace fisherd

@@ -24,8 +24,9 @@ class DiagonalStatistics final : public ScoreStatistics {
   int64_t EntriesPerRow() const override { return 1; }
 
  private:
-  // diag(F); centered round-off below zero is clamped to zero.
-  Eigen::VectorXd Estimate() const;
+  // diag(F)[begin, begin + count); centered round-off below zero is clamped to zero.
+  Eigen::VectorXd Estimate(int64_t begin, int64_t count) const;
+  Eigen::VectorXd Estimate() const { return Estimate(0, dim_); }
 
   const int64_t dim_;
   const bool centered_;
