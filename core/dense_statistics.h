@@ -1,6 +1,18 @@
 // Dense statistics: M as a full symmetric matrix, accumulated with one BLAS-3
 // symmetric rank-k update (dsyrk) per batch, and the Cholesky factor of
 // F + lambda I cached until the statistics change.
+//
+// Low-rank start: while a session holds at most dim / kLowRankRowsPerDim rows, F has
+// rank at most that, and the rows themselves are kept instead of M. A step is then
+// exact in float64 by the Woodbury identity, (lambda I + c R^T R)^-1 =
+// (I - R^T (lambda/c I + R R^T)^-1 R) / lambda, with one Cholesky of the small
+// rows x rows matrix: O(rows^2 dim) where the dense path costs dim^3 / 3. Centered,
+// the mean c R^T b is a combination of the same rows, so F = c R^T (I - c b b^T) R
+// where I - c b b^T is the projector off b (c |b|^2 = 1); the identity then runs on
+// the rows of R reflected by one Householder reflection, less the one along b. (A
+// rank-one downdate by the mean would cancel catastrophically: the mean lies in the
+// span of the rows.) The first batch that would exceed the bound folds the rows into
+// M (one dsyrk) and frees them.
 #ifndef FISHERD_CORE_DENSE_STATISTICS_H_
 #define FISHERD_CORE_DENSE_STATISTICS_H_
 
@@ -9,6 +21,10 @@
 #include "core/statistics.h"
 
 namespace fisherd {
+
+// A dense session keeps its rows, not M, while it holds at most dim / this many
+// (so the rows take at most 1/16 of M's memory and a step O(dim^3 / 256)).
+inline constexpr int64_t kLowRankRowsPerDim = 16;
 
 class DenseStatistics final : public ScoreStatistics {
  public:
@@ -38,11 +54,31 @@ class DenseStatistics final : public ScoreStatistics {
   // Factors F + damping I into the strict lower triangle and factor_diagonal_.
   absl::Status Factor(double damping);
 
+  // --- low-rank start (held_rows_) ---
+  bool holding_rows() const { return !materialized_; }
+  // Appends a batch's root-weighted rows, divided by sqrt(scale_).
+  void HoldRows(const PreparedBatch& batch);
+  // M := held rows' R^T R into the upper triangle; frees the rows.
+  void Materialize();
+  // The rows the Woodbury identity runs on: R, or centered, the last rows - 1 rows of
+  // H R where the Householder reflection H maps b onto the first axis. Q v applies
+  // them to v (one value per row), QTranspose(y) their transpose (dim values).
+  Eigen::VectorXd WoodburyRowsTimes(const Eigen::VectorXd& v) const;
+  Eigen::VectorXd WoodburyRowsTransposeTimes(const Eigen::VectorXd& y) const;
+  // x - 2 u (u . x) / (u . u): the reflection householder_, or x if u is zero.
+  Eigen::VectorXd Reflect(const Eigen::VectorXd& x) const;
+  // F_lambda^-1 v with the cached factor of the small Gram system.
+  Eigen::VectorXd WoodburySolve(const Eigen::VectorXd& v) const;
+  // Factors lambda/c I + Q Q^T for the Woodbury rows Q.
+  absl::Status FactorLowRank(double damping);
+  absl::StatusOr<SolveResult> SolveLowRank(const Eigen::VectorXd& g, double damping);
+
   const int64_t dim_;
   const bool centered_;
 
   // One dim x dim column-major buffer holds two things, so a dense session costs
-  // 8 dim^2 bytes and not twice that:
+  // 8 dim^2 bytes and not twice that. It is allocated uninitialized, so its pages
+  // cost nothing until Materialize() zeroes the upper triangle:
   //  - upper triangle with diagonal: M / scale_ (decay multiplies scale_, not M);
   //  - strict lower triangle: the Cholesky factor L of F_lambda while factor_valid_,
   //    whose diagonal is kept in factor_diagonal_.
@@ -51,6 +87,20 @@ class DenseStatistics final : public ScoreStatistics {
   Eigen::VectorXd mean_sum_;  // m
   double weight_sum_ = 0.0;   // W
   uint64_t sample_count_ = 0;
+
+  // While !materialized_: row i of held_rows_ is b_i s_i with b_i = sqrt(w_i / scale_
+  // at its arrival), held_coefficients_[i] = b_i, so that M = scale_ R^T R and
+  // m = scale_ R^T b. At most max_held_rows_ rows, allocated on first use.
+  bool materialized_ = false;
+  const int64_t max_held_rows_;
+  int64_t held_count_ = 0;
+  PreparedBatch::RowMajorD held_rows_;
+  Eigen::VectorXd held_coefficients_;
+  // The low-rank factor: Cholesky of lambda/c I + Q Q^T, the damping it was built
+  // for, and (centered) the Householder vector u of the reflection H.
+  Eigen::MatrixXd gram_factor_;
+  double gram_lambda_ = 0.0;
+  Eigen::VectorXd householder_;
 
   bool factor_valid_ = false;
   double factor_damping_ = 0.0;

@@ -81,10 +81,12 @@ PreparedBatch PrepareBatch(const ScoreBatchView& batch, Representation represent
     return prepared;
   }
 
+  prepared.root_weights.resize(rows);
   for (int64_t i = 0; i < rows; ++i) {
     const float* row = batch.scores + i * dim;
     const double w = weight(i);
     prepared.weight_sum += w;
+    prepared.root_weights[i] = std::sqrt(w);
     for (int64_t j = 0; j < dim; ++j) sum[j] += w * static_cast<double>(row[j]);
   }
   const bool float32 = kernel == DenseKernel::kFloat32 ||

@@ -54,6 +54,7 @@ struct PreparedBatch {
   // so that M += R^T R is one rank-k update.
   RowMajorD root_weighted;      // kFloat64
   RowMajorF root_weighted_f32;  // kFloat32
+  Eigen::VectorXd root_weights;  // dense only: sqrt(w_i), the factor in row i above
   // Diagonal only: sum w_i s_i .* s_i.
   Eigen::VectorXd weighted_squares;
 };

@@ -11,7 +11,7 @@
 namespace fisherd {
 
 struct SolverSummary {
-  std::string method;                // "cholesky" or "diagonal"
+  std::string method;                // "cholesky", "woodbury" or "diagonal"
   int iterations = 0;                // 0 for direct methods
   double residual = 0.0;             // ||F_lambda n - g|| / ||g||, measured
   double seconds = 0.0;              // wall time of factorization (if any) and solve

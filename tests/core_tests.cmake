@@ -2,6 +2,7 @@ add_executable(core_test
   core/options_test.cc
   core/score_batch_test.cc
   core/dense_statistics_test.cc
+  core/low_rank_start_test.cc
   core/diagonal_statistics_test.cc
   core/session_test.cc)
 target_link_libraries(core_test PRIVATE fisherd_core GTest::gtest_main GTest::gmock)
