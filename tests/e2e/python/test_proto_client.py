@@ -60,6 +60,41 @@ def test_step_matches_a_float64_dense_solve(stub, fisher_pb):
         assert response.solver.method == "cholesky"
 
 
+def test_few_samples_at_large_dim_step_exactly(stub, fisher_pb):
+    """A dense session with at most dim/16 samples steps through its rows (method
+    "woodbury"); the answer is still the float64 dense solve's, and GetFisher's entries
+    are F's. Once the samples pass dim/16 the same session answers by Cholesky."""
+    pb, _ = fisher_pb
+    dim, damping = 512, 1e-2
+    rng = np.random.default_rng(9)
+    rows = (rng.standard_normal((32, dim)) + 0.2).astype(np.float32)
+    g = rng.standard_normal(dim)
+    for centered in (False, True):
+        name = create(stub, pb, dim, centered=centered, damping=damping)
+        stub.AddScores(batch(pb, name, rows))
+        s = rows.astype(np.float64)
+        f = s.T @ s / len(s)
+        if centered:
+            f -= np.outer(s.mean(axis=0), s.mean(axis=0))
+        damped = f + damping * np.eye(dim)
+        expected = np.linalg.solve(damped, g)
+        response = stub.NaturalGradientStep(pb.NaturalGradientStepRequest(
+            session=name, gradient=g, skip_decay=True))
+        assert response.solver.method == "woodbury"
+        # cond(damped) is 2.5e3-3.7e3 here: 1e-10 is ~100 eps * cond, above both solves'
+        # round-off and far below any wrong formula.
+        n = np.array(response.natural_gradient)
+        assert np.linalg.norm(n - expected) <= 1e-10 * np.linalg.norm(expected)
+        messages = list(stub.GetFisher(pb.GetFisherRequest(session=name, include_matrix=True)))
+        values = np.array([v for m in messages for v in m.values]).reshape(dim, dim)
+        np.testing.assert_allclose(values, f, rtol=0, atol=1e-13 * np.abs(f).max())
+
+        stub.AddScores(batch(pb, name, rows[:1], sequence=2))
+        after = stub.NaturalGradientStep(pb.NaturalGradientStepRequest(
+            session=name, gradient=g, skip_decay=True))
+        assert after.solver.method == "cholesky"
+
+
 def test_kl_budget_and_learning_rate_cap(stub, fisher_pb):
     pb, _ = fisher_pb
     dim = 10
