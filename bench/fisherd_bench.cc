@@ -9,6 +9,12 @@
 //   fisherd-bench --mode=step --target=HOST:PORT --dim=N --batch=B --repeats=R
 // times, R times over: one batch (AddScores), a NaturalGradientStep right after it
 // (the factorization is new), and a second step with no new samples (cached factor).
+// The session first gets more than dim/16 samples, so every timed step is the dense
+// Cholesky path (it checks solver.method).
+//
+//   fisherd-bench --mode=fresh-step --target=HOST:PORT --dim=N --batch=B --repeats=R
+// times, R times over, the PyTorch user's loop: a new session, one batch, one step
+// (F from that batch alone). Session creation and deletion are not timed.
 //
 // It speaks the proto directly through the generated stub, as any outside client
 // would, so that what it measures is the server, not client-side tricks.
@@ -280,7 +286,10 @@ int RunStep(const Config& config) {
   };
 
   std::vector<double> ingest, first, cached, end_to_end, first_server, cached_server;
-  absl::Status status = add();  // some history before the first timed round
+  // History before the first timed round: more than dim / 16 samples, past the low-rank
+  // start of a dense session (core/dense_statistics.h), so the steps timed are Cholesky.
+  absl::Status status;
+  for (int64_t h = 0; h <= config.dim / 16 / config.batch && status.ok(); ++h) status = add();
   for (int64_t r = 0; r < config.repeats + 1 && status.ok(); ++r) {
     const auto t0 = Clock::now();
     status = add();
@@ -303,6 +312,10 @@ int RunStep(const Config& config) {
     if (a.solver().factorization_cached() || !b.solver().factorization_cached()) {
       status = absl::InternalError("the server did not refactor after new samples, or did not "
                                    "reuse the factor without them");
+    }
+    if (a.solver().method() != "cholesky") {
+      status = absl::InternalError(
+          absl::StrCat("expected the dense Cholesky path, got ", a.solver().method()));
     }
   }
   if (config.delete_session) DeleteSession(stub.get(), session_name);
@@ -332,15 +345,84 @@ int RunStep(const Config& config) {
   return 0;
 }
 
+// --- fresh-step mode -------------------------------------------------------------------
+
+int RunFreshStep(const Config& config) {
+  auto stub = FisherService::NewStub(MakeChannel(config, 0));
+  fisherd::v1::NaturalGradientStepRequest step;
+  std::mt19937_64 rng(5);
+  std::normal_distribution<double> normal;
+  for (int64_t i = 0; i < config.dim; ++i) step.add_gradient(normal(rng));
+  step.set_learning_rate(0.1);
+
+  std::vector<double> ingest, solve, end_to_end;
+  std::string method;
+  absl::Status status;
+  for (int64_t r = 0; r < config.repeats + 1 && status.ok(); ++r) {
+    Config round = config;
+    round.session_id = absl::StrCat(config.session_id, "-", r);
+    const std::string name = "sessions/" + round.session_id;
+    status = CreateSession(stub.get(), round, /*dense=*/true);
+    if (!status.ok()) break;
+    fisherd::v1::ScoreBatch batch;
+    batch.set_session(name);
+    batch.set_worker_id("bench-fresh-step");
+    batch.set_sequence(1);
+    batch.set_rows(static_cast<uint32_t>(config.batch));
+    batch.set_scores_f32(RandomPayload(config.batch, config.dim, 1000 + r));
+    step.set_session(name);
+
+    const auto t0 = Clock::now();
+    grpc::ClientContext add_context;
+    fisherd::v1::ScoreAck ack;
+    status = ToStatus(stub->AddScores(&add_context, batch, &ack), "AddScores");
+    const auto t1 = Clock::now();
+    fisherd::v1::NaturalGradientStepResponse response;
+    if (status.ok()) {
+      grpc::ClientContext step_context;
+      status = ToStatus(stub->NaturalGradientStep(&step_context, step, &response),
+                        "NaturalGradientStep");
+    }
+    const auto t2 = Clock::now();
+    DeleteSession(stub.get(), name);
+    if (!status.ok() || r == 0) continue;  // the first round warms caches and threads
+    ingest.push_back(Seconds(t1 - t0));
+    solve.push_back(Seconds(t2 - t1));
+    end_to_end.push_back(Seconds(t2 - t0));
+    method = response.solver().method();
+  }
+  if (!status.ok() || end_to_end.empty()) {
+    std::cerr << "fisherd-bench: " << status << "\n";
+    return 1;
+  }
+  std::printf("fisherd-bench fresh-step  target %s  dim %lld  batch %lld  repeats %lld\n",
+              config.target.c_str(), static_cast<long long>(config.dim),
+              static_cast<long long>(config.batch), static_cast<long long>(config.repeats));
+  std::printf("  %-40s %10.4f\n", "AddScores (one batch), median s", Median(ingest));
+  std::printf("  %-40s %10.4f  (%s)\n", "step, median s", Median(solve), method.c_str());
+  std::printf("  %-40s %10.4f\n", "new session: batch + step, median s", Median(end_to_end));
+  std::printf(
+      "{\"mode\":\"fresh-step\",\"dim\":%lld,\"batch\":%lld,\"repeats\":%lld,"
+      "\"method\":\"%s\",\"ingest_seconds\":%.6f,\"step_seconds\":%.6f,"
+      "\"batch_and_step_seconds\":%.6f}\n",
+      static_cast<long long>(config.dim), static_cast<long long>(config.batch),
+      static_cast<long long>(config.repeats), method.c_str(), Median(ingest), Median(solve),
+      Median(end_to_end));
+  return 0;
+}
+
 const char kUsage[] =
-    "Usage: fisherd-bench --target=HOST:PORT [--mode=ingest|step] [--dim=N] [--batch=B]\n"
-    "         [--workers=W] [--seconds=S] [--representation=dense|diagonal]\n"
+    "Usage: fisherd-bench --target=HOST:PORT [--mode=ingest|step|fresh-step] [--dim=N]\n"
+    "         [--batch=B] [--workers=W] [--seconds=S] [--representation=dense|diagonal]\n"
     "  --mode=ingest (default): create a session, stream random float32 scores from W\n"
     "      workers for S seconds (after --warmup-seconds, default 0.5), print a table and\n"
     "      a last line of JSON: session, scores_per_second, payload_bytes_per_second,\n"
     "      workers, dim, batch, ...\n"
     "  --mode=step: --repeats=R rounds of AddScores(one batch), a step, a cached step;\n"
-    "      JSON: step_seconds, cached_step_seconds, batch_and_step_seconds (medians)\n"
+    "      JSON: step_seconds, cached_step_seconds, batch_and_step_seconds (medians);\n"
+    "      the session first gets more than dim/16 samples, so the steps are Cholesky\n"
+    "  --mode=fresh-step: --repeats=R rounds of a new session, one batch, one step (F from\n"
+    "      that batch alone, as in the PyTorch peer); JSON: batch_and_step_seconds, method\n"
     "  --in-flight=K unacknowledged batches per worker (8); --damping=L (1e-3);\n"
     "  --float32-products  the session multiplies large batches in float32 (faster, ~1e-7 in F);\n"
     "  --session=ID (default bench-<pid>-<time>); --delete-session: delete it at the end;\n"
@@ -400,12 +482,15 @@ int main(int argc, char** argv) {
   if (status.ok() && config.representation != "dense" && config.representation != "diagonal") {
     status = absl::InvalidArgumentError("--representation must be dense or diagonal");
   }
-  if (status.ok() && config.mode != "ingest" && config.mode != "step") {
-    status = absl::InvalidArgumentError("--mode must be ingest or step");
+  if (status.ok() && config.mode != "ingest" && config.mode != "step" &&
+      config.mode != "fresh-step") {
+    status = absl::InvalidArgumentError("--mode must be ingest, step or fresh-step");
   }
   if (!status.ok()) {
     std::cerr << "fisherd-bench: " << status.message() << "\n" << kUsage;
     return 2;
   }
-  return config.mode == "step" ? RunStep(config) : RunIngest(config);
+  if (config.mode == "step") return RunStep(config);
+  if (config.mode == "fresh-step") return RunFreshStep(config);
+  return RunIngest(config);
 }

@@ -46,7 +46,10 @@ def main():
                 return f"{v:.3g}"
             return f"{v:,.0f} {unit}"
         ratio_text = "n/a" if ratio is None else f"{ratio:.2f}x"
-        met = "n/a" if ratio is None else ("met" if ok(ratio) else "NOT met")
+        if ok is None:
+            met = "(for reference)"
+        else:
+            met = "n/a" if ratio is None else ("met" if ok(ratio) else "NOT met")
         rows.append((measure, fmt(ours), fmt(peer), ratio_text, target_text, met))
 
     def paired(key_a, field_a, key_b, field_b, invert=False):
@@ -90,8 +93,14 @@ def main():
         "<= 1.2x", paired("step", "step_seconds", "lapack", "factor_and_solve_seconds"), lambda r: r <= 1.2)
     row(f"cached step dim {step_dim} vs 2 trsv", cached, solves, "s", "<= 2x",
         paired("step", "cached_step_seconds", "lapack", "two_solves_seconds"), lambda r: r <= 2.0)
-    row(f"batch (256) + step dim {step_dim}, PyTorch time / fisherd time", batch_step, torch,
-        "s", ">= 3x faster", paired("step", "batch_and_step_seconds", "torch", "seconds", invert=True), lambda r: r >= 3.0)
+    fresh = median("fresh_step", "batch_and_step_seconds")
+    fresh_method = info("fresh_step", "method")
+    row(f"batch (256) + step dim {step_dim}, new session as PyTorch ({fresh_method}), "
+        "PyTorch / fisherd time", fresh, torch, "s",
+        ">= 3x faster", paired("fresh_step", "batch_and_step_seconds", "torch", "seconds", invert=True),
+        lambda r: r >= 3.0)
+    row(f"  the same into a session past dim/16 samples (cholesky)", batch_step, torch, "s", "-",
+        paired("step", "batch_and_step_seconds", "torch", "seconds", invert=True), None)
     row(f"8 workers vs 1, dense dim {small}", w8, f_small, "scores/s", ">= 0.9x",
         paired("dense_small_w8", "scores_per_second", "dense_small", "scores_per_second"), lambda r: r >= 0.9)
     mem = values.get("memory", [None])[0]

@@ -132,6 +132,7 @@ print(json.dumps({'peer': 'iperf3', 'bytes_per_second': r['end']['sum_received']
     wait "$iperf_pid" 2>/dev/null || true
   fi
   record step "${bench[@]}" --mode=step --dim="$step_dim" --batch=256 --repeats="$step_repeats"
+  record fresh_step "${bench[@]}" --mode=fresh-step --dim="$step_dim" --batch=256 --repeats="$step_repeats"
   record lapack "$bin/bench/peer-blas" solve --dim="$step_dim" --repeats="$step_repeats" --threads="$threads"
   if [ "$quick" -eq 0 ] && "$python" -c "import torch" 2>/dev/null; then
     record torch "$python" bench/peers.py torch --dim="$step_dim" --batch=256 --repeats="$step_repeats" --threads="$threads"
