@@ -4,6 +4,7 @@
 // Signals: SIGTERM and SIGINT are blocked before any thread starts, so every thread
 // (gRPC's, the pool's) inherits the mask and the only place they are ever delivered is
 // the sigwait below, on the main thread. No work happens in a signal handler.
+#include <malloc.h>
 #include <signal.h>
 
 #include <cstring>
@@ -16,6 +17,14 @@
 #include "server/flags.h"
 
 int main(int argc, char** argv) {
+  // One malloc arena for every thread. Batches are allocated on gRPC threads and freed
+  // on pool threads (and the other way round); with glibc's default of an arena per
+  // thread each arena kept its own high-water mark of multi-MiB batch buffers, and a
+  // dense dim-4096 session measured 1.45-1.50x of its 8 dim^2 bytes resident, against
+  // 1.18x with one arena and no measurable change in ingest speed (docs/performance.md).
+  // Must run before any thread starts.
+  mallopt(M_ARENA_MAX, 1);
+
   sigset_t stop_signals;
   sigemptyset(&stop_signals);
   sigaddset(&stop_signals, SIGTERM);
