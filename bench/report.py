@@ -15,6 +15,8 @@ def main():
     parser.add_argument("results")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=0)
+    parser.add_argument("--float32-products", action="store_true",
+                        help="the run's dense sessions used the float32 batch kernel")
     args = parser.parse_args()
 
     values = {}
@@ -120,7 +122,8 @@ def main():
     print()
     print(f"fisherd vs in-process peers: {args.threads} cores; OpenBLAS, NumPy and PyTorch "
           f"with {args.threads} threads; fisherd --math-threads={args.threads}; figures are "
-          f"medians of {args.repeats} runs, ratios medians of the per-run ratios")
+          f"medians of {args.repeats} runs, ratios medians of the per-run ratios; dense "
+          f"sessions with {'float32_products' if args.float32_products else 'exact float64 products'}")
     for r in [header, tuple("-" * w for w in widths)] + rows:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
     return 0

@@ -8,6 +8,8 @@
 #   bash bench/run.sh --repeats=5     # medians over 5 interleaved runs (default 3)
 #   bash bench/run.sh --quick --build-dir=DIR   # smoke: tiny dims, under a minute,
 #                                     # installs and builds nothing, skips missing peers
+#   bash bench/run.sh --float32-products   # fisherd's dense sessions opt into the
+#                                     # float32 batch kernel (SessionConfig.float32_products)
 #
 # Every figure is the median over the repeats; each repeat runs fisherd and its peer
 # back to back, so both see the same machine. Raw JSON lines go to $BENCH_OUT
@@ -16,14 +18,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 quick=0
+float32_products=0
 repeats=3
 build_dir=build
 for arg in "$@"; do
   case "$arg" in
     --quick) quick=1 ;;
+    --float32-products) float32_products=1 ;;
     --repeats=*) repeats="${arg#--repeats=}" ;;
     --build-dir=*) build_dir="${arg#--build-dir=}" ;;
-    *) echo "usage: bench/run.sh [--quick] [--repeats=N] [--build-dir=DIR]" >&2; exit 2 ;;
+    *) echo "usage: bench/run.sh [--quick] [--repeats=N] [--build-dir=DIR] [--float32-products]" >&2
+       exit 2 ;;
   esac
 done
 python=/usr/bin/python3  # Debian's interpreter, which sees python3-numpy and python3-torch
@@ -105,6 +110,7 @@ start_server "$out/fisherd.log"
 target=$address
 echo "fisherd on $target; $threads cores; raw results in $out"
 bench=("$bin/bench/fisherd-bench" --target="$target" --delete-session --seconds="$secs")
+[ "$float32_products" -eq 0 ] || bench+=(--float32-products)
 
 for rep in $(seq "$repeats"); do
   echo "repeat $rep/$repeats"
@@ -162,5 +168,7 @@ if [ -x "$bin/tests/core_test" ] && [ "$quick" -eq 0 ]; then
   [ -n "$error" ] && printf '{"key":"accuracy","data":{"relative_error":%s}}\n' "$error" >>"$results"
 fi
 
-"$python" bench/report.py "$results" --threads="$threads" --repeats="$repeats"
+report_flags=(--threads="$threads" --repeats="$repeats")
+[ "$float32_products" -eq 0 ] || report_flags+=(--float32-products)
+"$python" bench/report.py "$results" "${report_flags[@]}"
 echo "raw results: $results"
