@@ -26,8 +26,8 @@ absl::Status ValidateScores(const ScoreBatchView& batch);
 
 // How a dense batch's R^T R is formed before it is added into the float64 sums.
 //  - kFloat64: scores widened to float64, one dsyrk (exact products; the reference).
-//  - kFloat32: the batch's product in float32 (sgemm/ssyrk, about twice dsyrk's speed
-//    and no widened copy), in chunks of at most kFloat32KernelRows rows, each chunk's
+//  - kFloat32: the batch's product in float32 (ssyrk alone runs 1.7x dsyrk's rate at
+//    dim 1024; no widened copy), in chunks of at most kFloat32KernelRows rows, each chunk's
 //    product added into the float64 sums (DESIGN.md 5: "an fp32 batch kernel added
 //    into fp64 totals"). Relative error per chunk ~ sqrt(chunk rows) * 6e-8, and
 //    independent between chunks, so the estimate after many samples stays far inside
