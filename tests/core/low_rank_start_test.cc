@@ -138,6 +138,22 @@ TEST(LowRankStartTest, NoDampingIsSingular) {
   }
 }
 
+// One sample has zero covariance: centered, F = 0 and the step is g / lambda exactly
+// (the reflected rows are empty, so the small system has size 0).
+TEST(LowRankStartTest, OneCenteredSampleStepsByTheDampingAlone) {
+  std::mt19937_64 rng(131);
+  Session session(Dense(/*centered=*/true, 0.5));
+  Stream(session, RandomRows(1, rng));
+  const Eigen::VectorXd g = Eigen::VectorXd::Random(kDim);
+  StepOptions options;
+  options.skip_decay = true;
+  absl::StatusOr<StepResult> step = session.Step(g, options);
+  ASSERT_TRUE(step.ok()) << step.status();
+  EXPECT_EQ(step->solver.method, "woodbury");
+  EXPECT_LT((step->natural_gradient - g / 0.5).norm(), 1e-15 * (g / 0.5).norm());
+  EXPECT_LT(DenseEstimate(session).cwiseAbs().maxCoeff(), 1e-15);
+}
+
 // The batch that passes dim / 16 rows folds the held rows into M: the session is then
 // exactly one that received everything at once.
 TEST(LowRankStartTest, PassingTheBoundFoldsTheRowsIntoM) {
