@@ -211,31 +211,35 @@ absl::Status DenseStatistics::Factor(double damping) {
 
 absl::StatusOr<SolveResult> DenseStatistics::Solve(const Eigen::VectorXd& g, double damping) {
   const auto start = std::chrono::steady_clock::now();
-  if (holding_rows()) return SolveLowRank(g, damping);
+  const bool low_rank = holding_rows();
   SolveResult result;
-  result.summary.method = "cholesky";
+  result.summary.method = low_rank ? "woodbury" : "cholesky";
   result.summary.damping = damping;
   result.summary.factorization_cached = factor_valid_ && factor_damping_ == damping;
   if (!result.summary.factorization_cached) {
-    if (absl::Status status = Factor(damping); !status.ok()) return status;
+    const absl::Status status = low_rank ? FactorLowRank(damping) : Factor(damping);
+    if (!status.ok()) return status;
   }
-
-  // Swap L's diagonal in for the two triangular solves, then back out.
-  storage_.diagonal().swap(factor_diagonal_);
-  result.natural_gradient = g;
-  const int n = static_cast<int>(dim_);
-  cblas_dtrsv(CblasColMajor, CblasLower, CblasNoTrans, CblasNonUnit, n, storage_.data(), n,
-              result.natural_gradient.data(), 1);
-  cblas_dtrsv(CblasColMajor, CblasLower, CblasTrans, CblasNonUnit, n, storage_.data(), n,
-              result.natural_gradient.data(), 1);
-  storage_.diagonal().swap(factor_diagonal_);
-
+  result.natural_gradient = low_rank ? WoodburySolve(g) : CholeskySolve(g);
   const double g_norm = g.norm();
   result.summary.residual =
       g_norm > 0.0 ? (DampedProduct(result.natural_gradient, damping) - g).norm() / g_norm
                    : 0.0;
   result.summary.seconds = SecondsSince(start);
   return result;
+}
+
+Eigen::VectorXd DenseStatistics::CholeskySolve(const Eigen::VectorXd& g) {
+  // Swap L's diagonal in for the two triangular solves, then back out.
+  storage_.diagonal().swap(factor_diagonal_);
+  Eigen::VectorXd x = g;
+  const int n = static_cast<int>(dim_);
+  cblas_dtrsv(CblasColMajor, CblasLower, CblasNoTrans, CblasNonUnit, n, storage_.data(), n,
+              x.data(), 1);
+  cblas_dtrsv(CblasColMajor, CblasLower, CblasTrans, CblasNonUnit, n, storage_.data(), n,
+              x.data(), 1);
+  storage_.diagonal().swap(factor_diagonal_);
+  return x;
 }
 
 absl::StatusOr<FisherSummary> DenseStatistics::Summarize(bool with_eigenvalues) const {
@@ -384,25 +388,6 @@ absl::Status DenseStatistics::FactorLowRank(double damping) {
   factor_valid_ = true;
   factor_damping_ = damping;
   return absl::OkStatus();
-}
-
-absl::StatusOr<SolveResult> DenseStatistics::SolveLowRank(const Eigen::VectorXd& g,
-                                                          double damping) {
-  const auto start = std::chrono::steady_clock::now();
-  SolveResult result;
-  result.summary.method = "woodbury";
-  result.summary.damping = damping;
-  result.summary.factorization_cached = factor_valid_ && factor_damping_ == damping;
-  if (!result.summary.factorization_cached) {
-    if (absl::Status status = FactorLowRank(damping); !status.ok()) return status;
-  }
-  result.natural_gradient = WoodburySolve(g);
-  const double g_norm = g.norm();
-  result.summary.residual =
-      g_norm > 0.0 ? (DampedProduct(result.natural_gradient, damping) - g).norm() / g_norm
-                   : 0.0;
-  result.summary.seconds = SecondsSince(start);
-  return result;
 }
 
 }  // namespace fisherd

@@ -53,6 +53,8 @@ class DenseStatistics final : public ScoreStatistics {
   void AddFloat32(const PreparedBatch& batch);
   // Factors F + damping I into the strict lower triangle and factor_diagonal_.
   absl::Status Factor(double damping);
+  // F_lambda^-1 g by the two triangular solves with the cached factor.
+  Eigen::VectorXd CholeskySolve(const Eigen::VectorXd& g);
 
   // --- low-rank start (held_rows_) ---
   bool holding_rows() const { return !materialized_; }
@@ -71,7 +73,6 @@ class DenseStatistics final : public ScoreStatistics {
   Eigen::VectorXd WoodburySolve(const Eigen::VectorXd& v) const;
   // Factors lambda/c I + Q Q^T for the Woodbury rows Q.
   absl::Status FactorLowRank(double damping);
-  absl::StatusOr<SolveResult> SolveLowRank(const Eigen::VectorXd& g, double damping);
 
   const int64_t dim_;
   const bool centered_;
