@@ -12,6 +12,10 @@
 // The session first gets more than dim/16 samples, so every timed step is the dense
 // Cholesky path (it checks solver.method).
 //
+//   fisherd-bench --mode=accuracy --target=HOST:PORT --dim=N --batch=B --samples=S
+// streams S samples (two payloads, alternating), reads F back with GetFisher and prints
+// its relative Frobenius error against the same sums in long double.
+//
 //   fisherd-bench --mode=fresh-step --target=HOST:PORT --dim=N --batch=B --repeats=R
 // times, R times over, the PyTorch user's loop: a new session, one batch, one step
 // (F from that batch alone). Session creation and deletion are not timed.
@@ -23,6 +27,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <cstdio>
 #include <cstring>
@@ -61,6 +66,7 @@ struct Config {
   double warmup_seconds = 0.5;
   int64_t in_flight = 8;
   int64_t repeats = 5;
+  int64_t samples = 1000000;  // --mode=accuracy
   double damping = 1e-3;
   bool float32_products = false;  // SessionConfig.float32_products
   bool delete_session = false;
@@ -345,6 +351,108 @@ int RunStep(const Config& config) {
   return 0;
 }
 
+// --- accuracy mode ---------------------------------------------------------------------
+
+// G = P^T P for a rows x dim row-major float32 payload, in long double (the float products
+// are exact in double and the sums here carry 64-bit mantissas).
+std::vector<long double> GramLongDouble(const std::string& payload, int64_t rows, int64_t dim) {
+  std::vector<float> values(static_cast<size_t>(rows * dim));
+  std::memcpy(values.data(), payload.data(), payload.size());
+  std::vector<long double> gram(static_cast<size_t>(dim * dim), 0.0L);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = values.data() + r * dim;
+    for (int64_t i = 0; i < dim; ++i) {
+      const long double si = row[i];
+      long double* out = gram.data() + i * dim;
+      for (int64_t j = 0; j < dim; ++j) out[j] += si * static_cast<long double>(row[j]);
+    }
+  }
+  return gram;
+}
+
+int RunAccuracy(const Config& config) {
+  auto stub = FisherService::NewStub(MakeChannel(config, 0));
+  if (absl::Status s = CreateSession(stub.get(), config, /*dense=*/true); !s.ok()) {
+    std::cerr << "fisherd-bench: " << s << "\n";
+    return 1;
+  }
+  const std::string name = "sessions/" + config.session_id;
+  const std::string payloads[2] = {RandomPayload(config.batch, config.dim, 7),
+                                   RandomPayload(config.batch, config.dim, 8)};
+  const int64_t batches = (config.samples + config.batch - 1) / config.batch;
+
+  // One stream, all batches written before the acks are read back (gRPC's flow control
+  // bounds what is in flight).
+  grpc::ClientContext context;
+  auto stream = stub->StreamScores(&context);
+  fisherd::v1::ScoreBatch batch;
+  batch.set_session(name);
+  batch.set_worker_id("bench-accuracy");
+  batch.set_rows(static_cast<uint32_t>(config.batch));
+  std::thread writer([&] {
+    for (int64_t b = 0; b < batches; ++b) {
+      batch.set_sequence(static_cast<uint64_t>(b + 1));
+      batch.set_scores_f32(payloads[b % 2]);
+      if (!stream->Write(batch)) break;
+    }
+    stream->WritesDone();
+  });
+  fisherd::v1::ScoreAck ack;
+  int64_t acked = 0;
+  while (stream->Read(&ack)) ++acked;
+  writer.join();
+  absl::Status status = ToStatus(stream->Finish(), "StreamScores");
+  if (status.ok() && acked != batches) {
+    status = absl::InternalError(absl::StrCat(acked, " of ", batches, " batches acknowledged"));
+  }
+
+  // F from the server, row blocks in order.
+  std::vector<double> f(static_cast<size_t>(config.dim * config.dim), 0.0);
+  if (status.ok()) {
+    grpc::ClientContext get_context;
+    fisherd::v1::GetFisherRequest request;
+    request.set_session(name);
+    request.set_include_matrix(true);
+    auto reader = stub->GetFisher(&get_context, request);
+    fisherd::v1::GetFisherResponse response;
+    while (reader->Read(&response)) {
+      const size_t offset = static_cast<size_t>(response.row_offset() * config.dim);
+      if (offset + static_cast<size_t>(response.values_size()) > f.size()) break;
+      std::copy(response.values().begin(), response.values().end(), f.begin() + offset);
+    }
+    status = ToStatus(reader->Finish(), "GetFisher");
+  }
+  if (config.delete_session) DeleteSession(stub.get(), name);
+  if (!status.ok()) {
+    std::cerr << "fisherd-bench: " << status << "\n";
+    return 1;
+  }
+
+  // Reference: (n_0 G_0 + n_1 G_1) / (rows streamed), in long double.
+  const std::vector<long double> g0 = GramLongDouble(payloads[0], config.batch, config.dim);
+  const std::vector<long double> g1 = GramLongDouble(payloads[1], config.batch, config.dim);
+  const long double n0 = static_cast<long double>((batches + 1) / 2);
+  const long double n1 = static_cast<long double>(batches / 2);
+  const long double rows = static_cast<long double>(batches * config.batch);
+  long double error_sq = 0.0L, norm_sq = 0.0L;
+  for (size_t k = 0; k < f.size(); ++k) {
+    const long double expected = (n0 * g0[k] + n1 * g1[k]) / rows;
+    error_sq += (f[k] - expected) * (f[k] - expected);
+    norm_sq += expected * expected;
+  }
+  const double relative_error = static_cast<double>(std::sqrt(error_sq / norm_sq));
+  std::printf("fisherd-bench accuracy  target %s  dim %lld  samples %lld  float32_products %s\n",
+              config.target.c_str(), static_cast<long long>(config.dim),
+              static_cast<long long>(batches * config.batch),
+              config.float32_products ? "on" : "off");
+  std::printf("  relative Frobenius error of F vs long-double sums: %.3g\n", relative_error);
+  std::printf("{\"mode\":\"accuracy\",\"dim\":%lld,\"samples\":%lld,\"float32_products\":%s,"
+              "\"relative_error\":%.6g}\n",
+              static_cast<long long>(config.dim), static_cast<long long>(batches * config.batch),
+              config.float32_products ? "true" : "false", relative_error);
+  return 0;
+}
+
 // --- fresh-step mode -------------------------------------------------------------------
 
 int RunFreshStep(const Config& config) {
@@ -412,8 +520,9 @@ int RunFreshStep(const Config& config) {
 }
 
 const char kUsage[] =
-    "Usage: fisherd-bench --target=HOST:PORT [--mode=ingest|step|fresh-step] [--dim=N]\n"
-    "         [--batch=B] [--workers=W] [--seconds=S] [--representation=dense|diagonal]\n"
+    "Usage: fisherd-bench --target=HOST:PORT [--mode=ingest|step|fresh-step|accuracy]\n"
+    "         [--dim=N] [--batch=B] [--workers=W] [--seconds=S]\n"
+    "         [--representation=dense|diagonal]\n"
     "  --mode=ingest (default): create a session, stream random float32 scores from W\n"
     "      workers for S seconds (after --warmup-seconds, default 0.5), print a table and\n"
     "      a last line of JSON: session, scores_per_second, payload_bytes_per_second,\n"
@@ -421,6 +530,8 @@ const char kUsage[] =
     "  --mode=step: --repeats=R rounds of AddScores(one batch), a step, a cached step;\n"
     "      JSON: step_seconds, cached_step_seconds, batch_and_step_seconds (medians);\n"
     "      the session first gets more than dim/16 samples, so the steps are Cholesky\n"
+    "  --mode=accuracy: stream --samples=S (1000000) samples, read F back, print its\n"
+    "      relative Frobenius error vs long-double sums of the same scores; JSON: relative_error\n"
     "  --mode=fresh-step: --repeats=R rounds of a new session, one batch, one step (F from\n"
     "      that batch alone, as in the PyTorch peer); JSON: batch_and_step_seconds, method\n"
     "  --in-flight=K unacknowledged batches per worker (8); --damping=L (1e-3);\n"
@@ -466,6 +577,7 @@ int main(int argc, char** argv) {
   get_int("workers", &config.workers);
   get_int("in-flight", &config.in_flight);
   get_int("repeats", &config.repeats);
+  get_int("samples", &config.samples);
   get_double("seconds", &config.seconds);
   get_double("warmup-seconds", &config.warmup_seconds);
   get_double("damping", &config.damping);
@@ -483,8 +595,11 @@ int main(int argc, char** argv) {
     status = absl::InvalidArgumentError("--representation must be dense or diagonal");
   }
   if (status.ok() && config.mode != "ingest" && config.mode != "step" &&
-      config.mode != "fresh-step") {
-    status = absl::InvalidArgumentError("--mode must be ingest, step or fresh-step");
+      config.mode != "fresh-step" && config.mode != "accuracy") {
+    status = absl::InvalidArgumentError("--mode must be ingest, step, fresh-step or accuracy");
+  }
+  if (status.ok() && config.samples < 1) {
+    status = absl::InvalidArgumentError("--samples must be >= 1");
   }
   if (!status.ok()) {
     std::cerr << "fisherd-bench: " << status.message() << "\n" << kUsage;
@@ -492,5 +607,6 @@ int main(int argc, char** argv) {
   }
   if (config.mode == "step") return RunStep(config);
   if (config.mode == "fresh-step") return RunFreshStep(config);
+  if (config.mode == "accuracy") return RunAccuracy(config);
   return RunIngest(config);
 }

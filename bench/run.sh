@@ -64,10 +64,10 @@ results="$out/results.jsonl"
 # Sizes: the for the full run, tiny ones for the smoke.
 if [ "$quick" -eq 1 ]; then
   repeats=1; secs=0.3; small=64; large=128; diag_dim=256; diag_batch=16; step_dim=64
-  step_repeats=1; mem_dim=128
+  step_repeats=1; mem_dim=128; acc_dim=64; acc_samples=10000
 else
   secs=4; small=1024; large=4096; diag_dim=4096; diag_batch=64; step_dim=4096
-  step_repeats=3; mem_dim=4096
+  step_repeats=3; mem_dim=4096; acc_dim=256; acc_samples=1000000
 fi
 threads=$(nproc)
 
@@ -160,13 +160,9 @@ peak=$(rss_kb VmHWM)
 printf '{"key":"memory","data":{"dim":%d,"idle_kb":%d,"after_kb":%d,"peak_kb":%d}}\n' \
   "$mem_dim" "$idle" "$after" "$peak" >>"$results"
 
-# Accuracy: the core test that streams 1e6 samples through the float32 kernel in use
-# at these sizes and compares with float64 sums (prints the relative error).
-if [ -x "$bin/tests/core_test" ] && [ "$quick" -eq 0 ]; then
-  error=$("$bin/tests/core_test" --gtest_filter='*Float32KernelMillionSamples*' 2>&1 |
-          sed -n 's/.*relative error \([0-9.eE+-]*\).*/\1/p')
-  [ -n "$error" ] && printf '{"key":"accuracy","data":{"relative_error":%s}}\n' "$error" >>"$results"
-fi
+# Accuracy: 1e6 samples streamed over gRPC into a dense session (the kernel the run's
+# sessions use), F read back with GetFisher and compared with long-double sums.
+record accuracy "${bench[@]}" --mode=accuracy --dim="$acc_dim" --batch=256 --samples="$acc_samples"
 
 report_flags=(--threads="$threads" --repeats="$repeats")
 [ "$float32_products" -eq 0 ] || report_flags+=(--float32-products)
