@@ -258,6 +258,17 @@ double Median(std::vector<double> v) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
+// The step every mode times: a fixed random gradient, learning rate 0.1.
+fisherd::v1::NaturalGradientStepRequest StepRequest(const std::string& session, int64_t dim) {
+  fisherd::v1::NaturalGradientStepRequest step;
+  step.set_session(session);
+  std::mt19937_64 rng(5);
+  std::normal_distribution<double> normal;
+  for (int64_t i = 0; i < dim; ++i) step.add_gradient(normal(rng));
+  step.set_learning_rate(0.1);
+  return step;
+}
+
 int RunStep(const Config& config) {
   auto stub = FisherService::NewStub(MakeChannel(config, 0));
   if (absl::Status s = CreateSession(stub.get(), config, /*dense=*/true); !s.ok()) {
@@ -272,12 +283,7 @@ int RunStep(const Config& config) {
   const std::string payload = RandomPayload(config.batch, config.dim, 99);
   batch.set_scores_f32(payload);
 
-  fisherd::v1::NaturalGradientStepRequest step;
-  step.set_session(session_name);
-  std::mt19937_64 rng(5);
-  std::normal_distribution<double> normal;
-  for (int64_t i = 0; i < config.dim; ++i) step.add_gradient(normal(rng));
-  step.set_learning_rate(0.1);
+  fisherd::v1::NaturalGradientStepRequest step = StepRequest(session_name, config.dim);
 
   uint64_t sequence = 0;
   auto add = [&]() -> absl::Status {
@@ -457,11 +463,7 @@ int RunAccuracy(const Config& config) {
 
 int RunFreshStep(const Config& config) {
   auto stub = FisherService::NewStub(MakeChannel(config, 0));
-  fisherd::v1::NaturalGradientStepRequest step;
-  std::mt19937_64 rng(5);
-  std::normal_distribution<double> normal;
-  for (int64_t i = 0; i < config.dim; ++i) step.add_gradient(normal(rng));
-  step.set_learning_rate(0.1);
+  fisherd::v1::NaturalGradientStepRequest step = StepRequest("", config.dim);
 
   std::vector<double> ingest, solve, end_to_end;
   std::string method;

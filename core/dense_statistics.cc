@@ -336,7 +336,7 @@ Eigen::VectorXd DenseStatistics::WoodburySolve(const Eigen::VectorXd& v) const {
   const auto factor = gram_factor_.triangularView<Eigen::Lower>();
   factor.solveInPlace(t);
   factor.transpose().solveInPlace(t);
-  return (v - WoodburyRowsTransposeTimes(t)) / gram_lambda_;
+  return (v - WoodburyRowsTransposeTimes(t)) / factor_damping_;
 }
 
 absl::Status DenseStatistics::FactorLowRank(double damping) {
@@ -384,7 +384,6 @@ absl::Status DenseStatistics::FactorLowRank(double damping) {
         "F + lambda I is not numerically positive definite (lambda = ", damping, ", ",
         sample_count_, " samples for dim ", dim_, "); set a larger damping"));
   }
-  gram_lambda_ = damping;
   factor_valid_ = true;
   factor_damping_ = damping;
   return absl::OkStatus();

@@ -62,9 +62,9 @@ class DenseStatistics final : public ScoreStatistics {
   void HoldRows(const PreparedBatch& batch);
   // M := held rows' R^T R into the upper triangle; frees the rows.
   void Materialize();
-  // The rows the Woodbury identity runs on: R, or centered, the last rows - 1 rows of
-  // H R where the Householder reflection H maps b onto the first axis. Q v applies
-  // them to v (one value per row), QTranspose(y) their transpose (dim values).
+  // The rows Q the Woodbury identity runs on: R, or centered, the last rows - 1 rows of
+  // H R where the Householder reflection H maps b onto the first axis. Q v (one value
+  // per row of Q) and Q^T y (dim values).
   Eigen::VectorXd WoodburyRowsTimes(const Eigen::VectorXd& v) const;
   Eigen::VectorXd WoodburyRowsTransposeTimes(const Eigen::VectorXd& y) const;
   // x - 2 u (u . x) / (u . u): the reflection householder_, or x if u is zero.
@@ -97,10 +97,9 @@ class DenseStatistics final : public ScoreStatistics {
   int64_t held_count_ = 0;
   PreparedBatch::RowMajorD held_rows_;
   Eigen::VectorXd held_coefficients_;
-  // The low-rank factor: Cholesky of lambda/c I + Q Q^T, the damping it was built
-  // for, and (centered) the Householder vector u of the reflection H.
+  // The low-rank factor (for factor_damping_): Cholesky of lambda/c I + Q Q^T, and
+  // (centered) the Householder vector u of the reflection H.
   Eigen::MatrixXd gram_factor_;
-  double gram_lambda_ = 0.0;
   Eigen::VectorXd householder_;
 
   bool factor_valid_ = false;
