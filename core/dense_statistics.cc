@@ -30,13 +30,19 @@ DenseStatistics::DenseStatistics(const SessionOptions& options)
       // resident, so a session in its low-rank start costs only its rows.
       storage_(options.dim, options.dim),
       mean_sum_(Eigen::VectorXd::Zero(options.dim)),
-      max_held_rows_(options.dim / kLowRankRowsPerDim),
-      factor_diagonal_(Eigen::VectorXd::Zero(options.dim)) {}
+      factor_diagonal_(Eigen::VectorXd::Zero(options.dim)) {
+  const int64_t max_held_rows = options.dim / kLowRankRowsPerDim;
+  if (max_held_rows > 0) {
+    start_ = std::make_unique<LowRankStatistics>(dim_, max_held_rows, centered_);
+  } else {
+    Materialize();  // too small to hold even one row
+  }
+}
 
 void DenseStatistics::Add(const PreparedBatch& batch) {
-  if (holding_rows() && held_count_ + batch.rows > max_held_rows_) Materialize();
+  if (holding_rows() && start_->row_count() + batch.rows > start_->capacity()) Materialize();
   if (holding_rows()) {
-    HoldRows(batch);
+    start_->Add(batch);  // never wraps: the check above goes dense first
   } else if (batch.root_weighted_f32.size() > 0) {
     AddFloat32(batch);
   } else {
@@ -52,37 +58,22 @@ void DenseStatistics::Add(const PreparedBatch& batch) {
   factor_valid_ = false;
 }
 
-void DenseStatistics::HoldRows(const PreparedBatch& batch) {
-  if (held_rows_.rows() == 0) {
-    held_rows_.resize(max_held_rows_, dim_);
-    held_coefficients_.resize(max_held_rows_);
-  }
-  const double inverse_root_scale = 1.0 / std::sqrt(scale_);
-  held_coefficients_.segment(held_count_, batch.rows) = batch.root_weights * inverse_root_scale;
-  auto rows = held_rows_.middleRows(held_count_, batch.rows);
-  if (batch.root_weighted_f32.size() > 0) {
-    rows = batch.root_weighted_f32.cast<double>() * inverse_root_scale;
-  } else {
-    rows = batch.root_weighted * inverse_root_scale;
-  }
-  held_count_ += batch.rows;
-}
-
 void DenseStatistics::Materialize() {
   const int64_t n = dim_;
   for (int64_t j = 0; j < n; ++j) std::fill_n(storage_.data() + j * n, j + 1, 0.0);
-  if (held_count_ > 0) {
-    // held_rows_ is rows x dim row-major: R^T column-major with leading dimension dim.
-    cblas_dsyrk(CblasColMajor, CblasUpper, CblasNoTrans, static_cast<int>(n),
-                static_cast<int>(held_count_), 1.0, held_rows_.data(), static_cast<int>(n),
-                1.0, storage_.data(), static_cast<int>(n));
+  if (holding_rows()) {
+    // The rows are row-major: R^T column-major with leading dimension outerStride().
+    const auto rows = start_->rows();
+    if (rows.rows() > 0) {
+      cblas_dsyrk(CblasColMajor, CblasUpper, CblasNoTrans, static_cast<int>(n),
+                  static_cast<int>(rows.rows()), 1.0, rows.data(),
+                  static_cast<int>(rows.outerStride()), 1.0, storage_.data(),
+                  static_cast<int>(n));
+    }
+    scale_ = start_->scale();  // M = scale R^T R
+    start_.reset();
+    FoldTinyScale();  // the start lets its scale fall below kMinScale between Adds
   }
-  held_rows_ = PreparedBatch::RowMajorD();
-  held_coefficients_ = Eigen::VectorXd();
-  held_count_ = 0;
-  gram_factor_ = Eigen::MatrixXd();
-  householder_ = Eigen::VectorXd();
-  materialized_ = true;
   factor_valid_ = false;
 }
 
@@ -125,16 +116,20 @@ void DenseStatistics::Decay(double rho) {
   // F = M / W is invariant under a common scaling, so the factor stays valid.
   weight_sum_ *= rho;
   mean_sum_ *= rho;
-  scale_ *= rho;
-  if (scale_ < kMinScale) {
-    if (holding_rows()) {
-      held_rows_.topRows(held_count_) *= std::sqrt(scale_);
-      held_coefficients_.head(held_count_) *= std::sqrt(scale_);
-    } else {
-      storage_.triangularView<Eigen::Upper>() *= scale_;
-    }
-    scale_ = 1.0;
+  if (holding_rows()) {
+    start_->Decay(rho);
+    return;
   }
+  scale_ *= rho;
+  FoldTinyScale();
+}
+
+void DenseStatistics::FoldTinyScale() {
+  if (scale_ >= kMinScale) return;
+  // c * upper is unchanged up to round-off, so the Cholesky factor of F_lambda in the
+  // lower triangle stays valid.
+  storage_.triangularView<Eigen::Upper>() *= scale_;
+  scale_ = 1.0;
 }
 
 Eigen::VectorXd DenseStatistics::DampedProduct(const Eigen::VectorXd& x,
@@ -143,14 +138,9 @@ Eigen::VectorXd DenseStatistics::DampedProduct(const Eigen::VectorXd& x,
   // selfadjoint product is single-threaded and took 3x the time of the two triangular
   // solves of a cached step (docs/performance.md).
   Eigen::VectorXd y(dim_);
-  if (holding_rows()) {
-    const auto rows = held_rows_.topRows(held_count_);
-    y.noalias() = rows.transpose() * (RawToEstimate() * (rows * x));
-  } else {
-    const int n = static_cast<int>(dim_);
-    cblas_dsymv(CblasColMajor, CblasUpper, n, RawToEstimate(), storage_.data(), n, x.data(), 1,
-                0.0, y.data(), 1);
-  }
+  const int n = static_cast<int>(dim_);
+  cblas_dsymv(CblasColMajor, CblasUpper, n, RawToEstimate(), storage_.data(), n, x.data(), 1,
+              0.0, y.data(), 1);
   if (centered_) {
     const Eigen::VectorXd mean = Mean();
     y -= mean * mean.dot(x);
@@ -160,6 +150,7 @@ Eigen::VectorXd DenseStatistics::DampedProduct(const Eigen::VectorXd& x,
 }
 
 Eigen::VectorXd DenseStatistics::Multiply(const Eigen::VectorXd& v) const {
+  if (holding_rows()) return start_->Multiply(v);
   return DampedProduct(v, 0.0);
 }
 
@@ -210,17 +201,16 @@ absl::Status DenseStatistics::Factor(double damping) {
 }
 
 absl::StatusOr<SolveResult> DenseStatistics::Solve(const Eigen::VectorXd& g, double damping) {
+  if (holding_rows()) return start_->Solve(g, damping);
   const auto start = std::chrono::steady_clock::now();
-  const bool low_rank = holding_rows();
   SolveResult result;
-  result.summary.method = low_rank ? "woodbury" : "cholesky";
+  result.summary.method = "cholesky";
   result.summary.damping = damping;
   result.summary.factorization_cached = factor_valid_ && factor_damping_ == damping;
   if (!result.summary.factorization_cached) {
-    const absl::Status status = low_rank ? FactorLowRank(damping) : Factor(damping);
-    if (!status.ok()) return status;
+    if (absl::Status status = Factor(damping); !status.ok()) return status;
   }
-  result.natural_gradient = low_rank ? WoodburySolve(g) : CholeskySolve(g);
+  result.natural_gradient = CholeskySolve(g);
   const double g_norm = g.norm();
   result.summary.residual =
       g_norm > 0.0 ? (DampedProduct(result.natural_gradient, damping) - g).norm() / g_norm
@@ -243,23 +233,13 @@ Eigen::VectorXd DenseStatistics::CholeskySolve(const Eigen::VectorXd& g) {
 }
 
 absl::StatusOr<FisherSummary> DenseStatistics::Summarize(bool with_eigenvalues) const {
+  if (holding_rows()) return start_->Summarize(with_eigenvalues);
   const double c = RawToEstimate();
   const Eigen::VectorXd mean = centered_ ? Mean() : Eigen::VectorXd::Zero(dim_);
   FisherSummary summary;
   summary.dim = dim_;
   double frobenius_sq = 0.0;
-  if (holding_rows()) {
-    // F = c R^T R - mu mu^T: trace(F) = c sum |r_i|^2 - |mu|^2 and
-    // |F|_F^2 = c^2 |R R^T|_F^2 - 2 c |R mu|^2 + |mu|^4, all from rows x rows work.
-    const auto rows = held_rows_.topRows(held_count_);
-    const Eigen::MatrixXd gram = rows * rows.transpose();
-    const double mean_sq = mean.squaredNorm();
-    summary.trace = c * gram.trace() - mean_sq;
-    frobenius_sq = c * c * gram.squaredNorm() - 2.0 * c * (rows * mean).squaredNorm() +
-                   mean_sq * mean_sq;
-    summary.frobenius_norm = std::sqrt(std::max(frobenius_sq, 0.0));
-  }
-  for (int64_t j = 0; j < dim_ && !holding_rows(); ++j) {
+  for (int64_t j = 0; j < dim_; ++j) {
     for (int64_t i = 0; i < j; ++i) {
       const double f = c * storage_(i, j) - mean[i] * mean[j];
       frobenius_sq += 2.0 * f * f;
@@ -268,7 +248,7 @@ absl::StatusOr<FisherSummary> DenseStatistics::Summarize(bool with_eigenvalues) 
     frobenius_sq += f * f;
     summary.trace += f;
   }
-  if (!holding_rows()) summary.frobenius_norm = std::sqrt(frobenius_sq);
+  summary.frobenius_norm = std::sqrt(frobenius_sq);
 
   if (with_eigenvalues) {
     Eigen::MatrixXd estimate(dim_, dim_);
@@ -286,17 +266,12 @@ absl::StatusOr<FisherSummary> DenseStatistics::Summarize(bool with_eigenvalues) 
 }
 
 void DenseStatistics::CopyEntries(int64_t begin, int64_t count, double* out) const {
-  const double c = RawToEstimate();
-  const Eigen::VectorXd mean = centered_ ? Mean() : Eigen::VectorXd::Zero(dim_);
   if (holding_rows()) {
-    // Rows [begin, begin + count) of F, written row-major, are the columns of
-    // c R^T R[:, begin:begin+count] - mu mu[begin:]^T (F is symmetric).
-    Eigen::Map<Eigen::MatrixXd> block(out, dim_, count);
-    const auto rows = held_rows_.topRows(held_count_);
-    block.noalias() = c * (rows.transpose() * rows.middleCols(begin, count));
-    if (centered_) block.noalias() -= mean * mean.segment(begin, count).transpose();
+    start_->CopyEntries(begin, count, out);
     return;
   }
+  const double c = RawToEstimate();
+  const Eigen::VectorXd mean = centered_ ? Mean() : Eigen::VectorXd::Zero(dim_);
   for (int64_t r = begin; r < begin + count; ++r) {
     double* row = out + (r - begin) * dim_;
     // Row r of the symmetric F is column r: stored entries (col, r) for col <= r,
@@ -306,87 +281,6 @@ void DenseStatistics::CopyEntries(int64_t begin, int64_t count, double* out) con
       row[col] = c * storage_(r, col) - mean[r] * mean[col];
     }
   }
-}
-
-// --- low-rank start ---------------------------------------------------------------
-
-Eigen::VectorXd DenseStatistics::Reflect(const Eigen::VectorXd& x) const {
-  const double uu = householder_.squaredNorm();
-  if (uu == 0.0) return x;
-  return x - householder_ * (2.0 * householder_.dot(x) / uu);
-}
-
-Eigen::VectorXd DenseStatistics::WoodburyRowsTimes(const Eigen::VectorXd& v) const {
-  Eigen::VectorXd t = held_rows_.topRows(held_count_) * v;
-  if (!centered_) return t;
-  return Reflect(t).tail(held_count_ - 1);
-}
-
-Eigen::VectorXd DenseStatistics::WoodburyRowsTransposeTimes(const Eigen::VectorXd& y) const {
-  const auto rows = held_rows_.topRows(held_count_);
-  if (!centered_) return rows.transpose() * y;
-  Eigen::VectorXd padded(held_count_);
-  padded << 0.0, y;
-  return rows.transpose() * Reflect(padded);
-}
-
-Eigen::VectorXd DenseStatistics::WoodburySolve(const Eigen::VectorXd& v) const {
-  // (lambda I + c Q^T Q)^-1 v = (v - Q^T K^-1 Q v) / lambda, K = lambda/c I + Q Q^T = L L^T.
-  Eigen::VectorXd t = WoodburyRowsTimes(v);
-  const auto factor = gram_factor_.triangularView<Eigen::Lower>();
-  factor.solveInPlace(t);
-  factor.transpose().solveInPlace(t);
-  return (v - WoodburyRowsTransposeTimes(t)) / factor_damping_;
-}
-
-absl::Status DenseStatistics::FactorLowRank(double damping) {
-  factor_valid_ = false;
-  // With no damping F_lambda = F has rank <= held rows < dim: singular by construction.
-  if (damping <= 0.0) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "F + lambda I is singular (lambda = 0 with ", sample_count_, " samples for dim ",
-        dim_, ", so F has rank at most ", sample_count_,
-        "); set a positive damping or stream more samples"));
-  }
-  const int64_t k = held_count_;
-  const auto rows = held_rows_.topRows(k);
-  // Lower triangle of R R^T (R^T is dim x k column-major), made symmetric.
-  Eigen::MatrixXd gram(k, k);
-  cblas_dsyrk(CblasColMajor, CblasLower, CblasTrans, static_cast<int>(k),
-              static_cast<int>(dim_), 1.0, rows.data(), static_cast<int>(dim_), 0.0,
-              gram.data(), static_cast<int>(k));
-  gram.triangularView<Eigen::StrictlyUpper>() = gram.transpose();
-  if (centered_) {
-    // H b = -sign(b_0) |b| e_0 with u = b + sign(b_0) |b| e_0; Q = rows 1.. of H R, so
-    // Q Q^T is the trailing block of H (R R^T) H.
-    const auto b = held_coefficients_.head(k);
-    householder_ = b;
-    householder_[0] += std::copysign(b.norm(), b[0]);
-    const double uu = householder_.squaredNorm();
-    if (uu > 0.0) {
-      const Eigen::VectorXd gu = gram * householder_;
-      gram -= (2.0 / uu) * (gu * householder_.transpose() + householder_ * gu.transpose()) -
-              (4.0 * householder_.dot(gu) / (uu * uu)) * householder_ * householder_.transpose();
-    }
-    gram = Eigen::MatrixXd(gram.bottomRightCorner(k - 1, k - 1));
-  }
-  gram_factor_ = std::move(gram);
-  gram_factor_.diagonal().array() += damping / RawToEstimate();
-  const lapack_int info = gram_factor_.rows() == 0
-                              ? 0
-                              : LAPACKE_dpotrf(LAPACK_COL_MAJOR, 'L',
-                                               static_cast<lapack_int>(gram_factor_.rows()),
-                                               gram_factor_.data(),
-                                               static_cast<lapack_int>(gram_factor_.rows()));
-  if (info != 0) {
-    // K = lambda/c I + Q Q^T with lambda > 0 is positive definite; only overflow gets here.
-    return absl::FailedPreconditionError(absl::StrCat(
-        "F + lambda I is not numerically positive definite (lambda = ", damping, ", ",
-        sample_count_, " samples for dim ", dim_, "); set a larger damping"));
-  }
-  factor_valid_ = true;
-  factor_damping_ = damping;
-  return absl::OkStatus();
 }
 
 }  // namespace fisherd

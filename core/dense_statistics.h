@@ -3,21 +3,20 @@
 // F + lambda I cached until the statistics change.
 //
 // Low-rank start: while a session holds at most dim / kLowRankRowsPerDim rows, F has
-// rank at most that, and the rows themselves are kept instead of M. A step is then
-// exact in float64 by the Woodbury identity, (lambda I + c R^T R)^-1 =
-// (I - R^T (lambda/c I + R R^T)^-1 R) / lambda, with one Cholesky of the small
-// rows x rows matrix: O(rows^2 dim) where the dense path costs dim^3 / 3. Centered,
-// the mean c R^T b is a combination of the same rows, so F = c R^T (I - c b b^T) R
-// where I - c b b^T is the projector off b (c |b|^2 = 1); the identity then runs on
-// the rows of R reflected by one Householder reflection, less the one along b. (A
-// rank-one downdate by the mean would cancel catastrophically: the mean lies in the
-// span of the rows.) The first batch that would exceed the bound folds the rows into
-// M (one dsyrk) and frees them.
+// rank at most that, and the rows themselves are kept instead of M, in a
+// LowRankStatistics (core/low_rank_statistics.h) that answers every question about F:
+// a step is then exact in float64 by the Woodbury identity, with one Cholesky of the
+// small rows x rows matrix, O(rows^2 dim) where the dense path costs dim^3 / 3 (centered
+// through one Householder reflection, see there). W, m and the sample count stay
+// running sums here, since they outlive the start. The first batch that would exceed
+// the bound folds the rows into M (one dsyrk) and frees them.
 #ifndef FISHERD_CORE_DENSE_STATISTICS_H_
 #define FISHERD_CORE_DENSE_STATISTICS_H_
 
+#include <memory>
 #include <vector>
 
+#include "core/low_rank_statistics.h"
 #include "core/statistics.h"
 
 namespace fisherd {
@@ -56,23 +55,12 @@ class DenseStatistics final : public ScoreStatistics {
   // F_lambda^-1 g by the two triangular solves with the cached factor.
   Eigen::VectorXd CholeskySolve(const Eigen::VectorXd& g);
 
-  // --- low-rank start (held_rows_) ---
-  bool holding_rows() const { return !materialized_; }
-  // Appends a batch's root-weighted rows, divided by sqrt(scale_).
-  void HoldRows(const PreparedBatch& batch);
-  // M := held rows' R^T R into the upper triangle; frees the rows.
+  // --- low-rank start ---
+  bool holding_rows() const { return start_ != nullptr; }
+  // M := the held rows' R^T R into the upper triangle (scale_ theirs); frees them.
   void Materialize();
-  // The rows Q the Woodbury identity runs on: R, or centered, the last rows - 1 rows of
-  // H R where the Householder reflection H maps b onto the first axis. Q v (one value
-  // per row of Q) and Q^T y (dim values).
-  Eigen::VectorXd WoodburyRowsTimes(const Eigen::VectorXd& v) const;
-  Eigen::VectorXd WoodburyRowsTransposeTimes(const Eigen::VectorXd& y) const;
-  // x - 2 u (u . x) / (u . u): the reflection householder_, or x if u is zero.
-  Eigen::VectorXd Reflect(const Eigen::VectorXd& x) const;
-  // F_lambda^-1 v with the cached factor of the small Gram system.
-  Eigen::VectorXd WoodburySolve(const Eigen::VectorXd& v) const;
-  // Factors lambda/c I + Q Q^T for the Woodbury rows Q.
-  absl::Status FactorLowRank(double damping);
+  // Below kMinScale, folds scale_ into the upper triangle (F is unchanged).
+  void FoldTinyScale();
 
   const int64_t dim_;
   const bool centered_;
@@ -89,18 +77,9 @@ class DenseStatistics final : public ScoreStatistics {
   double weight_sum_ = 0.0;   // W
   uint64_t sample_count_ = 0;
 
-  // While !materialized_: row i of held_rows_ is b_i s_i with b_i = sqrt(w_i / scale_
-  // at its arrival), held_coefficients_[i] = b_i, so that M = scale_ R^T R and
-  // m = scale_ R^T b. At most max_held_rows_ rows, allocated on first use.
-  bool materialized_ = false;
-  const int64_t max_held_rows_;
-  int64_t held_count_ = 0;
-  PreparedBatch::RowMajorD held_rows_;
-  Eigen::VectorXd held_coefficients_;
-  // The low-rank factor (for factor_damping_): Cholesky of lambda/c I + Q Q^T, and
-  // (centered) the Householder vector u of the reflection H.
-  Eigen::MatrixXd gram_factor_;
-  Eigen::VectorXd householder_;
+  // The low-rank start while it lasts (it answers for F then), else nullptr. Never
+  // created when dim / kLowRankRowsPerDim is 0.
+  std::unique_ptr<LowRankStatistics> start_;
 
   bool factor_valid_ = false;
   double factor_damping_ = 0.0;

@@ -201,11 +201,15 @@ TEST(DenseStatisticsTest, GaussianScoresConvergeToTheClosedForm) {
 
 // Categorical softmax over K logits: F = diag(p) - p p^T, which is singular (scores sum
 // to zero), so a step without damping must be refused and one with damping must work.
+// The probabilities are dyadic so that every score is exact in float32 and every row
+// sums to exactly zero: F is then singular in float64 too, not merely within round-off
+// of singular (with p = 0.1, 0.2, ... the float32 rows miss zero by ~1e-8 and the
+// smallest pivot lands on either side of the threshold depending on summation order).
 TEST(DenseStatisticsTest, SoftmaxFisherAndItsSingularity) {
-  const Eigen::Vector4d p(0.1, 0.2, 0.3, 0.4);
+  const Eigen::Vector4d p(0.125, 0.125, 0.25, 0.5);
   const int n = 400000;
   std::mt19937_64 rng(23);
-  std::discrete_distribution<int> draw({0.1, 0.2, 0.3, 0.4});
+  std::discrete_distribution<int> draw({0.125, 0.125, 0.25, 0.5});
   RowMatrixF rows(n, 4);
   for (int i = 0; i < n; ++i) {
     const int y = draw(rng);

@@ -244,5 +244,29 @@ TEST(LowRankStartTest, DecayWeighsHeldRowsByRho) {
   EXPECT_TRUE(step->natural_gradient.allFinite());
 }
 
+// A batch prepared for the float32 kernel is held as float64 rows all the same: with unit
+// weights its rows are the float64 batch's exactly, and so is every answer.
+TEST(LowRankStartTest, Float32BatchesAreHeldExactly) {
+  std::mt19937_64 rng(137);
+  const RowMatrixF rows = RandomRows(6, rng);
+  ScoreBatchView view;
+  view.rows = rows.rows();
+  view.dim = rows.cols();
+  view.scores = rows.data();
+  const Eigen::VectorXd g = Eigen::VectorXd::Random(kDim);
+  StepOptions options;
+  options.skip_decay = true;
+  for (bool centered : {false, true}) {
+    Session f32(Dense(centered, 0.1)), f64(Dense(centered, 0.1));
+    f32.AddScores("", 0, PrepareBatch(view, Representation::kDense, DenseKernel::kFloat32));
+    f64.AddScores("", 0, PrepareBatch(view, Representation::kDense, DenseKernel::kFloat64));
+    EXPECT_EQ(DenseEstimate(f32), DenseEstimate(f64));
+    absl::StatusOr<StepResult> a = f32.Step(g, options), b = f64.Step(g, options);
+    ASSERT_TRUE(a.ok() && b.ok());
+    EXPECT_EQ(a->solver.method, "woodbury");
+    EXPECT_EQ(a->natural_gradient, b->natural_gradient);
+  }
+}
+
 }  // namespace
 }  // namespace fisherd
