@@ -1,0 +1,285 @@
+#include "core/kronecker_statistics.h"
+
+#include <lapacke.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <limits>
+
+#include "absl/strings/str_cat.h"
+
+namespace fisherd {
+namespace {
+
+using RowMajorD = PreparedBatch::RowMajorD;
+
+// A factor is an uncentered dense estimate of its own rows (K-FAC's factors are second
+// moments; centered Kronecker blocks are refused by SessionOptions::Validate).
+SessionOptions FactorOptions(const BlockOptions& block, Factor factor,
+                             const SessionOptions& session) {
+  SessionOptions options;
+  options.dim = block.FactorDim(factor);
+  options.centered = false;
+  options.float32_products = session.float32_products;
+  return options;
+}
+
+}  // namespace
+
+KroneckerStatistics::KroneckerStatistics(const BlockOptions& block, const SessionOptions& session)
+    : in_(block.in_features),
+      out_(block.out_features),
+      na_(block.FactorDim(Factor::kActivations)),
+      damping_kind_(session.kronecker_damping),
+      refresh_period_(session.factor_refresh_period),
+      activations_(FactorName(Factor::kActivations),
+                   FactorOptions(block, Factor::kActivations, session)),
+      output_gradients_(FactorName(Factor::kOutputGradients),
+                        FactorOptions(block, Factor::kOutputGradients, session)) {}
+
+uint64_t KroneckerStatistics::sample_count() const {
+  return activations_.statistics.sample_count() + output_gradients_.statistics.sample_count();
+}
+
+double KroneckerStatistics::weight_sum() const {
+  return activations_.statistics.weight_sum() + output_gradients_.statistics.weight_sum();
+}
+
+void KroneckerStatistics::Add(const PreparedBatch& batch) {
+  FactorState& factor =
+      batch.factor == Factor::kActivations ? activations_ : output_gradients_;
+  factor.statistics.Add(batch);
+  ++factor.version;
+}
+
+void KroneckerStatistics::Decay(double rho) {
+  activations_.statistics.Decay(rho);
+  output_gradients_.statistics.Decay(rho);
+}
+
+absl::Status KroneckerStatistics::CheckReady(absl::string_view what) const {
+  // F = G (x) A needs both factors; naming the empty one tells the worker which rows
+  // it forgot to send.
+  for (const FactorState* factor : {&activations_, &output_gradients_}) {
+    if (factor->statistics.weight_sum() > 0.0) continue;
+    return absl::FailedPreconditionError(absl::StrCat(
+        "Kronecker factor ", factor->name, " has no weighted rows yet (",
+        factor->statistics.sample_count(), " rows, total weight 0): stream ", factor->name,
+        " rows before asking for ", what));
+  }
+  return absl::OkStatus();
+}
+
+const ScoreStatistics* KroneckerStatistics::FactorStatistics(Factor factor) const {
+  if (factor == Factor::kNone) return nullptr;
+  return &State(factor).statistics;
+}
+
+void KroneckerStatistics::MatrixIndex(int64_t parameter, int64_t* i, int64_t* j) const {
+  const int64_t weights = out_ * in_;
+  if (parameter < weights) {
+    *i = parameter / in_;
+    *j = parameter % in_;
+  } else {
+    *i = parameter - weights;
+    *j = in_;
+  }
+}
+
+Eigen::MatrixXd KroneckerStatistics::ToMatrix(const Eigen::VectorXd& parameters) const {
+  Eigen::MatrixXd matrix(out_, na_);
+  matrix.leftCols(in_) = Eigen::Map<const RowMajorD>(parameters.data(), out_, in_);
+  if (na_ > in_) matrix.col(in_) = parameters.tail(out_);
+  return matrix;
+}
+
+Eigen::VectorXd KroneckerStatistics::ToParameters(const Eigen::MatrixXd& matrix) const {
+  Eigen::VectorXd parameters(dim());
+  Eigen::Map<RowMajorD>(parameters.data(), out_, in_) = matrix.leftCols(in_);
+  if (na_ > in_) parameters.tail(out_) = matrix.col(in_);
+  return parameters;
+}
+
+Eigen::VectorXd KroneckerStatistics::Multiply(const Eigen::VectorXd& v) const {
+  // One factor matrix alive at a time, so the transient copy is max(n)^2, not the sum.
+  Eigen::MatrixXd matrix = ToMatrix(v);
+  Eigen::MatrixXd product(out_, na_);
+  {
+    Eigen::MatrixXd g(out_, out_);
+    output_gradients_.statistics.CopyEntries(0, out_, g.data());  // symmetric: either order
+    product.noalias() = g * matrix;
+  }
+  {
+    Eigen::MatrixXd a(na_, na_);
+    activations_.statistics.CopyEntries(0, na_, a.data());
+    matrix.noalias() = product * a;
+  }
+  return ToParameters(matrix);
+}
+
+absl::Status KroneckerStatistics::Decompose(FactorState& factor) {
+  const int64_t n = factor.statistics.dim();
+  factor.decomposed = false;
+  // resize keeps the buffer when its size is unchanged: a refresh allocates nothing
+  // beyond dsyevd's own workspace.
+  factor.eigenvectors.resize(n, n);
+  factor.eigenvalues.resize(n);
+  factor.statistics.CopyEntries(0, n, factor.eigenvectors.data());
+  const lapack_int info =
+      LAPACKE_dsyevd(LAPACK_COL_MAJOR, 'V', 'U', static_cast<lapack_int>(n),
+                     factor.eigenvectors.data(), static_cast<lapack_int>(n),
+                     factor.eigenvalues.data());
+  if (info != 0) {
+    return absl::InternalError(absl::StrCat("eigenvalue solver dsyevd failed on Kronecker factor ",
+                                            factor.name, ", info = ", info));
+  }
+  factor.decomposed = true;
+  factor.decomposed_version = factor.version;
+  factor.decomposed_step = step_count_;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<SolveResult> KroneckerStatistics::Solve(const Eigen::VectorXd& g,
+                                                       double damping) {
+  const auto start = std::chrono::steady_clock::now();
+  ++step_count_;
+  SolveResult result;
+  result.summary.method = "kronecker";
+  result.summary.kronecker_damping = KroneckerDampingName(damping_kind_);
+  result.summary.damping = damping;
+  result.summary.factorization_cached = true;
+  for (FactorState* factor : {&activations_, &output_gradients_}) {
+    const bool changed = factor->decomposed_version != factor->version;
+    if (!factor->decomposed ||
+        (changed && step_count_ - factor->decomposed_step >= refresh_period_)) {
+      if (absl::Status status = Decompose(*factor); !status.ok()) return status;
+      result.summary.factorization_cached = false;
+    }
+  }
+  for (const FactorState* factor : {&activations_, &output_gradients_}) {
+    if (factor->decomposed_version != factor->version) {
+      result.summary.factor_age_steps =
+          std::max(result.summary.factor_age_steps, step_count_ - factor->decomposed_step);
+    }
+  }
+  const Eigen::VectorXd& s_a = activations_.eigenvalues;
+  const Eigen::VectorXd& s_g = output_gradients_.eigenvalues;
+  const Eigen::MatrixXd& u_a = activations_.eigenvectors;
+  const Eigen::MatrixXd& u_g = output_gradients_.eigenvectors;
+
+  // Both dampings are diagonal in the product eigenbasis, with denominators
+  // D_ij = (s_G,i + shift_g)(s_A,j + shift_a) + shift.
+  double shift_g = 0.0, shift_a = 0.0, shift = damping;
+  if (damping_kind_ == KroneckerDamping::kFactored && damping > 0.0) {
+    // Traces of the factors the step uses (a stale decomposition keeps its own).
+    const double trace_a = s_a.sum(), trace_g = s_g.sum();
+    if (!(trace_a > 0.0) || !(trace_g > 0.0)) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "factored Kronecker damping needs both factors' traces > 0, but tr A = ", trace_a,
+          " and tr G = ", trace_g, " (pi = sqrt((tr A / ", na_, ") / (tr G / ", out_,
+          ")) is undefined); stream nonzero rows or use exact damping"));
+    }
+    const double pi = std::sqrt((trace_a / static_cast<double>(na_)) /
+                                (trace_g / static_cast<double>(out_)));
+    const double root = std::sqrt(damping);
+    shift_g = root / pi;
+    shift_a = pi * root;
+    shift = 0.0;
+  }
+  const auto denominator = [&](int64_t i, int64_t j) {
+    return (s_g[i] + shift_g) * (s_a[j] + shift_a) + shift;
+  };
+  double smallest = std::numeric_limits<double>::infinity();
+  double largest = -std::numeric_limits<double>::infinity();
+  for (int64_t j = 0; j < na_; ++j) {
+    for (int64_t i = 0; i < out_; ++i) {
+      smallest = std::min(smallest, denominator(i, j));
+      largest = std::max(largest, denominator(i, j));
+    }
+  }
+  // The dense rule for pivots: a denominator this far below the largest is zero, and
+  // dividing by it would only amplify round-off (or a slightly negative eigenvalue).
+  const double tiny = static_cast<double>(dim()) * std::numeric_limits<double>::epsilon() *
+                      std::max(largest, std::numeric_limits<double>::min());
+  if (smallest <= tiny) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "F + lambda I is singular for this block (", KroneckerDampingName(damping_kind_),
+        " Kronecker damping, lambda = ", damping, "; ", activations_.statistics.sample_count(),
+        " activation rows for A of ", na_, " rows, ", output_gradients_.statistics.sample_count(),
+        " output-gradient rows for G of ", out_,
+        " rows); set a positive damping or stream more samples"));
+  }
+
+  // Two out x na buffers: V, then V' = U_G^T V U_A in place, N' = V' ./ D in place,
+  // n = U_G N' U_A^T. Each product is one dgemm (EIGEN_USE_BLAS).
+  Eigen::MatrixXd matrix = ToMatrix(g);
+  const double g_norm = matrix.norm();
+  Eigen::MatrixXd half(out_, na_);
+  half.noalias() = u_g.transpose() * matrix;
+  matrix.noalias() = half * u_a;
+  // The residual is measured in the eigenbases: U_G and U_A are orthogonal, so
+  // ||D .* N' - V'||_F = ||F_lambda n - g|| up to the eigendecomposition's own error
+  // (U orthogonal and A = U diag(s) U^T to round-off), without a product by F.
+  // The curvature n^T F n (undamped) is sum N'_ij^2 s_G,i s_A,j in the same basis.
+  double residual_sq = 0.0, curvature = 0.0;
+  for (int64_t j = 0; j < na_; ++j) {
+    for (int64_t i = 0; i < out_; ++i) {
+      const double d = denominator(i, j);
+      const double rotated = matrix(i, j);
+      const double solved = rotated / d;
+      residual_sq += (d * solved - rotated) * (d * solved - rotated);
+      curvature += solved * solved * s_g[i] * s_a[j];
+      matrix(i, j) = solved;
+    }
+  }
+  half.noalias() = u_g * matrix;
+  matrix.noalias() = half * u_a.transpose();
+  result.natural_gradient = ToParameters(matrix);
+  result.curvature = curvature;
+  result.summary.residual = g_norm > 0.0 ? std::sqrt(residual_sq) / g_norm : 0.0;
+  result.summary.seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return result;
+}
+
+absl::StatusOr<FisherSummary> KroneckerStatistics::Summarize(bool with_eigenvalues) const {
+  const absl::StatusOr<FisherSummary> a = activations_.statistics.Summarize(with_eigenvalues);
+  if (!a.ok()) return a.status();
+  const absl::StatusOr<FisherSummary> g =
+      output_gradients_.statistics.Summarize(with_eigenvalues);
+  if (!g.ok()) return g.status();
+  FisherSummary summary;
+  summary.dim = dim();
+  summary.trace = g->trace * a->trace;
+  summary.frobenius_norm = g->frobenius_norm * a->frobenius_norm;
+  if (with_eigenvalues) {
+    // The eigenvalues of G (x) A are the products s_G,i s_A,j; over two intervals the
+    // extremes of a product lie among the four products of endpoints (whatever the
+    // signs a round-off eigenvalue below zero may have).
+    const double products[] = {g->min_eigenvalue * a->min_eigenvalue,
+                               g->min_eigenvalue * a->max_eigenvalue,
+                               g->max_eigenvalue * a->min_eigenvalue,
+                               g->max_eigenvalue * a->max_eigenvalue};
+    summary.SetExtremeEigenvalues(*std::min_element(std::begin(products), std::end(products)),
+                                  *std::max_element(std::begin(products), std::end(products)));
+  }
+  return summary;
+}
+
+void KroneckerStatistics::CopyEntries(int64_t begin, int64_t count, double* out) const {
+  // Row (i, j) of G (x) A is G(i, :) (x) A(j, :), each entry placed at its parameter.
+  Eigen::VectorXd g_row(out_), a_row(na_);
+  for (int64_t r = begin; r < begin + count; ++r) {
+    int64_t i = 0, j = 0;
+    MatrixIndex(r, &i, &j);
+    output_gradients_.statistics.CopyEntries(i, 1, g_row.data());
+    activations_.statistics.CopyEntries(j, 1, a_row.data());
+    double* row = out + (r - begin) * dim();
+    for (int64_t k = 0; k < out_; ++k) {
+      for (int64_t l = 0; l < na_; ++l) row[ParameterIndex(k, l)] = g_row[k] * a_row[l];
+    }
+  }
+}
+
+}  // namespace fisherd
