@@ -7,8 +7,10 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 
 namespace fisherd {
 
@@ -18,6 +20,58 @@ enum class Representation {
 };
 
 const char* RepresentationName(Representation representation);
+
+// The structure of one block of a layered session (fisher.proto, BlockKind).
+enum class BlockKind {
+  kDense,      // dim x dim, as a dense session (its low-rank start included)
+  kDiagonal,   // diag only, as a diagonal session
+  kKronecker,  // G (x) A of a linear or convolution layer (core/kronecker_statistics.h)
+  kLowRank,    // the latest max_rows rows, Woodbury steps (core/low_rank_statistics.h)
+};
+
+const char* BlockKindName(BlockKind kind);
+
+// Which rows a batch carries: a block's own scores, or one factor of a Kronecker block.
+enum class Factor {
+  kNone,             // score rows of the block's dim
+  kActivations,      // A's rows: in_features values (a 1 is appended when bias)
+  kOutputGradients,  // G's rows: out_features values
+};
+
+const char* FactorName(Factor factor);
+
+// How a Kronecker block is damped (fisher.proto, KroneckerDamping).
+enum class KroneckerDamping {
+  kExact,     // (G (x) A + lambda I)^-1, through both eigenbases
+  kFactored,  // (G + sqrt(lambda)/pi I)^-1 V (A + pi sqrt(lambda) I)^-1
+};
+
+const char* KroneckerDampingName(KroneckerDamping damping);
+
+// One block of a layered session (fisher.proto, BlockConfig).
+struct BlockOptions {
+  // Unique in the session, 1-128 characters of [a-zA-Z0-9_.-].
+  std::string name;
+  BlockKind kind = BlockKind::kDense;
+  // kDense, kDiagonal, kLowRank: the block's parameters. REQUIRES: >= 1 there.
+  int64_t dim = 0;
+  // kKronecker: out x in weights (row-major), then out biases when bias.
+  int64_t in_features = 0;
+  int64_t out_features = 0;
+  bool bias = false;
+  // kLowRank: rows kept (a sliding window). REQUIRES: >= 1 there.
+  int64_t max_rows = 0;
+
+  // Parameters of the block: dim, or out_features * (in_features + bias).
+  // REQUIRES: the sizes validated (no overflow).
+  int64_t ParameterCount() const;
+  // Values per score row that feed `factor`: dim for kNone, in_features or out_features
+  // for a Kronecker block's factors; 0 when the factor does not belong to this kind.
+  int64_t RowWidth(Factor factor) const;
+  // Rows (= columns) of the matrix that rows of `factor` accumulate: RowWidth, plus one
+  // for a Kronecker block's activations with bias (the appended 1).
+  int64_t FactorDim(Factor factor) const;
+};
 
 struct SessionOptions {
   // Length of every score and gradient. REQUIRES: >= 1.
@@ -41,9 +95,32 @@ struct SessionOptions {
   // core/score_batch.h), about 2x faster, ~1e-7 relative error in F.
   bool float32_products = false;
 
-  // OK, or INVALID_ARGUMENT naming the first bad field.
+  // Non-empty: a layered session. F is block-diagonal, one block each, and the
+  // parameter vector is the blocks' parameters concatenated in this order; dim is
+  // their total and representation is ignored.
+  std::vector<BlockOptions> blocks;
+
+  // Kronecker blocks: how damping enters (see KroneckerDamping).
+  KroneckerDamping kronecker_damping = KroneckerDamping::kExact;
+
+  // Kronecker blocks: a factor's eigendecomposition is recomputed at a step only when the
+  // factor changed and the decomposition is at least this many steps old. REQUIRES: >= 1.
+  int64_t factor_refresh_period = 1;
+
+  bool layered() const { return !blocks.empty(); }
+
+  // OK, or INVALID_ARGUMENT naming the first bad field (and block). For a layered session
+  // dim must equal the blocks' total (fill it in with LayeredDim first).
   absl::Status Validate() const;
 };
+
+// Upper bound on the blocks of one session, so that a layout is validated and stored in
+// bounded time and memory.
+inline constexpr int64_t kMaxBlocks = 1 << 16;
+
+// The total parameters of `blocks`, or INVALID_ARGUMENT naming the block whose sizes
+// are missing, absurd or make the total overflow.
+absl::StatusOr<int64_t> LayeredDim(const std::vector<BlockOptions>& blocks);
 
 struct StepOptions {
   // Overrides SessionOptions::damping when set. REQUIRES: >= 0.
@@ -64,8 +141,13 @@ struct StepOptions {
 };
 
 // Estimated resident bytes of a session's statistics, for limits checked before
-// allocating. Dense: one dim x dim double matrix plus O(dim) vectors.
+// allocating. Dense: one dim x dim double matrix plus O(dim) vectors. Layered: the sum
+// over blocks of EstimateBlockBytes. Saturates at UINT64_MAX instead of wrapping.
 uint64_t EstimateSessionBytes(const SessionOptions& options);
+// One block: dense as above; diagonal O(dim); low-rank its max_rows x dim rows plus a
+// max_rows^2 factor; Kronecker both factors' sums and eigenvectors (2 n^2 doubles per
+// factor of n rows) plus the step's scratch (two out x (in + bias) matrices).
+uint64_t EstimateBlockBytes(const BlockOptions& block);
 
 }  // namespace fisherd
 

@@ -109,4 +109,46 @@ PreparedBatch PrepareBatch(const ScoreBatchView& batch, Representation represent
   return prepared;
 }
 
+PreparedBatch PrepareBatchWithOnes(const ScoreBatchView& batch) {
+  const int64_t rows = batch.rows, width = batch.dim + 1;
+  PreparedBatch prepared;
+  prepared.rows = rows;
+  prepared.weighted_sum = Eigen::VectorXd::Zero(width);
+  prepared.root_weights.resize(rows);
+  prepared.root_weighted.resize(rows, width);
+  for (int64_t i = 0; i < rows; ++i) {
+    const double w = batch.weights != nullptr ? static_cast<double>(batch.weights[i]) : 1.0;
+    const double root = std::sqrt(w);
+    prepared.weight_sum += w;
+    prepared.root_weights[i] = root;
+    const float* row = batch.scores + i * batch.dim;
+    double* out = prepared.root_weighted.row(i).data();
+    for (int64_t j = 0; j < batch.dim; ++j) {
+      const double s = row[j];
+      prepared.weighted_sum[j] += w * s;
+      out[j] = root * s;
+    }
+    prepared.weighted_sum[batch.dim] += w;
+    out[batch.dim] = root;
+  }
+  return prepared;
+}
+
+PreparedBatch PrepareBlockBatch(const ScoreBatchView& batch, const BlockOptions& block,
+                                int64_t block_index, Factor factor, DenseKernel kernel) {
+  PreparedBatch prepared;
+  if (block.kind == BlockKind::kKronecker && factor == Factor::kActivations && block.bias) {
+    prepared = PrepareBatchWithOnes(batch);
+  } else if (block.kind == BlockKind::kDiagonal) {
+    prepared = PrepareBatch(batch, Representation::kDiagonal);
+  } else {
+    // Low-rank blocks keep their rows in float64 (the Woodbury path reads them).
+    prepared = PrepareBatch(batch, Representation::kDense,
+                            block.kind == BlockKind::kLowRank ? DenseKernel::kFloat64 : kernel);
+  }
+  prepared.block = block_index;
+  prepared.factor = factor;
+  return prepared;
+}
+
 }  // namespace fisherd

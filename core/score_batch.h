@@ -57,11 +57,26 @@ struct PreparedBatch {
   Eigen::VectorXd root_weights;  // dense only: sqrt(w_i), the factor in row i above
   // Diagonal only: sum w_i s_i .* s_i.
   Eigen::VectorXd weighted_squares;
+  // Layered sessions: the index of the block the rows feed, and the Kronecker factor.
+  int64_t block = 0;
+  Factor factor = Factor::kNone;
 };
 
 // REQUIRES: ValidateScores(batch).ok().
 PreparedBatch PrepareBatch(const ScoreBatchView& batch, Representation representation,
                            DenseKernel kernel = DenseKernel::kFloat64);
+
+// The rows of a Kronecker block's activation factor with bias: each row a becomes
+// a-bar = [a; 1], so the batch is prepared as dense rows of batch.dim + 1 values
+// (float64 products). REQUIRES: ValidateScores(batch).ok().
+PreparedBatch PrepareBatchWithOnes(const ScoreBatchView& batch);
+
+// Prepares a validated batch for block `block_index` of a layered session (its kind
+// and factor decide the form: diagonal blocks as diagonal, every other kind as dense
+// rows, Kronecker activations with bias through PrepareBatchWithOnes) and tags it.
+// REQUIRES: ValidateScores(batch).ok(), batch.dim == block.RowWidth(factor) >= 1.
+PreparedBatch PrepareBlockBatch(const ScoreBatchView& batch, const BlockOptions& block,
+                                int64_t block_index, Factor factor, DenseKernel kernel);
 
 }  // namespace fisherd
 

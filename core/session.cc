@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "core/layered_statistics.h"
 
 namespace fisherd {
 
@@ -31,20 +32,19 @@ absl::Status CheckVector(const Eigen::VectorXd& v, int64_t dim, const char* fiel
 }
 
 // Every question about F needs some weight first: zero rows, or only zero weights,
-// leave it undefined.
+// leave it undefined (ScoreStatistics::CheckReady names what is missing).
 absl::Status CheckHasSamples(const ScoreStatistics& statistics, const char* what) {
-  if (statistics.weight_sum() > 0.0) return absl::OkStatus();
-  return absl::FailedPreconditionError(absl::StrCat(
-      "the session has no weighted samples yet (", statistics.sample_count(),
-      " rows, total weight 0): stream scores before asking for ", what));
+  return statistics.CheckReady(what);
 }
 
 }  // namespace
 
 Session::Session(const SessionOptions& options)
     : options_(options),
+      layout_(options.blocks),
       statistics_entries_per_row_(
-          options.representation == Representation::kDense ? options.dim : 1),
+          options.layered() || options.representation == Representation::kDense ? options.dim
+                                                                                 : 1),
       statistics_(ScoreStatistics::Create(options)) {}
 
 AddResult Session::AddScores(const std::string& worker_id, uint64_t sequence,
@@ -84,13 +84,18 @@ absl::StatusOr<StepResult> Session::Step(const Eigen::VectorXd& g, const StepOpt
   StepResult result;
   result.natural_gradient = std::move(solved->natural_gradient);
   result.solver = std::move(solved->summary);
+  const std::optional<double> curvature = solved->curvature;
   result.natural_norm_sq = g.dot(result.natural_gradient);
   result.eta = StepSize(options, result.natural_norm_sq);
   result.update = -result.eta * result.natural_gradient;
   // n^T F n = n^T F_lambda n - lambda |n|^2 = g^T n - lambda |n|^2: the undamped
-  // quadratic form without another pass over F. Clamped at 0 against round-off.
+  // quadratic form without another pass over F, unless the statistics measured it
+  // (Kronecker blocks, whose damped metric need not be F + lambda I). Clamped at 0
+  // against round-off.
   const double n_f_n =
-      result.natural_norm_sq - damping * result.natural_gradient.squaredNorm();
+      curvature.has_value()
+          ? *curvature
+          : result.natural_norm_sq - damping * result.natural_gradient.squaredNorm();
   result.predicted_kl = 0.5 * result.eta * result.eta * std::max(0.0, n_f_n);
 
   if (!options.skip_decay && options_.decay < 1.0) statistics_->Decay(options_.decay);
@@ -142,7 +147,99 @@ SessionStatsSnapshot Session::Stats() {
   snapshot.weight_sum = statistics_->weight_sum();
   snapshot.step_count = step_count_;
   snapshot.worker_sequences = worker_sequences_;
+  if (options_.layered()) {
+    const auto& layered = static_cast<const LayeredStatistics&>(*statistics_);
+    snapshot.blocks.reserve(layout_.size());
+    for (int64_t i = 0; i < layout_.size(); ++i) {
+      const ScoreStatistics& block = layered.block(i);
+      BlockStatsSnapshot stats;
+      stats.name = layout_.block(i).name;
+      const ScoreStatistics* activations = block.FactorStatistics(Factor::kActivations);
+      const ScoreStatistics* gradients = block.FactorStatistics(Factor::kOutputGradients);
+      const ScoreStatistics& first = activations != nullptr ? *activations : block;
+      stats.sample_count = first.sample_count();
+      stats.weight_sum = first.weight_sum();
+      if (gradients != nullptr) {
+        stats.output_gradient_sample_count = gradients->sample_count();
+        stats.output_gradient_weight_sum = gradients->weight_sum();
+      }
+      snapshot.blocks.push_back(std::move(stats));
+    }
+  }
   return snapshot;
+}
+
+absl::Status Session::CheckPart(const EstimatePart& part) const {
+  if (part.block < 0) {
+    if (part.factor != Factor::kNone) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("factor ", FactorName(part.factor), " needs a block"));
+    }
+    return absl::OkStatus();
+  }
+  if (layout_.empty()) {
+    return absl::InvalidArgumentError("the session has no blocks; leave block empty");
+  }
+  if (part.block >= layout_.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("block index ", part.block,
+                                                   " is outside the session's ",
+                                                   layout_.size(), " blocks"));
+  }
+  const BlockOptions& block = layout_.block(part.block);
+  const bool kronecker = block.kind == BlockKind::kKronecker;
+  if (!kronecker && part.factor != Factor::kNone) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "block \"", block.name, "\" (", BlockKindName(block.kind),
+        ") has no factors: leave factor FACTOR_UNSPECIFIED"));
+  }
+  return absl::OkStatus();
+}
+
+int64_t Session::PartRows(const EstimatePart& part) const {
+  if (part.block < 0) return options_.dim;
+  const BlockOptions& block = layout_.block(part.block);
+  return part.factor == Factor::kNone ? block.ParameterCount() : block.FactorDim(part.factor);
+}
+
+int64_t Session::PartEntriesPerRow(const EstimatePart& part) const {
+  if (part.block < 0) return statistics_entries_per_row_;
+  const BlockOptions& block = layout_.block(part.block);
+  return block.kind == BlockKind::kDiagonal ? 1 : PartRows(part);
+}
+
+const ScoreStatistics& Session::Part(const EstimatePart& part) const {
+  if (part.block < 0) return *statistics_;
+  const ScoreStatistics& block =
+      static_cast<const LayeredStatistics&>(*statistics_).block(part.block);
+  return part.factor == Factor::kNone ? block : *block.FactorStatistics(part.factor);
+}
+
+absl::StatusOr<FisherSummary> Session::SummarizePart(const EstimatePart& part,
+                                                     bool with_eigenvalues) {
+  if (absl::Status status = CheckPart(part); !status.ok()) return status;
+  absl::MutexLock lock(&mu_);
+  const ScoreStatistics& statistics = Part(part);
+  if (absl::Status status = CheckHasSamples(statistics, "the estimate"); !status.ok()) {
+    return status;
+  }
+  return statistics.Summarize(with_eigenvalues);
+}
+
+absl::Status Session::CopyPartEntries(const EstimatePart& part, int64_t begin, int64_t count,
+                                      double* out) {
+  if (absl::Status status = CheckPart(part); !status.ok()) return status;
+  const int64_t rows = PartRows(part);
+  if (begin < 0 || count < 0 || begin > rows - count) {
+    return absl::InvalidArgumentError(absl::StrCat("rows [", begin, ", ", begin + count,
+                                                   ") are outside [0, ", rows, ")"));
+  }
+  absl::MutexLock lock(&mu_);
+  const ScoreStatistics& statistics = Part(part);
+  if (absl::Status status = CheckHasSamples(statistics, "the estimate"); !status.ok()) {
+    return status;
+  }
+  statistics.CopyEntries(begin, count, out);
+  return absl::OkStatus();
 }
 
 }  // namespace fisherd

@@ -10,11 +10,13 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "Eigen/Core"
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "core/block_layout.h"
 #include "core/options.h"
 #include "core/score_batch.h"
 #include "core/solve.h"
@@ -42,11 +44,29 @@ struct FisherVectorProductResult {
   double quadratic_kl = 0.0;  // 1/2 v^T F v
 };
 
+// One block of a layered session; a Kronecker block's first two figures are its
+// activation factor's, the last two its output-gradient factor's.
+struct BlockStatsSnapshot {
+  std::string name;
+  uint64_t sample_count = 0;
+  double weight_sum = 0.0;
+  uint64_t output_gradient_sample_count = 0;
+  double output_gradient_weight_sum = 0.0;
+};
+
 struct SessionStatsSnapshot {
   uint64_t sample_count = 0;
   double weight_sum = 0.0;
   uint64_t step_count = 0;
   std::map<std::string, uint64_t> worker_sequences;
+  std::vector<BlockStatsSnapshot> blocks;  // layered sessions, in layout order
+};
+
+// What GetFisher describes: the whole F (block < 0), one block of a layered session,
+// or one factor of a Kronecker block.
+struct EstimatePart {
+  int64_t block = -1;
+  Factor factor = Factor::kNone;
 };
 
 // The step size rule of DESIGN.md section 1, pure so that it can be tested alone.
@@ -63,6 +83,8 @@ class Session {
   Session& operator=(const Session&) = delete;
 
   const SessionOptions& options() const { return options_; }
+  // The blocks of a layered session (empty otherwise); immutable, read without the lock.
+  const BlockLayout& layout() const { return layout_; }
 
   // Applies a prepared batch unless worker_id is non-empty and sequence is at or below
   // the worker's highest applied sequence (then duplicate, unchanged). An empty
@@ -87,10 +109,28 @@ class Session {
   absl::Status CopyEntries(int64_t begin, int64_t count, double* out) ABSL_LOCKS_EXCLUDED(mu_);
   int64_t EntriesPerRow() const { return statistics_entries_per_row_; }
 
+  // The same for a part of the estimate (EstimatePart). INVALID_ARGUMENT when the part
+  // does not exist (a block index out of range, a factor of a block that has none, a
+  // block of a session without blocks); FAILED_PRECONDITION before the part has weight.
+  // A whole Kronecker block's entries are those of G (x) A (for small blocks only).
+  absl::Status CheckPart(const EstimatePart& part) const;
+  // Rows the part's CopyEntries covers (its dim, or its factor's) and values per row.
+  // REQUIRES: CheckPart(part).ok().
+  int64_t PartRows(const EstimatePart& part) const;
+  int64_t PartEntriesPerRow(const EstimatePart& part) const;
+  absl::StatusOr<FisherSummary> SummarizePart(const EstimatePart& part, bool with_eigenvalues)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  absl::Status CopyPartEntries(const EstimatePart& part, int64_t begin, int64_t count,
+                               double* out) ABSL_LOCKS_EXCLUDED(mu_);
+
   SessionStatsSnapshot Stats() ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
+  // The statistics of `part`. REQUIRES: CheckPart(part).ok().
+  const ScoreStatistics& Part(const EstimatePart& part) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
   const SessionOptions options_;
+  const BlockLayout layout_;
   const int64_t statistics_entries_per_row_;
   absl::Mutex mu_;
   std::unique_ptr<ScoreStatistics> statistics_ ABSL_GUARDED_BY(mu_);

@@ -4,7 +4,9 @@
 #define FISHERD_CORE_SOLVE_H_
 
 #include <cstdint>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "Eigen/Core"
 
@@ -17,6 +19,13 @@ struct SolverSummary {
   double seconds = 0.0;              // wall time of factorization (if any) and solve
   bool factorization_cached = false;  // the factor of an earlier step was reused
   double damping = 0.0;              // lambda used
+  // Kronecker blocks: "exact" or "factored"; empty when none took part.
+  std::string kronecker_damping;
+  // Kronecker blocks: steps since the oldest eigendecomposition used was computed.
+  int64_t factor_age_steps = 0;
+  // Layered sessions: one summary per block, in layout order, each naming its block.
+  std::string block;
+  std::vector<SolverSummary> blocks;
 
   // One line per field, for logs and the demo.
   std::string FullReport() const;
@@ -25,6 +34,9 @@ struct SolverSummary {
 struct SolveResult {
   Eigen::VectorXd natural_gradient;  // n = (F + lambda I)^-1 g
   SolverSummary summary;
+  // n^T F n with the undamped F, when the statistics compute it (Kronecker blocks, whose
+  // damped metric may not be F + lambda I). Unset: the caller uses g^T n - lambda |n|^2.
+  std::optional<double> curvature;
 };
 
 // Scalar description of the estimate F (not of M).

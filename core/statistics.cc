@@ -1,15 +1,49 @@
 #include "core/statistics.h"
 
+#include "absl/strings/str_cat.h"
+
 #include "core/dense_statistics.h"
 #include "core/diagonal_statistics.h"
+#include "core/kronecker_statistics.h"
+#include "core/layered_statistics.h"
+#include "core/low_rank_statistics.h"
 
 namespace fisherd {
 
+absl::Status ScoreStatistics::CheckReady(absl::string_view what) const {
+  if (weight_sum() > 0.0) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat(
+      "the session has no weighted samples yet (", sample_count(),
+      " rows, total weight 0): stream scores before asking for ", what));
+}
+
 std::unique_ptr<ScoreStatistics> ScoreStatistics::Create(const SessionOptions& options) {
+  if (options.layered()) return std::make_unique<LayeredStatistics>(options);
   if (options.representation == Representation::kDiagonal) {
     return std::make_unique<DiagonalStatistics>(options);
   }
   return std::make_unique<DenseStatistics>(options);
+}
+
+std::unique_ptr<ScoreStatistics> CreateBlockStatistics(const BlockOptions& block,
+                                                       const SessionOptions& session) {
+  // A block of kind k is a session of kind k over the block's own parameters.
+  SessionOptions own = session;
+  own.blocks.clear();
+  own.dim = block.dim;
+  switch (block.kind) {
+    case BlockKind::kDense:
+      own.representation = Representation::kDense;
+      return std::make_unique<DenseStatistics>(own);
+    case BlockKind::kDiagonal:
+      own.representation = Representation::kDiagonal;
+      return std::make_unique<DiagonalStatistics>(own);
+    case BlockKind::kLowRank:
+      return std::make_unique<LowRankStatistics>(block, session);
+    case BlockKind::kKronecker:
+      return std::make_unique<KroneckerStatistics>(block, session);
+  }
+  return nullptr;
 }
 
 }  // namespace fisherd

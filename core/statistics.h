@@ -10,6 +10,7 @@
 
 #include "Eigen/Core"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "core/options.h"
 #include "core/score_batch.h"
 #include "core/solve.h"
@@ -18,7 +19,8 @@ namespace fisherd {
 
 class ScoreStatistics {
  public:
-  // REQUIRES: options.Validate().ok().
+  // The statistics of a whole session: dense, diagonal, or layered when
+  // options.blocks is not empty. REQUIRES: options.Validate().ok().
   static std::unique_ptr<ScoreStatistics> Create(const SessionOptions& options);
 
   virtual ~ScoreStatistics() = default;
@@ -34,8 +36,11 @@ class ScoreStatistics {
   // REQUIRES: 0 < rho <= 1.
   virtual void Decay(double rho) = 0;
 
-  // The estimate F exists only once some weight has arrived: every method below
-  // REQUIRES: weight_sum() > 0 (Session checks it and answers FAILED_PRECONDITION).
+  // The estimate F exists only once some weight has arrived. OK when it does, else
+  // FAILED_PRECONDITION saying what is missing before `what` (e.g. "a step") can be
+  // answered. Every method below REQUIRES: CheckReady(...).ok() (Session checks it).
+  // The default checks weight_sum() > 0; blocks with several factors check each.
+  virtual absl::Status CheckReady(absl::string_view what) const;
 
   // F v, undamped. REQUIRES: v.size() == dim().
   virtual Eigen::VectorXd Multiply(const Eigen::VectorXd& v) const = 0;
@@ -43,6 +48,8 @@ class ScoreStatistics {
   // n = (F + damping I)^-1 g. FAILED_PRECONDITION when F + damping I is not
   // numerically positive definite (the message suggests a positive damping).
   // Caches the factorization until the next Add or a different damping.
+  // SolveResult::curvature is n^T F n (undamped) when the statistics compute it; when
+  // unset, F_lambda = F + lambda I and the caller takes g^T n - lambda |n|^2.
   // REQUIRES: g.size() == dim(), damping >= 0.
   virtual absl::StatusOr<SolveResult> Solve(const Eigen::VectorXd& g, double damping) = 0;
 
@@ -57,7 +64,17 @@ class ScoreStatistics {
 
   // Values per row that CopyEntries writes: dim() for dense, 1 for diagonal.
   virtual int64_t EntriesPerRow() const = 0;
+
+  // The statistics of one factor of a Kronecker block (an uncentered dense statistics
+  // of FactorDim rows), for GetFisher and stats; nullptr for kinds without factors.
+  virtual const ScoreStatistics* FactorStatistics(Factor /*factor*/) const { return nullptr; }
 };
+
+// The statistics of one block of a layered session of `session`'s options (centered,
+// float32_products, Kronecker damping and refresh period apply to it).
+// REQUIRES: session.Validate().ok() and block is one of session.blocks.
+std::unique_ptr<ScoreStatistics> CreateBlockStatistics(const BlockOptions& block,
+                                                       const SessionOptions& session);
 
 }  // namespace fisherd
 
