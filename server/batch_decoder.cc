@@ -8,6 +8,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "server/conversions.h"
 
 namespace fisherd::server {
 namespace {
@@ -48,9 +49,93 @@ std::string DescribeBatch(const v1::ScoreBatch& batch) {
                       ", sequence ", batch.sequence(), ")");
 }
 
+namespace {
+
+// Where a batch's rows go: the block (-1 without blocks), its factor, the row width,
+// and "block \"fc1\" factor activations" for messages.
+struct Target {
+  int64_t block = -1;
+  Factor factor = Factor::kNone;
+  int64_t width = 0;
+  std::string description = "session";
+  // "session dim 3" or "block \"fc1\" factor activations row width 784".
+  std::string Width() const {
+    return absl::StrCat(description, block < 0 ? " dim " : " row width ", width);
+  }
+};
+
+std::string BoundedName(const std::string& name) {
+  constexpr size_t kMax = 128;
+  return absl::StrCat("\"", absl::CHexEscape(name.substr(0, kMax)),
+                      name.size() > kMax ? "...\"" : "\"");
+}
+
+absl::StatusOr<Target> ResolveTarget(const v1::ScoreBatch& batch, const SessionOptions& options,
+                                     const BlockLayout& layout) {
+  Target target;
+  const int factor_value = static_cast<int>(batch.factor());
+  if (layout.empty()) {
+    if (!batch.block().empty() || factor_value != v1::FACTOR_UNSPECIFIED) {
+      return BatchError(batch, absl::StrCat("block ", BoundedName(batch.block()),
+                                            " and factor are for layered sessions; this "
+                                            "session has no blocks, so leave both unset"));
+    }
+    target.width = options.dim;
+    return target;
+  }
+  if (batch.block().empty()) {
+    return BatchError(batch, absl::StrCat("block is empty; every batch of this layered "
+                                          "session names one of its ",
+                                          layout.size(), " blocks (the first is ",
+                                          BoundedName(layout.block(0).name), ")"));
+  }
+  target.block = layout.Find(batch.block());
+  if (target.block < 0) {
+    return BatchError(batch, absl::StrCat("block ", BoundedName(batch.block()),
+                                          " is not a block of this session"));
+  }
+  const BlockOptions& block = layout.block(target.block);
+  absl::StatusOr<Factor> factor = FactorFromProto(factor_value, "factor");
+  if (!factor.ok()) {
+    return BatchError(batch, absl::StrCat("block ", BoundedName(block.name), ": ",
+                                          factor.status().message()));
+  }
+  target.factor = *factor;
+  if (block.kind == BlockKind::kKronecker && target.factor == Factor::kNone) {
+    return BatchError(batch, absl::StrCat(
+        "block ", BoundedName(block.name), " is a kronecker block: set factor to "
+        "FACTOR_ACTIVATIONS (rows of in_features = ", block.in_features,
+        " values) or FACTOR_OUTPUT_GRADIENTS (rows of out_features = ", block.out_features,
+        " values)"));
+  }
+  if (block.kind != BlockKind::kKronecker && target.factor != Factor::kNone) {
+    return BatchError(batch, absl::StrCat("block ", BoundedName(block.name), " is a ",
+                                          BlockKindName(block.kind),
+                                          " block with no factors: leave factor "
+                                          "FACTOR_UNSPECIFIED, rows of dim = ",
+                                          block.dim, " values"));
+  }
+  target.width = block.RowWidth(target.factor);
+  target.description = absl::StrCat("block ", BoundedName(block.name));
+  if (target.factor != Factor::kNone) {
+    absl::StrAppend(&target.description, " factor ", FactorName(target.factor));
+  }
+  return target;
+}
+
+}  // namespace
+
 absl::StatusOr<PreparedBatch> DecodeScoreBatch(const v1::ScoreBatch& batch,
                                                const SessionOptions& options) {
-  const int64_t dim = options.dim;
+  return DecodeScoreBatch(batch, options, BlockLayout({}));
+}
+
+absl::StatusOr<PreparedBatch> DecodeScoreBatch(const v1::ScoreBatch& batch,
+                                               const SessionOptions& options,
+                                               const BlockLayout& layout) {
+  absl::StatusOr<Target> target = ResolveTarget(batch, options, layout);
+  if (!target.ok()) return target.status();
+  const int64_t dim = target->width;
   const int64_t rows = batch.rows();
   if (rows == 0) return BatchError(batch, "rows is 0; a batch needs at least one row");
 
@@ -71,8 +156,8 @@ absl::StatusOr<PreparedBatch> DecodeScoreBatch(const v1::ScoreBatch& batch,
   int64_t byte_count = 0;
   if (__builtin_mul_overflow(rows, dim, &count) ||
       __builtin_mul_overflow(count, int64_t{sizeof(float)}, &byte_count)) {
-    return BatchError(batch, absl::StrCat("rows * dim overflows (rows ", rows, ", session dim ",
-                                          dim, ")"));
+    return BatchError(batch, absl::StrCat("rows * dim overflows (rows ", rows, ", ",
+                                          target->Width(), ")"));
   }
 
   std::vector<float> decoded;  // owns the scores when they came as bytes
@@ -82,7 +167,7 @@ absl::StatusOr<PreparedBatch> DecodeScoreBatch(const v1::ScoreBatch& batch,
     if (size != byte_count) {
       return BatchError(batch, absl::StrCat("scores_f32 has ", size,
                                             " bytes, expected rows*dim*4 = ", byte_count,
-                                            " (rows ", rows, ", session dim ", dim, ")"));
+                                            " (rows ", rows, ", ", target->Width(), ")"));
     }
     CopyLittleEndianFloats(batch.scores_f32(), &decoded);
     scores = decoded.data();
@@ -90,7 +175,7 @@ absl::StatusOr<PreparedBatch> DecodeScoreBatch(const v1::ScoreBatch& batch,
     if (batch.scores_size() != count) {
       return BatchError(batch, absl::StrCat("scores has ", batch.scores_size(),
                                             " values, expected rows*dim = ", count, " (rows ",
-                                            rows, ", session dim ", dim, ")"));
+                                            rows, ", ", target->Width(), ")"));
     }
     // A RepeatedField<float> is a contiguous, aligned array: no copy needed.
     scores = batch.scores().data();
@@ -112,10 +197,17 @@ absl::StatusOr<PreparedBatch> DecodeScoreBatch(const v1::ScoreBatch& batch,
   view.weights = weights;
   // Core names the row and column of a non-finite score and the row of a bad weight.
   if (absl::Status status = ValidateScores(view); !status.ok()) {
-    return BatchError(batch, status.message());
+    return BatchError(batch, target->block >= 0
+                                 ? absl::StrCat(target->description, ": ", status.message())
+                                 : std::string(status.message()));
   }
-  return PrepareBatch(view, options.representation,
-                      options.float32_products ? DenseKernel::kAuto : DenseKernel::kFloat64);
+  const DenseKernel kernel =
+      options.float32_products ? DenseKernel::kAuto : DenseKernel::kFloat64;
+  if (target->block >= 0) {
+    return PrepareBlockBatch(view, layout.block(target->block), target->block, target->factor,
+                             kernel);
+  }
+  return PrepareBatch(view, options.representation, kernel);
 }
 
 }  // namespace fisherd::server

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "core/block_layout.h"
 #include "core/options.h"
 #include "core/score_batch.h"
 #include "fisherd/v1/fisher.pb.h"
@@ -32,8 +33,16 @@ std::string DescribeBatch(const v1::ScoreBatch& batch);
 //   - a score is NaN or infinite, or a weight is negative or not finite.
 // scores_f32 is read as little-endian float32 and copied out with memcpy, never
 // aliased, since protobuf gives no alignment guarantee for bytes fields.
-// Does not look at batch.session(); the caller resolved it to `options`.
-// REQUIRES: options.Validate().ok().
+// Layered sessions (`layout` not empty): block must name one of the layout's blocks and
+// factor must suit its kind (FACTOR_ACTIVATIONS or FACTOR_OUTPUT_GRADIENTS for a
+// Kronecker block, unspecified for the others); the row width is the block's (dim,
+// in_features or out_features). Otherwise block and factor must be empty.
+// Does not look at batch.session(); the caller resolved it to `options` and `layout`.
+// REQUIRES: options.Validate().ok(), layout built from options.blocks.
+absl::StatusOr<PreparedBatch> DecodeScoreBatch(const v1::ScoreBatch& batch,
+                                               const SessionOptions& options,
+                                               const BlockLayout& layout);
+// For a session without blocks.
 absl::StatusOr<PreparedBatch> DecodeScoreBatch(const v1::ScoreBatch& batch,
                                                const SessionOptions& options);
 

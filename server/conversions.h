@@ -13,15 +13,18 @@
 
 namespace fisherd::server {
 
-// SessionConfig -> SessionOptions with the wire defaults applied: decay 0 means 1 and
-// REPRESENTATION_UNSPECIFIED means dense. INVALID_ARGUMENT for an enum value this
-// server does not know, a dim beyond int64, or anything SessionOptions::Validate
-// refuses (dim 0, decay outside (0, 1], negative or non-finite damping).
+// SessionConfig -> SessionOptions with the wire defaults applied: decay 0 means 1,
+// REPRESENTATION_UNSPECIFIED means dense (layered when blocks are given), dim 0 with
+// blocks means their total, factor_refresh_period 0 means 1. INVALID_ARGUMENT for an
+// enum value this server does not know, a dim beyond int64, a representation that
+// contradicts the blocks, or anything SessionOptions::Validate refuses (dim 0, decay
+// outside (0, 1], negative or non-finite damping, a bad block, naming it).
 // On success the result satisfies SessionOptions::Validate().
 absl::StatusOr<SessionOptions> SessionOptionsFromProto(const v1::SessionConfig& config);
 
 // The effective configuration, as a client should read it back: decay as used (1 when
-// 0 was sent) and representation DENSE rather than UNSPECIFIED.
+// 0 was sent), representation DENSE rather than UNSPECIFIED (LAYERED with blocks), dim
+// and factor_refresh_period as used.
 void SessionOptionsToProto(const SessionOptions& options, v1::SessionConfig* config);
 
 v1::Representation RepresentationToProto(Representation representation);
@@ -35,9 +38,19 @@ void SolverSummaryToProto(const SolverSummary& summary, v1::SolverSummary* out);
 
 void StepResultToProto(const StepResult& result, v1::NaturalGradientStepResponse* out);
 
-// Combines the scalar description of F with the session's shape and counters.
+// Combines the scalar description of F with the session's shape and counters. With a
+// part (a block, or a factor of one), dim is the part's and block, factor and
+// block_kind name it.
 void FisherSummaryToProto(const FisherSummary& summary, const SessionOptions& options,
                           const SessionStatsSnapshot& stats, v1::FisherSummary* out);
+void FisherSummaryToProto(const FisherSummary& summary, const Session& session,
+                          const EstimatePart& part, const SessionStatsSnapshot& stats,
+                          v1::FisherSummary* out);
+
+// The wire Factor as core's; INVALID_ARGUMENT naming `field` for an unknown value.
+absl::StatusOr<Factor> FactorFromProto(int factor, const char* field);
+v1::Factor FactorToProto(Factor factor);
+v1::BlockKind BlockKindToProto(BlockKind kind);
 
 }  // namespace fisherd::server
 

@@ -17,7 +17,7 @@ absl::Status ApplyScoreBatch(const SessionRegistry& registry, const v1::ScoreBat
                         absl::StrCat(DescribeBatch(batch), ": ", session.status().message()));
   }
   // Decoding is the expensive part and needs no lock (DESIGN.md section 5).
-  absl::StatusOr<PreparedBatch> prepared = DecodeScoreBatch(batch, (*session)->options());
+  absl::StatusOr<PreparedBatch> prepared = DecodeScoreBatch(batch, (*session)->options(), (*session)->layout());
   if (!prepared.ok()) return prepared.status();
 
   const AddResult result = (*session)->AddScores(batch.worker_id(), batch.sequence(), *prepared);

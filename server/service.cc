@@ -104,6 +104,16 @@ grpc::ServerUnaryReactor* FisherServiceImpl::NaturalGradientStep(
   return HandleNaturalGradientStep(resources_, context, request, response);
 }
 
+grpc::ServerBidiReactor<v1::StreamNaturalGradientStepRequest,
+                        v1::StreamNaturalGradientStepResponse>*
+FisherServiceImpl::StreamNaturalGradientStep(grpc::CallbackServerContext* context) {
+  if (grpc::Status auth_status = Authorize(context); !auth_status.ok()) {
+    return new RejectedBidi<v1::StreamNaturalGradientStepRequest,
+                            v1::StreamNaturalGradientStepResponse>(auth_status);
+  }
+  return HandleStreamNaturalGradientStep(resources_, context);
+}
+
 grpc::ServerUnaryReactor* FisherServiceImpl::FisherVectorProduct(
     grpc::CallbackServerContext* context, const v1::FisherVectorProductRequest* request,
     v1::FisherVectorProductResponse* response) {

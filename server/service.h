@@ -43,6 +43,9 @@ class FisherServiceImpl final : public v1::FisherService::CallbackService {
   grpc::ServerUnaryReactor* NaturalGradientStep(grpc::CallbackServerContext* context,
                                                 const v1::NaturalGradientStepRequest* request,
                                                 v1::NaturalGradientStepResponse* response) override;
+  grpc::ServerBidiReactor<v1::StreamNaturalGradientStepRequest,
+                          v1::StreamNaturalGradientStepResponse>*
+  StreamNaturalGradientStep(grpc::CallbackServerContext* context) override;
   grpc::ServerUnaryReactor* FisherVectorProduct(grpc::CallbackServerContext* context,
                                                 const v1::FisherVectorProductRequest* request,
                                                 v1::FisherVectorProductResponse* response) override;

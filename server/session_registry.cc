@@ -1,5 +1,6 @@
 #include "server/session_registry.h"
 
+#include <algorithm>
 #include <new>
 
 #include "absl/strings/ascii.h"
@@ -24,6 +25,20 @@ std::string Quote(absl::string_view text) {
 
 std::string Mebibytes(uint64_t bytes) {
   return absl::StrFormat("%.1f MiB", static_cast<double>(bytes) / (1024.0 * 1024.0));
+}
+
+// " (its largest block is \"fc1\" (kronecker), 40.1 MiB)" for a layered session.
+std::string LargestBlock(const SessionOptions& options) {
+  if (!options.layered()) return "";
+  size_t largest = 0;
+  for (size_t i = 1; i < options.blocks.size(); ++i) {
+    if (EstimateBlockBytes(options.blocks[i]) > EstimateBlockBytes(options.blocks[largest])) {
+      largest = i;
+    }
+  }
+  const BlockOptions& block = options.blocks[largest];
+  return absl::StrCat(" (its largest block is blocks[", largest, "] ", Quote(block.name), ", ",
+                      BlockKindName(block.kind), ", ", Mebibytes(EstimateBlockBytes(block)), ")");
 }
 
 }  // namespace
@@ -70,6 +85,43 @@ absl::StatusOr<std::string> ParseSessionName(absl::string_view name, absl::strin
 
 SessionRegistry::SessionRegistry(const RegistryLimits& limits) : limits_(limits) {}
 
+absl::Status SessionRegistry::CheckBlockLimits(const SessionOptions& options) const {
+  // --max-dense-dim bounds every square matrix a block keeps: a dense block's F, each
+  // Kronecker factor, a low-rank block's window Gram matrix.
+  for (size_t i = 0; i < options.blocks.size(); ++i) {
+    const BlockOptions& block = options.blocks[i];
+    int64_t side = 0;
+    const char* what = "";
+    switch (block.kind) {
+      case BlockKind::kDense:
+        side = block.dim;
+        what = "dim";
+        break;
+      case BlockKind::kKronecker:
+        side = std::max(block.FactorDim(Factor::kActivations),
+                        block.FactorDim(Factor::kOutputGradients));
+        what = side == block.FactorDim(Factor::kActivations) ? "activation factor (in_features + bias)"
+                                                             : "output-gradient factor (out_features)";
+        break;
+      case BlockKind::kLowRank:
+        side = block.max_rows;
+        what = "max_rows";
+        break;
+      case BlockKind::kDiagonal:
+        continue;
+    }
+    if (side > limits_.max_dense_dim) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "blocks[", i, "] ", Quote(block.name), " (", BlockKindName(block.kind), "): its ", what,
+          " of ", side, " exceeds --max-dense-dim=", limits_.max_dense_dim,
+          " (the block needs ", Mebibytes(EstimateBlockBytes(block)),
+          "); use a BLOCK_KIND_DIAGONAL block, split the layer into several blocks, or a "
+          "smaller size"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status SessionRegistry::Reserve(const std::string& name, const SessionOptions& options,
                                       uint64_t bytes) {
   if (sessions_.count(name) != 0 || creating_.count(name) != 0) {
@@ -81,7 +133,9 @@ absl::Status SessionRegistry::Reserve(const std::string& name, const SessionOpti
         "the server already holds ", live, " sessions, its --max-sessions=",
         limits_.max_sessions, " limit; delete a session or raise --max-sessions"));
   }
-  if (options.representation == Representation::kDense && options.dim > limits_.max_dense_dim) {
+  if (absl::Status status = CheckBlockLimits(options); !status.ok()) return status;
+  if (!options.layered() && options.representation == Representation::kDense &&
+      options.dim > limits_.max_dense_dim) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "dense dim ", options.dim, " exceeds --max-dense-dim=", limits_.max_dense_dim,
         " (a dense estimate needs ", Mebibytes(bytes),
@@ -95,10 +149,11 @@ absl::Status SessionRegistry::Reserve(const std::string& name, const SessionOpti
         Mebibytes(reserved_bytes_), " of the --memory-budget-mb=",
         limits_.memory_budget_bytes >> 20,
         " budget are in use; ",
-        options.representation == Representation::kDense
+        options.layered() ? "use DIAGONAL or KRONECKER blocks for the largest layers, "
+        : options.representation == Representation::kDense
             ? "use REPRESENTATION_DIAGONAL, which needs O(dim) memory, "
             : "use a smaller dim, ",
-        "delete a session, or raise --memory-budget-mb"));
+        "delete a session, or raise --memory-budget-mb", LargestBlock(options)));
   }
   creating_.insert(name);
   reserved_bytes_ += bytes;

@@ -30,8 +30,9 @@ namespace fisherd::server {
 struct RegistryLimits {
   // Most sessions alive at once (--max-sessions).
   int64_t max_sessions = 64;
-  // Largest dim of a dense session (--max-dense-dim); diagonal sessions are bounded
-  // only by the memory budget.
+  // Largest dim of a dense session (--max-dense-dim), and of every square matrix a
+  // layered session's block keeps (a dense block, a Kronecker factor, a low-rank
+  // window); diagonal sessions and blocks are bounded only by the memory budget.
   int64_t max_dense_dim = 16384;
   // Sum over live sessions of EstimateSessionBytes (--memory-budget-mb, in bytes here).
   uint64_t memory_budget_bytes = uint64_t{16384} << 20;
@@ -95,6 +96,9 @@ class SessionRegistry {
   // reserves its bytes and the name.
   absl::Status Reserve(const std::string& name, const SessionOptions& options, uint64_t bytes)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // RESOURCE_EXHAUSTED naming the first block whose square matrices exceed
+  // --max-dense-dim.
+  absl::Status CheckBlockLimits(const SessionOptions& options) const;
 
   const RegistryLimits limits_;
   mutable absl::Mutex mu_;

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <memory>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "server/conversions.h"
 #include "server/handlers/handlers.h"
@@ -70,21 +71,26 @@ class GetFisherReactor final : public grpc::ServerWriteReactor<v1::GetFisherResp
     if (!session.ok()) return session.status();
     session_ = std::move(*session);
 
+    absl::StatusOr<EstimatePart> part = ResolvePart();
+    if (!part.ok()) return part.status();
+    part_ = *part;
+
     const SessionStatsSnapshot stats = session_->Stats();
     // FAILED_PRECONDITION before any sample: F = M / W is undefined at W = 0.
-    absl::StatusOr<FisherSummary> summary = session_->Summarize(request_->include_eigenvalues());
+    absl::StatusOr<FisherSummary> summary =
+        session_->SummarizePart(part_, request_->include_eigenvalues());
     if (!summary.ok()) return summary.status();
     sample_count_ = stats.sample_count;
 
     response_.Clear();
-    FisherSummaryToProto(*summary, session_->options(), stats, response_.mutable_summary());
-    rows_ = request_->include_matrix() ? session_->options().dim : 0;
+    FisherSummaryToProto(*summary, *session_, part_, stats, response_.mutable_summary());
+    rows_ = request_->include_matrix() ? session_->PartRows(part_) : 0;
     // About 1 MiB of doubles per message (resources_.max_block_bytes): large enough that
     // per-message overhead is negligible (1 MiB messages move at about 1.7 GB/s on
     // loopback, DESIGN.md 5), far below the default 4 MiB client receive limit. At
     // least one row, whatever its size.
     const int64_t block_values = resources_.max_block_bytes / static_cast<int64_t>(sizeof(double));
-    rows_per_block_ = std::max<int64_t>(1, block_values / session_->EntriesPerRow());
+    rows_per_block_ = std::max<int64_t>(1, block_values / session_->PartEntriesPerRow(part_));
     StartWrite(&response_);
     return Outcome::kWriteStarted;
   }
@@ -102,9 +108,10 @@ class GetFisherReactor final : public grpc::ServerWriteReactor<v1::GetFisherResp
     response_.Clear();
     response_.set_row_offset(static_cast<uint64_t>(next_row_));
     response_.set_row_count(static_cast<uint32_t>(count));
-    response_.mutable_values()->Resize(static_cast<int>(count * session_->EntriesPerRow()), 0.0);
-    if (absl::Status status =
-            session_->CopyEntries(next_row_, count, response_.mutable_values()->mutable_data());
+    response_.mutable_values()->Resize(
+        static_cast<int>(count * session_->PartEntriesPerRow(part_)), 0.0);
+    if (absl::Status status = session_->CopyPartEntries(
+            part_, next_row_, count, response_.mutable_values()->mutable_data());
         !status.ok()) {
       return status;
     }
@@ -113,9 +120,46 @@ class GetFisherReactor final : public grpc::ServerWriteReactor<v1::GetFisherResp
     return Outcome::kWriteStarted;
   }
 
+  // The block (and factor) the request names. A layered session's whole F is never
+  // streamed: its rows would be dim values each, mostly zeros; a block at a time is.
+  absl::StatusOr<EstimatePart> ResolvePart() const {
+    EstimatePart part;
+    absl::StatusOr<Factor> factor = FactorFromProto(static_cast<int>(request_->factor()), "factor");
+    if (!factor.ok()) return factor.status();
+    part.factor = *factor;
+    const BlockLayout& layout = session_->layout();
+    if (!request_->block().empty()) {
+      if (layout.empty()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "block \"", absl::CHexEscape(request_->block().substr(0, 128)),
+            "\" is set but session \"", request_->session(), "\" has no blocks"));
+      }
+      part.block = layout.Find(request_->block());
+      if (part.block < 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "block \"", absl::CHexEscape(request_->block().substr(0, 128)),
+            "\" is not a block of session \"", request_->session(), "\""));
+      }
+    } else if (!layout.empty() && request_->include_matrix()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "include_matrix on a layered session needs a block (and, for a kronecker block, a "
+          "factor); session \"", request_->session(), "\" has ", layout.size(), " blocks"));
+    }
+    if (absl::Status status = session_->CheckPart(part); !status.ok()) return status;
+    if (part.block >= 0 && request_->include_matrix() && part.factor == Factor::kNone &&
+        layout.block(part.block).kind == BlockKind::kKronecker) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "block \"", layout.block(part.block).name,
+          "\" is a kronecker block, whose G (x) A is never formed: set factor to "
+          "FACTOR_ACTIVATIONS or FACTOR_OUTPUT_GRADIENTS to stream that factor"));
+    }
+    return part;
+  }
+
   const ServiceResources& resources_;
   grpc::CallbackServerContext* const context_;
   const v1::GetFisherRequest* const request_;
+  EstimatePart part_;
   // Touched only by the stage running on the pool; stages are serialized by the write
   // cycle (a stage is posted only from the constructor or from OnWriteDone).
   std::shared_ptr<Session> session_;

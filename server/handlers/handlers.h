@@ -43,6 +43,11 @@ grpc::ServerUnaryReactor* HandleNaturalGradientStep(const ServiceResources& reso
                                                     const v1::NaturalGradientStepRequest* request,
                                                     v1::NaturalGradientStepResponse* response);
 
+grpc::ServerBidiReactor<v1::StreamNaturalGradientStepRequest,
+                        v1::StreamNaturalGradientStepResponse>*
+HandleStreamNaturalGradientStep(const ServiceResources& resources,
+                                grpc::CallbackServerContext* context);
+
 grpc::ServerUnaryReactor* HandleFisherVectorProduct(const ServiceResources& resources,
                                                     grpc::CallbackServerContext* context,
                                                     const v1::FisherVectorProductRequest* request,
