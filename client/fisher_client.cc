@@ -4,12 +4,14 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <sstream>
 #include <utility>
 
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/notification.h"
 #include "client/grpc_status.h"
+#include "client/score_encoding.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/support/byte_buffer.h"
@@ -75,6 +77,42 @@ std::shared_ptr<grpc::Channel> MakeChannel(const ClientOptions& options,
     args.SetSslTargetNameOverride(options.tls.server_name_override);
   }
   return grpc::CreateCustomChannel(options.target, credentials, args);
+}
+
+// Everything of a step request but the gradient.
+v1::NaturalGradientStepRequest StepHeader(absl::string_view session, const StepParams& params) {
+  v1::NaturalGradientStepRequest request;
+  request.set_session(SessionName(session));
+  if (params.damping.has_value()) request.set_damping(*params.damping);
+  request.set_learning_rate(params.learning_rate);
+  request.set_kl_budget(params.kl_budget);
+  request.set_skip_decay(params.skip_decay);
+  return request;
+}
+
+// Gradient values per StreamNaturalGradientStep request: at most 2 MiB of them (the
+// proto's advice), and at most half the client's own message limit.
+size_t StepChunkValues(const StepParams& params, int max_message_bytes) {
+  if (params.chunk_values > 0) return params.chunk_values;
+  const size_t value_bytes = params.float32_gradient ? sizeof(float) : sizeof(double);
+  const size_t budget = std::min<size_t>(size_t{2} << 20, static_cast<size_t>(max_message_bytes) / 2);
+  return std::max<size_t>(1, budget / value_bytes);
+}
+
+// " (block NAME)" for messages about a chunk that names its block.
+std::string BlockSuffix(const std::string& block) {
+  return block.empty() ? std::string() : absl::StrFormat(" (block %s)", block);
+}
+
+// Whether GetFisher streams one value per row (a diagonal) rather than full rows: a
+// diagonal session, or a DIAGONAL block of a layered one. A Kronecker factor and dense
+// or low-rank blocks stream full rows.
+bool StreamsDiagonal(const v1::FisherSummary& summary) {
+  if (!summary.block().empty()) {
+    return summary.block_kind() == v1::BLOCK_KIND_DIAGONAL &&
+           summary.factor() == v1::FACTOR_UNSPECIFIED;
+  }
+  return summary.representation() == v1::REPRESENTATION_DIAGONAL;
 }
 
 }  // namespace
@@ -165,19 +203,125 @@ absl::StatusOr<v1::ScoreAck> FisherClient::AddScores(const v1::ScoreBatch& batch
 
 absl::StatusOr<v1::NaturalGradientStepResponse> FisherClient::Step(
     absl::string_view session, absl::Span<const double> gradient, const StepParams& params) {
-  v1::NaturalGradientStepRequest request;
-  request.set_session(SessionName(session));
+  if (params.float32_gradient || gradient.size() > kMaxUnaryStepValues) {
+    return StreamStep(session, gradient, params);
+  }
+  v1::NaturalGradientStepRequest request = StepHeader(session, params);
   request.mutable_gradient()->Add(gradient.begin(), gradient.end());
-  if (params.damping.has_value()) request.set_damping(*params.damping);
-  request.set_learning_rate(params.learning_rate);
-  request.set_kl_budget(params.kl_budget);
-  request.set_skip_decay(params.skip_decay);
   grpc::ClientContext context;
   PrepareContext(&context);
   v1::NaturalGradientStepResponse response;
   grpc::Status status = stub_->NaturalGradientStep(&context, request, &response);
   if (!status.ok()) return FromGrpcStatus(status);
   return response;
+}
+
+absl::StatusOr<v1::NaturalGradientStepResponse> FisherClient::StreamStep(
+    absl::string_view session, absl::Span<const double> gradient, const StepParams& params) {
+  const size_t dim = gradient.size();
+  if (dim > static_cast<size_t>(std::numeric_limits<int>::max())) {
+    // A protobuf repeated field (the answer's vectors) holds at most 2^31 - 1 values.
+    return absl::InvalidArgumentError(
+        absl::StrFormat("gradient has %d values; a step takes at most 2^31 - 1", dim));
+  }
+  const size_t chunk = StepChunkValues(params, options_.max_message_bytes);
+  grpc::ClientContext context;
+  PrepareContext(&context);
+  std::unique_ptr<grpc::ClientReaderWriter<v1::StreamNaturalGradientStepRequest,
+                                           v1::StreamNaturalGradientStepResponse>>
+      stream = stub_->StreamNaturalGradientStep(&context);
+
+  // Up: the header with the first chunk, then one chunk a message. A failed Write means
+  // the call is over (the server refused it, or the connection went); its status is
+  // what Finish reports below, so stop writing and read what is left.
+  bool writing = true;
+  size_t offset = 0;
+  do {
+    v1::StreamNaturalGradientStepRequest request;
+    if (offset == 0) *request.mutable_header() = StepHeader(session, params);
+    const size_t count = std::min(chunk, dim - offset);
+    request.set_offset(offset);
+    if (params.float32_gradient) {
+      std::string* bytes = request.mutable_gradient_f32();
+      bytes->reserve(count * sizeof(float));
+      std::vector<float> narrowed(gradient.begin() + offset, gradient.begin() + offset + count);
+      AppendFloat32LittleEndian(narrowed, bytes);
+    } else {
+      request.mutable_gradient()->Add(gradient.begin() + offset,
+                                      gradient.begin() + offset + count);
+    }
+    offset += count;
+    writing = stream->Write(request);
+  } while (writing && offset < dim);
+  if (writing) stream->WritesDone();
+
+  // Down: the header, then chunks [offset, offset + size) of both vectors in order.
+  v1::NaturalGradientStepResponse result;
+  absl::Status protocol_error;  // first violation; the stream is still drained
+  bool have_header = false;
+  uint64_t next = 0;
+  v1::StreamNaturalGradientStepResponse message;
+  while (stream->Read(&message)) {
+    if (!protocol_error.ok()) continue;
+    if (!have_header) {
+      if (!message.has_header()) {
+        protocol_error =
+            absl::DataLossError("StreamNaturalGradientStep: first answer has no header");
+        continue;
+      }
+      result = std::move(*message.mutable_header());
+      have_header = true;
+      result.clear_natural_gradient();
+      result.clear_update();
+      result.mutable_natural_gradient()->Resize(static_cast<int>(dim), 0.0);
+      result.mutable_update()->Resize(static_cast<int>(dim), 0.0);
+    } else if (message.has_header()) {
+      protocol_error =
+          absl::DataLossError("StreamNaturalGradientStep: a second answer carries a header");
+      continue;
+    }
+    const uint64_t size = static_cast<uint64_t>(message.natural_gradient_size());
+    if (size == 0 && message.update_size() == 0) continue;
+    if (message.offset() != next) {
+      protocol_error = absl::DataLossError(
+          absl::StrFormat("StreamNaturalGradientStep: chunk%s starts at %d, expected %d",
+                          BlockSuffix(message.block()), message.offset(), next));
+      continue;
+    }
+    if (static_cast<uint64_t>(message.update_size()) != size) {
+      protocol_error = absl::DataLossError(absl::StrFormat(
+          "StreamNaturalGradientStep: chunk at %d%s has %d natural_gradient but %d update "
+          "values",
+          message.offset(), BlockSuffix(message.block()), size, message.update_size()));
+      continue;
+    }
+    if (size > dim - next) {
+      protocol_error = absl::DataLossError(
+          absl::StrFormat("StreamNaturalGradientStep: chunk [%d, %d)%s exceeds dim %d", next,
+                          next + size, BlockSuffix(message.block()), dim));
+      continue;
+    }
+    std::copy(message.natural_gradient().begin(), message.natural_gradient().end(),
+              result.mutable_natural_gradient()->begin() + next);
+    std::copy(message.update().begin(), message.update().end(),
+              result.mutable_update()->begin() + next);
+    next += size;
+  }
+  grpc::Status status = stream->Finish();
+  if (!status.ok()) return FromGrpcStatus(status);
+  if (!writing) {
+    // The server ended the call with OK while the gradient was still going up.
+    return absl::DataLossError(absl::StrFormat(
+        "StreamNaturalGradientStep: the server closed the call after %d of %d values",
+        offset, dim));
+  }
+  if (!protocol_error.ok()) return protocol_error;
+  if (!have_header) return absl::DataLossError("StreamNaturalGradientStep: empty answer stream");
+  if (next != dim) {
+    return absl::DataLossError(absl::StrFormat(
+        "StreamNaturalGradientStep: answer ended after %d of %d values", next, dim));
+  }
+  return result;
 }
 
 absl::StatusOr<v1::FisherVectorProductResponse> FisherClient::FisherVectorProduct(
@@ -196,10 +340,21 @@ absl::StatusOr<v1::FisherVectorProductResponse> FisherClient::FisherVectorProduc
 absl::StatusOr<FisherEstimate> FisherClient::GetFisher(absl::string_view session,
                                                        bool include_matrix,
                                                        bool include_eigenvalues) {
+  FisherQuery query;
+  query.include_matrix = include_matrix;
+  query.include_eigenvalues = include_eigenvalues;
+  return GetFisher(session, query);
+}
+
+absl::StatusOr<FisherEstimate> FisherClient::GetFisher(absl::string_view session,
+                                                       const FisherQuery& query) {
+  const bool include_matrix = query.include_matrix;
   v1::GetFisherRequest request;
   request.set_session(SessionName(session));
   request.set_include_matrix(include_matrix);
-  request.set_include_eigenvalues(include_eigenvalues);
+  request.set_include_eigenvalues(query.include_eigenvalues);
+  request.set_block(query.block);
+  request.set_factor(query.factor);
   grpc::ClientContext context;
   PrepareContext(&context);
   std::unique_ptr<grpc::ClientReader<v1::GetFisherResponse>> reader =
@@ -221,8 +376,8 @@ absl::StatusOr<FisherEstimate> FisherClient::GetFisher(absl::string_view session
       estimate.summary = message.summary();
       have_summary = true;
       const uint64_t dim = estimate.summary.dim();
-      const bool diagonal =
-          estimate.summary.representation() == v1::REPRESENTATION_DIAGONAL;
+      const bool diagonal = StreamsDiagonal(estimate.summary);
+      estimate.diagonal = diagonal;
       values_per_row = diagonal ? 1 : dim;
       // Reserve up to 512 MiB on the summary's word; anything larger grows only as the
       // values actually arrive, so a bogus dim cannot trigger a huge allocation.

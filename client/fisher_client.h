@@ -97,14 +97,45 @@ struct StepParams {
   double kl_budget = 0.0;
   // true: leave the statistics undecayed after the step.
   bool skip_decay = false;
+
+  // Streaming form only (StreamStep; Step switches to it when this is set): send the
+  // gradient as float32 (StreamNaturalGradientStepRequest.gradient_f32), half the bytes
+  // of float64, each value rounded to the nearest float. The answer is float64 either way.
+  bool float32_gradient = false;
+  // Streaming form only: values per request chunk. 0: the most that stays at 2 MiB,
+  // 256k doubles or 512k floats (halved further if ClientOptions::max_message_bytes is
+  // below 4 MiB), as the proto advises. Small values are for tests of the chunking.
+  uint32_t chunk_values = 0;
+};
+
+// Above this many values Step sends the gradient through StreamNaturalGradientStep.
+// The unary answer carries two vectors of dim doubles (natural_gradient and update):
+// 128k values keep the request at 1 MiB and the answer at 2 MiB, so the unary form fits
+// every default 4 MiB limit along the way (the client's, the server's, a proxy's).
+inline constexpr size_t kMaxUnaryStepValues = size_t{1} << 17;
+
+// What GetFisher asks for (GetFisherRequest).
+struct FisherQuery {
+  // Stream the entries: dense rows, a diagonal, or a Kronecker factor's rows.
+  bool include_matrix = false;
+  // Compute the extreme eigenvalues and the condition number.
+  bool include_eigenvalues = false;
+  // Layered sessions: describe (and stream) this block only; empty: the whole F (whose
+  // matrix is never streamed).
+  std::string block;
+  // A Kronecker block: FACTOR_ACTIVATIONS (A) or FACTOR_OUTPUT_GRADIENTS (G); needed
+  // with include_matrix, since G (x) A itself is never formed.
+  fisherd::v1::Factor factor = fisherd::v1::FACTOR_UNSPECIFIED;
 };
 
 // The Fisher estimate as GetFisher streams it.
 struct FisherEstimate {
   fisherd::v1::FisherSummary summary;
-  // Empty unless requested. Dense: dim x dim, row-major. Diagonal: the dim diagonal
-  // entries.
+  // Empty unless requested. Dense (a dense or low-rank block, a Kronecker factor
+  // included): dim x dim, row-major. Diagonal: the dim diagonal entries.
   std::vector<double> values;
+  // true when `values` is a diagonal (one value per row), false for full rows.
+  bool diagonal = false;
 };
 
 class FisherClient {
@@ -137,10 +168,21 @@ class FisherClient {
   // --- Steps and products -----------------------------------------------------------
   // REQUIRES: gradient.size() == the session's dim (else the server answers
   // INVALID_ARGUMENT). Not idempotent: unless params.skip_decay, the server decays the
-  // statistics after the step.
+  // statistics after the step. Unary NaturalGradientStep up to kMaxUnaryStepValues
+  // values; beyond that, or with params.float32_gradient, StreamStep, so that a step of
+  // any size works under default message limits. Both return the same response.
   absl::StatusOr<fisherd::v1::NaturalGradientStepResponse> Step(absl::string_view session,
                                                                 absl::Span<const double> gradient,
                                                                 const StepParams& params = {});
+  // The step through StreamNaturalGradientStep: the gradient goes up in chunks (see
+  // StepParams::chunk_values), the answer comes back in chunks that are reassembled by
+  // offset into one NaturalGradientStepResponse (header fields plus both full
+  // vectors). The answer's chunks must start with the header and cover [0, dim)
+  // consecutively, natural_gradient and update of equal length each; a violation is
+  // DATA_LOSS (a server bug, not the caller's). The call has ClientOptions::call_timeout
+  // as a whole. Holds the answer (16 bytes per value) besides the caller's gradient.
+  absl::StatusOr<fisherd::v1::NaturalGradientStepResponse> StreamStep(
+      absl::string_view session, absl::Span<const double> gradient, const StepParams& params = {});
   // F v (undamped) and 1/2 v^T F v.
   absl::StatusOr<fisherd::v1::FisherVectorProductResponse> FisherVectorProduct(
       absl::string_view session, absl::Span<const double> vector);
@@ -149,6 +191,9 @@ class FisherClient {
   // summary, that row blocks are consecutive from 0 and of the announced size, and
   // that they cover all dim rows; a violation is DATA_LOSS (a server bug, not the
   // caller's). include_matrix on a dense session of dim d needs 8 d^2 bytes here.
+  // A block or factor the session does not have is the server's INVALID_ARGUMENT.
+  absl::StatusOr<FisherEstimate> GetFisher(absl::string_view session, const FisherQuery& query);
+  // The whole session's F (no block), as before layered sessions.
   absl::StatusOr<FisherEstimate> GetFisher(absl::string_view session, bool include_matrix,
                                            bool include_eigenvalues);
 

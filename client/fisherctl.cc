@@ -1,8 +1,13 @@
 // fisherctl: operate a fisherd server from the shell (health probes, session admin,
 // inspecting an estimate). Exit status: 0 success, 1 the server or the call failed
 // (printed as "fisherctl: <CODE>: <message>"), 2 usage error.
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
+#include <fstream>
 #include <iostream>
+#include <limits>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -30,11 +35,40 @@ commands:
   create ID --dim=N [--representation=dense|diagonal] [--centered]
             [--decay=RHO] [--damping=LAMBDA]
                                create sessions/ID
-  get NAME                     show a session (NAME: sessions/ID or ID)
+  create ID --block=SPEC [--block=SPEC ...] | --layout=FILE
+            [--kronecker-damping=exact|factored] [--factor-refresh-period=N]
+            [--decay=RHO] [--damping=LAMBDA] [--dim=N]
+                               create a layered session: F is block-diagonal, one block
+                               per SPEC, the parameters concatenated in the order given
+                               (--dim, if given, must equal their total)
+  get NAME | describe NAME     show a session (NAME: sessions/ID or ID); a layered one
+                               adds a line per block: spec, parameters, and the rows
+                               and W applied (to A and to G for a Kronecker block)
   list                         list sessions
   delete NAME                  delete a session
-  fisher NAME [--eigenvalues] [--matrix]
-                               summary of the Fisher estimate; --matrix also prints it
+  fisher NAME [--block=NAME [--factor=activations|output_gradients]]
+              [--eigenvalues] [--matrix]
+                               summary of the Fisher estimate; --matrix also prints it.
+                               Layered sessions: --block describes one block (--matrix
+                               needs one); a Kronecker block's --factor selects A or G
+
+block SPEC, NAME:KIND:SHAPE (NAME: 1-128 of [a-zA-Z0-9_.-], e.g. "features.0"):
+  NAME:dense:DIM               a dense DIM x DIM block
+  NAME:diagonal:DIM            its diagonal only
+  NAME:low_rank:DIM/ROWS       the latest ROWS score rows (exact Woodbury steps)
+  NAME:kronecker:INxOUT[+bias] K-FAC's G (x) A of a layer with IN inputs and OUT outputs
+                               (a convolution: IN = in_channels*kh*kw, OUT =
+                               out_channels); its parameters are the OUT x IN weights,
+                               row-major, then the OUT biases with +bias
+  e.g. a 784-1000-10 MLP, a 3x3 convolution with 16 filters, a batch norm, an embedding:
+    fisherctl create mlp --block=fc1:kronecker:784x1000+bias \
+        --block=fc2:kronecker:1000x10+bias --block=conv1:kronecker:27x16+bias \
+        --block=bn1:diagonal:64 --block=emb:low_rank:5000/16 --damping=1e-3
+  --layout=FILE                one SPEC a line instead; blank lines and '#...' ignored
+  --kronecker-damping=exact    (default) solve with (G (x) A + lambda I) exactly;
+                   =factored   with (G + sqrt(lambda)/pi I) (x) (A + pi sqrt(lambda) I)
+  --factor-refresh-period=N    recompute a factor's eigenbasis at most every N steps
+                               (default 1: whenever it changed)
 
 flags:
   --timeout-seconds=S          deadline of the call (default 5 for health, 60 otherwise)
@@ -74,30 +108,95 @@ int RunHealth(Command& cmd) {
   return *health == ServingStatus::kServing ? kOk : kFailed;
 }
 
+absl::StatusOr<std::string> ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return absl::NotFoundError(absl::StrFormat("cannot read %s: %s", path, std::strerror(errno)));
+  }
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
 int RunCreate(Command& cmd) {
   CliFlags& f = *cmd.flags;
   absl::StatusOr<int64_t> dim = f.GetInt("dim", 0);
-  const std::string representation = absl::AsciiStrToLower(f.GetString("representation", "dense"));
+  const std::string representation = absl::AsciiStrToLower(f.GetString("representation", ""));
   absl::StatusOr<bool> centered = f.GetBool("centered", false);
   absl::StatusOr<double> decay = f.GetDouble("decay", 0.0);
   absl::StatusOr<double> damping = f.GetDouble("damping", 0.0);
+  const std::vector<std::string> block_specs = f.GetAll("block");
+  const std::string layout = f.GetString("layout", "");
+  const std::string kronecker_damping =
+      absl::AsciiStrToLower(f.GetString("kronecker-damping", ""));
+  absl::StatusOr<int64_t> refresh = f.GetInt("factor-refresh-period", 0);
   for (const absl::Status& s : {dim.status(), centered.status(), decay.status(), damping.status(),
-                                f.CheckNoUnknownFlags()}) {
+                                refresh.status(), f.CheckNoUnknownFlags()}) {
     if (!s.ok()) return UsageError(s.message());
   }
   if (cmd.args.size() != 1) return UsageError("create takes one session id");
-  if (!f.Has("dim") || *dim < 1) return UsageError("create needs --dim=N with N >= 1");
   v1::SessionConfig config;
-  config.set_dim(static_cast<uint64_t>(*dim));
-  if (representation == "dense") {
-    config.set_representation(v1::REPRESENTATION_DENSE);
-  } else if (representation == "diagonal") {
-    config.set_representation(v1::REPRESENTATION_DIAGONAL);
+
+  // The layout: --block flags or a --layout file, not both.
+  if (!block_specs.empty() && f.Has("layout")) {
+    return UsageError("give the blocks as --block flags or as a --layout file, not both");
+  }
+  if (f.Has("layout")) {
+    absl::StatusOr<std::string> text = ReadFile(layout);
+    if (!text.ok()) return Failed(text.status());
+    absl::StatusOr<std::vector<v1::BlockConfig>> blocks = ParseLayoutText(*text);
+    if (!blocks.ok()) return UsageError(absl::StrCat(layout, ": ", blocks.status().message()));
+    for (v1::BlockConfig& block : *blocks) *config.add_blocks() = std::move(block);
+  }
+  for (const std::string& spec : block_specs) {
+    absl::StatusOr<v1::BlockConfig> block = ParseBlockSpec(spec);
+    if (!block.ok()) return UsageError(block.status().message());
+    *config.add_blocks() = *std::move(block);
+  }
+  const bool layered = config.blocks_size() > 0;
+
+  if (layered) {
+    // The server fills in dim from the blocks; one given here is checked against them.
+    if (f.Has("dim") && *dim < 1) return UsageError("--dim must be >= 1 (or left out)");
+    config.set_dim(f.Has("dim") ? static_cast<uint64_t>(*dim) : 0);
+    if (!representation.empty() && representation != "layered") {
+      return UsageError("a session with --block or --layout is layered; leave out --representation");
+    }
+    config.set_representation(v1::REPRESENTATION_LAYERED);
+    if (kronecker_damping.empty() || kronecker_damping == "exact") {
+      config.set_kronecker_damping(v1::KRONECKER_DAMPING_EXACT);
+    } else if (kronecker_damping == "factored") {
+      config.set_kronecker_damping(v1::KRONECKER_DAMPING_FACTORED);
+    } else {
+      return UsageError("--kronecker-damping must be exact or factored");
+    }
+    if (*refresh < 0 || *refresh > std::numeric_limits<uint32_t>::max()) {
+      return UsageError("--factor-refresh-period must be in [1, 2^32)");
+    }
+    config.set_factor_refresh_period(static_cast<uint32_t>(*refresh));
   } else {
-    return UsageError("--representation must be dense or diagonal");
+    if (!f.Has("dim") || *dim < 1) {
+      return UsageError("create needs --dim=N with N >= 1, or a layout (--block or --layout)");
+    }
+    if (f.Has("kronecker-damping") || f.Has("factor-refresh-period")) {
+      return UsageError(
+          "--kronecker-damping and --factor-refresh-period are for layered sessions "
+          "(--block or --layout)");
+    }
+    config.set_dim(static_cast<uint64_t>(*dim));
+    if (representation.empty() || representation == "dense") {
+      config.set_representation(v1::REPRESENTATION_DENSE);
+    } else if (representation == "diagonal") {
+      config.set_representation(v1::REPRESENTATION_DIAGONAL);
+    } else if (representation == "layered") {
+      return UsageError("--representation=layered needs the blocks: --block or --layout");
+    } else {
+      return UsageError("--representation must be dense or diagonal");
+    }
   }
   config.set_centered(*centered);
-  // Range checks (decay in (0, 1], damping >= 0) are the server's: one source of truth.
+  // Range checks (decay in (0, 1], damping >= 0, block sizes) are the server's: one
+  // source of truth.
   config.set_decay(*decay);
   config.set_damping(*damping);
   absl::StatusOr<v1::Session> session = cmd.client->CreateSession(cmd.args[0], config);
@@ -108,7 +207,7 @@ int RunCreate(Command& cmd) {
 
 int RunGet(Command& cmd) {
   if (absl::Status s = cmd.flags->CheckNoUnknownFlags(); !s.ok()) return UsageError(s.message());
-  if (cmd.args.size() != 1) return UsageError("get takes one session name");
+  if (cmd.args.size() != 1) return UsageError("get and describe take one session name");
   absl::StatusOr<v1::Session> session = cmd.client->GetSession(cmd.args[0]);
   if (!session.ok()) return Failed(session.status());
   std::cout << DescribeSession(*session);
@@ -134,21 +233,38 @@ int RunDelete(Command& cmd) {
 }
 
 int RunFisher(Command& cmd) {
-  absl::StatusOr<bool> eigenvalues = cmd.flags->GetBool("eigenvalues", false);
-  absl::StatusOr<bool> matrix = cmd.flags->GetBool("matrix", false);
-  for (const absl::Status& s :
-       {eigenvalues.status(), matrix.status(), cmd.flags->CheckNoUnknownFlags()}) {
+  CliFlags& f = *cmd.flags;
+  absl::StatusOr<bool> eigenvalues = f.GetBool("eigenvalues", false);
+  absl::StatusOr<bool> matrix = f.GetBool("matrix", false);
+  FisherQuery query;
+  query.block = f.GetString("block", "");
+  const std::string factor = absl::AsciiStrToLower(f.GetString("factor", ""));
+  for (const absl::Status& s : {eigenvalues.status(), matrix.status(), f.CheckNoUnknownFlags()}) {
     if (!s.ok()) return UsageError(s.message());
   }
   if (cmd.args.size() != 1) return UsageError("fisher takes one session name");
-  absl::StatusOr<FisherEstimate> fisher = cmd.client->GetFisher(cmd.args[0], *matrix, *eigenvalues);
+  if (factor.empty()) {
+    query.factor = v1::FACTOR_UNSPECIFIED;
+  } else if (factor == "activations" || factor == "a") {
+    query.factor = v1::FACTOR_ACTIVATIONS;
+  } else if (factor == "output_gradients" || factor == "output-gradients" || factor == "g") {
+    query.factor = v1::FACTOR_OUTPUT_GRADIENTS;
+  } else {
+    return UsageError("--factor must be activations (A) or output_gradients (G)");
+  }
+  if (query.factor != v1::FACTOR_UNSPECIFIED && query.block.empty()) {
+    return UsageError("--factor needs --block (the Kronecker block whose factor to show)");
+  }
+  // Whether a block exists, and whether it has factors, is the server's to say.
+  query.include_matrix = *matrix;
+  query.include_eigenvalues = *eigenvalues;
+  absl::StatusOr<FisherEstimate> fisher = cmd.client->GetFisher(cmd.args[0], query);
   if (!fisher.ok()) return Failed(fisher.status());
   std::cout << DescribeFisherSummary(fisher->summary);
   if (*matrix) {
     const uint64_t dim = fisher->summary.dim();
-    const bool diagonal = fisher->summary.representation() == v1::REPRESENTATION_DIAGONAL;
-    std::cout << (diagonal ? "diagonal:\n" : "matrix:\n");
-    // Dense: one matrix row per line. Diagonal: the diagonal on one line.
+    std::cout << (fisher->diagonal ? "diagonal:\n" : "matrix:\n");
+    // Full rows: one matrix row per line. Diagonal: the diagonal on one line.
     for (uint64_t i = 0; i < fisher->values.size(); ++i) {
       std::cout << absl::StrFormat("%.8g", fisher->values[i])
                 << ((i + 1) % dim == 0 ? "\n" : " ");
@@ -158,7 +274,7 @@ int RunFisher(Command& cmd) {
 }
 
 int Main(int argc, char** argv) {
-  absl::StatusOr<CliFlags> parsed = CliFlags::Parse(argc, argv);
+  absl::StatusOr<CliFlags> parsed = CliFlags::Parse(argc, argv, /*repeatable=*/{"block"});
   if (!parsed.ok()) return UsageError(parsed.status().message());
   CliFlags& flags = *parsed;
   const bool help_command = !flags.positional().empty() &&
@@ -193,7 +309,7 @@ int Main(int argc, char** argv) {
               &flags, client->get(), options.call_timeout};
   if (name == "health") return RunHealth(cmd);
   if (name == "create") return RunCreate(cmd);
-  if (name == "get") return RunGet(cmd);
+  if (name == "get" || name == "describe") return RunGet(cmd);
   if (name == "list") return RunList(cmd);
   if (name == "delete") return RunDelete(cmd);
   if (name == "fisher") return RunFisher(cmd);

@@ -1,9 +1,13 @@
 #include "client/score_streamer.h"
 
 #include <algorithm>
+#include <optional>
 #include <utility>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "client/describe.h"
 #include "client/grpc_status.h"
 #include "client/score_encoding.h"
 
@@ -12,13 +16,12 @@ namespace v1 = ::fisherd::v1;
 
 namespace {
 
-absl::Status ValidateOptions(const ScoreStreamerOptions& o, const ClientOptions& client) {
+absl::Status ValidateOptions(const ScoreStreamerOptions& o) {
   if (o.session.empty()) return absl::InvalidArgumentError("ScoreStreamerOptions.session is empty");
   if (o.worker_id.empty()) {
     return absl::InvalidArgumentError(
         "ScoreStreamerOptions.worker_id is empty; resends need it for deduplication");
   }
-  if (o.dim == 0) return absl::InvalidArgumentError("ScoreStreamerOptions.dim must be >= 1");
   if (o.rows_per_batch < 1) {
     return absl::InvalidArgumentError("ScoreStreamerOptions.rows_per_batch must be >= 1");
   }
@@ -35,45 +38,190 @@ absl::Status ValidateOptions(const ScoreStreamerOptions& o, const ClientOptions&
   if (o.stream_deadline <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("ScoreStreamerOptions.stream_deadline must be > 0");
   }
-  // A batch the channel refuses to send would fail on every retry.
-  const double batch_bytes = 4.0 * o.rows_per_batch * static_cast<double>(o.dim) +
-                             8.0 * o.rows_per_batch + 1024;
-  if (batch_bytes > client.max_message_bytes) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "ScoreStreamerOptions: a batch of %d rows at dim %d (about %.0f bytes) exceeds the "
-        "client's max_message_bytes %d; lower rows_per_batch",
-        o.rows_per_batch, o.dim, batch_bytes, client.max_message_bytes));
+  if (!v1::Factor_IsValid(o.factor)) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("ScoreStreamerOptions.factor %d is not a Factor", o.factor));
+  }
+  if (o.block.empty() && o.factor != v1::FACTOR_UNSPECIFIED) {
+    return absl::InvalidArgumentError(
+        "ScoreStreamerOptions.factor is set without a block; a factor belongs to a Kronecker "
+        "block");
   }
   return absl::OkStatus();
+}
+
+std::string Describe(const ScoreTarget& target) {
+  if (target.block.empty()) return "the session";
+  if (target.factor == v1::FACTOR_UNSPECIFIED) return absl::StrFormat("block \"%s\"", target.block);
+  return absl::StrFormat("block \"%s\" %s", target.block, v1::Factor_Name(target.factor));
+}
+
+// Up to 8 block names of a layout, for an error message.
+std::string SomeBlockNames(const v1::SessionConfig& config) {
+  std::vector<std::string> names;
+  for (const v1::BlockConfig& block : config.blocks()) {
+    if (names.size() == 8) {
+      names.push_back(absl::StrFormat("... (%d in all)", config.blocks_size()));
+      break;
+    }
+    names.push_back(block.name());
+  }
+  return absl::StrJoin(names, ", ");
 }
 
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<ScoreStreamer>> ScoreStreamer::Create(
     FisherClient* client, const ScoreStreamerOptions& options) {
-  if (absl::Status s = ValidateOptions(options, client->options()); !s.ok()) return s;
+  if (absl::Status s = ValidateOptions(options); !s.ok()) return s;
+  // The session is needed to resume the sequence and to learn row widths; a caller that
+  // gives both (a plain session) can create a streamer without reaching the server.
+  const bool needs_session = options.starting_sequence == 0 || options.dim == 0 ||
+                             !options.block.empty();
+  std::optional<v1::Session> session;
   uint64_t starting_sequence = options.starting_sequence;
+  if (needs_session) {
+    absl::StatusOr<v1::Session> fetched = client->GetSession(options.session);
+    if (!fetched.ok()) return fetched.status();
+    session = *std::move(fetched);
+  }
   if (starting_sequence == 0) {
-    // Resume after what the server already applied for this worker; this also checks
-    // that the session exists and has the dim the worker will send.
-    absl::StatusOr<v1::Session> session = client->GetSession(options.session);
-    if (!session.ok()) return session.status();
-    if (session->config().dim() != options.dim) {
-      return absl::InvalidArgumentError(
-          absl::StrFormat("ScoreStreamerOptions.dim is %d but %s has dim %d", options.dim,
-                          session->name(), session->config().dim()));
-    }
+    // Resume after what the server already applied for this worker (one sequence space
+    // for all blocks of a layered session).
     const auto& sequences = session->stats().worker_sequences();
     auto it = sequences.find(options.worker_id);
     starting_sequence = it == sequences.end() ? 1 : it->second + 1;
   }
-  return std::unique_ptr<ScoreStreamer>(new ScoreStreamer(client, options, starting_sequence));
+  std::unique_ptr<ScoreStreamer> streamer(new ScoreStreamer(client, options, starting_sequence));
+  const ScoreTarget target = streamer->default_target_;
+  if (session.has_value()) {
+    streamer->SetSession(*session);
+    const bool layered = session->config().blocks_size() > 0;
+    if (layered && target.block.empty()) {
+      // A streamer without a default block: every Append names its target.
+      if (options.dim != 0) {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "ScoreStreamerOptions.dim is %d but %s is layered (%d blocks): name the block its "
+            "rows feed in ScoreStreamerOptions.block, or leave dim 0 and pass a ScoreTarget to "
+            "Append",
+            options.dim, session->name(), session->config().blocks_size()));
+      }
+      return streamer;
+    }
+    absl::StatusOr<Shape> shape = streamer->Resolve(target);
+    if (!shape.ok()) return shape.status();
+    if (options.dim != 0 && options.dim != shape->width) {
+      if (!layered) {
+        return absl::InvalidArgumentError(
+            absl::StrFormat("ScoreStreamerOptions.dim is %d but %s has dim %d", options.dim,
+                            session->name(), shape->width));
+      }
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "ScoreStreamerOptions.dim is %d but rows of %s of %s have %d values", options.dim,
+          Describe(target), session->name(), shape->width));
+    }
+    return streamer;
+  }
+  // No session fetched: dim >= 1 and no block, so the default target is the plain one.
+  if (absl::Status s = streamer->ShapeFor(target, options.dim).status(); !s.ok()) return s;
+  return streamer;
 }
 
 ScoreStreamer::ScoreStreamer(FisherClient* client, const ScoreStreamerOptions& options,
                              uint64_t starting_sequence)
-    : client_(client), options_(options), session_name_(SessionName(options.session)) {
+    : client_(client),
+      options_(options),
+      session_name_(SessionName(options.session)),
+      default_target_{options.block, options.factor} {
   stats_.next_sequence = starting_sequence;
+}
+
+void ScoreStreamer::SetSession(const v1::Session& session) {
+  config_ = session.config();
+  have_session_ = true;
+  block_index_.clear();
+  for (int i = 0; i < config_.blocks_size(); ++i) block_index_.emplace(config_.blocks(i).name(), i);
+}
+
+absl::StatusOr<ScoreStreamer::Shape> ScoreStreamer::Resolve(const ScoreTarget& target) {
+  if (!have_session_) {
+    if (target == default_target_) return ShapeFor(target, options_.dim);  // dim >= 1 here
+    absl::StatusOr<v1::Session> session = client_->GetSession(session_name_);
+    if (!session.ok()) return session.status();
+    SetSession(*session);
+  }
+  if (!v1::Factor_IsValid(target.factor)) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("ScoreTarget.factor %d is not a Factor", target.factor));
+  }
+  if (config_.blocks_size() == 0) {
+    if (!target.block.empty() || target.factor != v1::FACTOR_UNSPECIFIED) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "%s is not layered (it has no blocks), so rows cannot name %s; leave the target empty",
+          session_name_, Describe(target)));
+    }
+    return ShapeFor(target, config_.dim());
+  }
+  if (target.block.empty()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%s is layered: name the block the rows feed (ScoreStreamerOptions.block or a "
+        "ScoreTarget); its blocks: %s",
+        session_name_, SomeBlockNames(config_)));
+  }
+  auto it = block_index_.find(target.block);
+  if (it == block_index_.end()) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("block \"%s\" is not in the layout of %s; its blocks: %s", target.block,
+                        session_name_, SomeBlockNames(config_)));
+  }
+  const v1::BlockConfig& block = config_.blocks(it->second);
+  if (block.kind() == v1::BLOCK_KIND_KRONECKER) {
+    switch (target.factor) {
+      case v1::FACTOR_ACTIVATIONS:
+        return ShapeFor(target, block.in_features());
+      case v1::FACTOR_OUTPUT_GRADIENTS:
+        return ShapeFor(target, block.out_features());
+      default:
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "block \"%s\" of %s is KRONECKER: name the factor the rows feed, "
+            "FACTOR_ACTIVATIONS (%d values a row) or FACTOR_OUTPUT_GRADIENTS (%d values a row)",
+            block.name(), session_name_, block.in_features(), block.out_features()));
+    }
+  }
+  if (target.factor != v1::FACTOR_UNSPECIFIED) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "block \"%s\" of %s is %s: only Kronecker blocks have factors, so the factor must be "
+        "FACTOR_UNSPECIFIED, not %s",
+        block.name(), session_name_, BlockKindName(block.kind()), v1::Factor_Name(target.factor)));
+  }
+  return ShapeFor(target, block.dim());
+}
+
+absl::StatusOr<ScoreStreamer::Shape> ScoreStreamer::ShapeFor(const ScoreTarget& target,
+                                                            uint64_t width) const {
+  if (width == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("rows of %s of %s have width 0", Describe(target), session_name_));
+  }
+  Shape shape;
+  shape.width = width;
+  shape.rows_per_batch = static_cast<size_t>(options_.rows_per_batch);
+  if (options_.max_batch_bytes > 0) {
+    const uint64_t fitting = options_.max_batch_bytes / (4 * width);
+    shape.rows_per_batch =
+        static_cast<size_t>(std::max<uint64_t>(1, std::min<uint64_t>(shape.rows_per_batch, fitting)));
+  }
+  // A batch the channel refuses to send would fail on every retry.
+  const double batch_bytes = 4.0 * shape.rows_per_batch * static_cast<double>(width) +
+                             8.0 * shape.rows_per_batch + 1024;
+  if (batch_bytes > client_->options().max_message_bytes) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "ScoreStreamerOptions: a batch of %d rows of %d values (%s, about %.0f bytes) exceeds "
+        "the client's max_message_bytes %d; lower rows_per_batch or max_batch_bytes",
+        shape.rows_per_batch, width, Describe(target), batch_bytes,
+        client_->options().max_message_bytes));
+  }
+  return shape;
 }
 
 ScoreStreamer::~ScoreStreamer() {
@@ -87,11 +235,21 @@ ScoreStreamer::~ScoreStreamer() {
 
 absl::Status ScoreStreamer::Append(absl::Span<const float> scores,
                                    absl::Span<const float> weights) {
+  return Append(default_target_, scores, weights);
+}
+
+absl::Status ScoreStreamer::Append(const ScoreTarget& target, absl::Span<const float> scores,
+                                   absl::Span<const float> weights) {
   if (!failure_.ok()) return failure_;
-  if (absl::Status s = ValidateScoreRows(scores, weights, options_.dim); !s.ok()) return s;
-  const size_t dim = options_.dim;
+  absl::StatusOr<Shape> shape = Resolve(target);
+  if (!shape.ok()) return shape.status();
+  if (absl::Status s = ValidateScoreRows(scores, weights, shape->width); !s.ok()) {
+    if (target.block.empty()) return s;
+    return absl::Status(s.code(), absl::StrCat(Describe(target), ": ", s.message()));
+  }
+  const size_t dim = shape->width;
   const size_t rows = scores.size() / dim;
-  const size_t per_batch = static_cast<size_t>(options_.rows_per_batch);
+  const size_t per_batch = shape->rows_per_batch;
   stats_.rows_appended += rows;
 
   size_t row = 0;  // rows [0, row) of this call are in a batch or in the pending buffer
@@ -107,17 +265,29 @@ absl::Status ScoreStreamer::Append(absl::Span<const float> scores,
     return s;
   };
 
-  // 1. Complete the partial batch left by earlier calls.
+  // 0. A batch holds one target's rows: those of another target go out first. Either
+  // way the buffer is empty afterwards and becomes this target's.
+  absl::Status switched;
+  if (!pending_weights_.empty() && pending_target_ != target) switched = CutPendingBatches();
+  if (pending_weights_.empty()) {
+    pending_target_ = target;
+    pending_shape_ = *shape;
+  }
+  if (!switched.ok()) return fail(switched);
+
+  // 1. Complete the partial batch left by earlier calls (after a failed call the buffer
+  // may hold several batches' worth).
   if (!pending_weights_.empty()) {
-    buffer_rest(std::min(rows, per_batch - pending_weights_.size()));
-    if (pending_weights_.size() >= per_batch) {
+    buffer_rest(std::min(rows, per_batch - std::min(per_batch, pending_weights_.size())));
+    while (pending_weights_.size() >= per_batch) {
       if (absl::Status s = SendPendingBatch(); !s.ok()) return fail(s);
     }
   }
   // 2. Full batches straight from the caller's rows, without a copy into the buffer.
-  while (rows - row >= per_batch) {
+  // (Only once the buffer is empty: rows must go out in the order they came.)
+  while (pending_weights_.empty() && rows - row >= per_batch) {
     if (absl::Status s = WaitForAcks(options_.max_in_flight - 1); !s.ok()) return fail(s);
-    Enqueue(scores.subspan(row * dim, per_batch * dim),
+    Enqueue(target, dim, scores.subspan(row * dim, per_batch * dim),
             weights.empty() ? weights : weights.subspan(row, per_batch));
     row += per_batch;
     if (absl::Status s = SendNewest(); !s.ok()) return fail(s);
@@ -144,25 +314,46 @@ absl::Status ScoreStreamer::Close() {
 }
 
 absl::Status ScoreStreamer::SendPendingBatch() {
-  const size_t rows = std::min(pending_weights_.size(),
-                               static_cast<size_t>(options_.rows_per_batch));
   if (absl::Status s = WaitForAcks(options_.max_in_flight - 1); !s.ok()) return s;
-  const size_t values = rows * options_.dim;
-  Enqueue(absl::MakeConstSpan(pending_scores_.data(), values),
-          absl::MakeConstSpan(pending_weights_.data(), rows));
-  pending_scores_.erase(pending_scores_.begin(), pending_scores_.begin() + values);
-  pending_weights_.erase(pending_weights_.begin(), pending_weights_.begin() + rows);
+  EnqueuePending();
   return SendNewest();
 }
 
-void ScoreStreamer::Enqueue(absl::Span<const float> scores, absl::Span<const float> weights) {
+absl::Status ScoreStreamer::CutPendingBatches() {
+  // Usually one partial batch. After a failed Append the buffer may hold more; each
+  // batch is written as it is queued. Once a wait or write fails there is no stream
+  // (or the streamer has failed), and the batches queued unsent meanwhile are written
+  // when the next stream opens, like every unacknowledged batch.
+  absl::Status status;
+  while (!pending_weights_.empty()) {
+    if (status.ok()) status = WaitForAcks(options_.max_in_flight - 1);
+    EnqueuePending();
+    ++stats_.target_switches;
+    if (status.ok()) status = SendNewest();
+  }
+  return status;
+}
+
+void ScoreStreamer::EnqueuePending() {
+  const size_t rows = std::min(pending_weights_.size(), pending_shape_.rows_per_batch);
+  const size_t values = rows * pending_shape_.width;
+  Enqueue(pending_target_, pending_shape_.width,
+          absl::MakeConstSpan(pending_scores_.data(), values),
+          absl::MakeConstSpan(pending_weights_.data(), rows));
+  pending_scores_.erase(pending_scores_.begin(), pending_scores_.begin() + values);
+  pending_weights_.erase(pending_weights_.begin(), pending_weights_.begin() + rows);
+}
+
+void ScoreStreamer::Enqueue(const ScoreTarget& target, uint64_t width,
+                            absl::Span<const float> scores, absl::Span<const float> weights) {
   // Unit weights are the default; leaving them out saves 4 bytes a row on the wire.
   const bool all_ones =
       std::all_of(weights.begin(), weights.end(), [](float w) { return w == 1.0f; });
   Batch batch;
   batch.message = MakeScoreBatch(session_name_, options_.worker_id, stats_.next_sequence++,
-                                 scores, all_ones ? absl::Span<const float>() : weights,
-                                 options_.dim);
+                                 scores, all_ones ? absl::Span<const float>() : weights, width);
+  batch.message.set_block(target.block);
+  batch.message.set_factor(target.factor);
   unacked_.push_back(std::move(batch));
 }
 

@@ -20,11 +20,27 @@
 //   auto streamer = ScoreStreamer::Create(&client, options);   // resumes the sequence
 //   for (...) RETURN_IF_ERROR((*streamer)->Append(scores, weights));
 //   RETURN_IF_ERROR((*streamer)->Flush());   // everything applied; now take a step
+//
+// Layered sessions: every batch feeds one block (and, for a Kronecker block, one factor),
+// its ScoreTarget. A streamer has a default target (ScoreStreamerOptions.block and
+// .factor) and Append can name another per call. The server keeps ONE sequence space per
+// worker_id for all blocks of a session, so one worker's rows for all its blocks go
+// through one streamer (a batch is cut whenever the target changes), or each streamer
+// gets a worker_id of its own (e.g. "worker-3/fc1"); two streamers sharing a worker_id
+// on different blocks would discard each other's batches as duplicates.
+//
+//   options.block = "";  options.dim = 0;   // widths come from the session's layout
+//   auto streamer = ScoreStreamer::Create(&client, options);
+//   const ScoreTarget fc1_a{"fc1", v1::FACTOR_ACTIVATIONS};       // 784 values a row
+//   const ScoreTarget fc1_g{"fc1", v1::FACTOR_OUTPUT_GRADIENTS};  // 1000 values a row
+//   RETURN_IF_ERROR((*streamer)->Append(fc1_a, activations));
+//   RETURN_IF_ERROR((*streamer)->Append(fc1_g, output_gradients));
 #ifndef FISHERD_CLIENT_SCORE_STREAMER_H_
 #define FISHERD_CLIENT_SCORE_STREAMER_H_
 
 #include <cstdint>
 #include <deque>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -40,19 +56,50 @@
 
 namespace fisherd::client {
 
+// Where a batch's rows go in a layered session (ScoreBatch.block and .factor). The
+// empty target is a non-layered session's only one.
+struct ScoreTarget {
+  // The block the rows feed; its row width is the block's dim, or for a Kronecker block
+  // the factor's in_features or out_features.
+  std::string block;
+  // Kronecker blocks: FACTOR_ACTIVATIONS or FACTOR_OUTPUT_GRADIENTS. Other kinds:
+  // FACTOR_UNSPECIFIED.
+  fisherd::v1::Factor factor = fisherd::v1::FACTOR_UNSPECIFIED;
+
+  friend bool operator==(const ScoreTarget& a, const ScoreTarget& b) {
+    return a.block == b.block && a.factor == b.factor;
+  }
+  friend bool operator!=(const ScoreTarget& a, const ScoreTarget& b) { return !(a == b); }
+};
+
 struct ScoreStreamerOptions {
   // Session name ("sessions/{id}") or bare id. Required.
   std::string session;
   // The sender's identity for deduplication. Required (non-empty): without it the server
-  // could not tell a resend from new data. Two live streamers must never share one.
+  // could not tell a resend from new data. Two live streamers must never share one, not
+  // even for different blocks (one sequence space per worker_id; see above).
   std::string worker_id;
-  // Length of every score row; must equal the session's dim. Required (>= 1).
+  // Length of every score row of the default target. 0: taken from the session (its
+  // dim, or the row width of `block`'s factor), which needs a GetSession at Create.
+  // Otherwise it must equal that width. A layered session with no default block takes
+  // dim 0 (every Append then names its target).
   uint64_t dim = 0;
+
+  // Layered sessions: the default target of Append(scores, weights). Checked against
+  // the session's layout at Create (INVALID_ARGUMENT naming the block).
+  std::string block;
+  fisherd::v1::Factor factor = fisherd::v1::FACTOR_UNSPECIFIED;
 
   // Rows per ScoreBatch. Larger batches amortize per-message cost (the server does one
   // rank-k update per batch); keep rows_per_batch * dim * 4 bytes well under the
   // server's message limit (4 MiB by default): 256 rows at dim 1024 is 1 MiB.
   int rows_per_batch = 256;
+
+  // Upper bound on one batch's score bytes (rows * width * 4): wide rows go in fewer
+  // rows per batch (at least one), so that batches of every target of a layered session
+  // stay under gRPC's default 4 MiB message limit. 0: no bound but rows_per_batch.
+  // A single row larger than the client's max_message_bytes is INVALID_ARGUMENT.
+  uint64_t max_batch_bytes = uint64_t{2} << 20;
 
   // Unacknowledged batches allowed before Append waits for acks.
   int max_in_flight = 8;
@@ -85,6 +132,7 @@ struct ScoreStreamerStats {
   uint64_t duplicate_acks = 0;     // acks with duplicate = true (expected after resends)
   uint64_t streams_opened = 0;     // StreamScores calls started
   uint64_t reconnects = 0;         // reopen attempts after a transient failure
+  uint64_t target_switches = 0;    // partial batches cut because the target changed
   uint64_t next_sequence = 0;      // sequence the next batch will carry
   bool has_last_ack = false;
   fisherd::v1::ScoreAck last_ack;  // the latest acknowledgement, if any
@@ -92,9 +140,11 @@ struct ScoreStreamerStats {
 
 class ScoreStreamer {
  public:
-  // INVALID_ARGUMENT for missing or bad options; with starting_sequence == 0, the
-  // GetSession error (e.g. NOT_FOUND) and an INVALID_ARGUMENT when options.dim differs
-  // from the session's. REQUIRES: client outlives the streamer.
+  // INVALID_ARGUMENT for missing or bad options. Asks the server for the session
+  // (GetSession) when starting_sequence == 0, dim == 0 or a default block is named, and
+  // then returns its error (e.g. NOT_FOUND), and INVALID_ARGUMENT when dim differs from
+  // the session's width or the default target does not fit its layout.
+  // REQUIRES: client outlives the streamer.
   static absl::StatusOr<std::unique_ptr<ScoreStreamer>> Create(FisherClient* client,
                                                                const ScoreStreamerOptions& options);
 
@@ -105,13 +155,23 @@ class ScoreStreamer {
   // first to keep them.
   ~ScoreStreamer();
 
-  // Buffers rows = scores.size() / dim rows (row-major) with their weights (empty: all
-  // 1, else one per row) and sends every full batch. Validates the rows first (finite
-  // scores, finite weights >= 0, whole rows) so a bad row is reported here, with nothing
-  // of this call buffered. Returns a server rejection (see failure()) or, after
+  // Buffers rows = scores.size() / dim rows (row-major; dim: the default target's row
+  // width) with their weights (empty: all 1, else one per row) and sends every full
+  // batch. Validates the rows first (finite scores, finite weights >= 0, whole rows) so
+  // a bad row is reported here, with nothing of this call buffered. Returns a server rejection (see failure()) or, after
   // max_retries, the last transient error; in the latter case every row of this call is
   // kept (buffered or in an unacknowledged batch) and goes out with the next call.
   absl::Status Append(absl::Span<const float> scores, absl::Span<const float> weights = {});
+
+  // The same for rows of `target` (see ScoreTarget): rows = scores.size() / its width.
+  // Rows buffered for another target are first cut into a batch of their own. The
+  // target is checked against the session's layout (fetched with one GetSession the
+  // first time a streamer created without it needs it): an unknown block, a Kronecker
+  // block without a factor or another block with one, or a block on a session that is
+  // not layered, is INVALID_ARGUMENT naming it, with nothing of this call buffered and
+  // the streamer not failed.
+  absl::Status Append(const ScoreTarget& target, absl::Span<const float> scores,
+                      absl::Span<const float> weights = {});
 
   // Sends the partial batch, if any, and waits until the server has acknowledged every
   // batch, i.e. applied all rows appended so far. The stream stays open.
@@ -137,13 +197,34 @@ class ScoreStreamer {
     int transmissions = 0;  // Write attempts, over all streams
   };
 
+  // A target's rows: their width and how many go in one batch.
+  struct Shape {
+    uint64_t width = 0;
+    size_t rows_per_batch = 0;
+  };
+
   ScoreStreamer(FisherClient* client, const ScoreStreamerOptions& options,
                 uint64_t starting_sequence);
 
+  // Remembers the session's configuration (its layout) for Resolve.
+  void SetSession(const fisherd::v1::Session& session);
+  // The shape of `target`'s rows, from the session's layout (fetched if not yet known)
+  // or, without a layout, from options.dim for the default target.
+  absl::StatusOr<Shape> Resolve(const ScoreTarget& target);
+  // The shape for a target known to need `width` values a row, or INVALID_ARGUMENT if
+  // even one batch of it would exceed the client's message limit.
+  absl::StatusOr<Shape> ShapeFor(const ScoreTarget& target, uint64_t width) const;
+
   // Cuts up to rows_per_batch buffered rows into a batch and sends it.
   absl::Status SendPendingBatch();
+  // Cuts every buffered row into batches (the target changes) and sends them; on a
+  // failure the rest are queued unsent, for the next stream to carry.
+  absl::Status CutPendingBatches();
+  // Moves up to one batch of buffered rows into unacked_.
+  void EnqueuePending();
   // Appends a batch with the next sequence to unacked_. REQUIRES: rows validated.
-  void Enqueue(absl::Span<const float> scores, absl::Span<const float> weights);
+  void Enqueue(const ScoreTarget& target, uint64_t width, absl::Span<const float> scores,
+               absl::Span<const float> weights);
   // Writes unacked_.back() on the current stream, reconnecting if needed.
   absl::Status SendNewest();
   // Reads acknowledgements until at most `limit` batches are unacknowledged.
@@ -167,7 +248,14 @@ class ScoreStreamer {
   FisherClient* const client_;
   const ScoreStreamerOptions options_;
   const std::string session_name_;
+  const ScoreTarget default_target_;
 
+  bool have_session_ = false;            // config_ holds the session's configuration
+  fisherd::v1::SessionConfig config_;
+  std::map<std::string, int> block_index_;  // layered: block name -> index in config_
+
+  ScoreTarget pending_target_;          // the target of every pending row
+  Shape pending_shape_;
   std::vector<float> pending_scores_;   // rows not yet cut into a batch
   std::vector<float> pending_weights_;  // one per pending row (1 when not given)
   std::deque<Batch> unacked_;           // sent (or to be resent), oldest first

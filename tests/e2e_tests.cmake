@@ -3,6 +3,7 @@
 # the proto alone (stubs generated at test time), as an outside user would write it.
 add_executable(e2e_test
   e2e/e2e_test.cc
+  e2e/layered_e2e_test.cc
   e2e/process.cc
   e2e/tcp_proxy.cc)
 target_compile_definitions(e2e_test PRIVATE
