@@ -7,14 +7,19 @@
         step = client.step(name, gradient, kl_budget=0.01)
         params += step.update
 
+Layered sessions (a block-diagonal F: dense, diagonal, low-rank and Kronecker-factored
+blocks) take create_session(..., blocks=[fisherd.Block(...), ...]) and
+stream_scores(..., block=..., factor=...); steps of any size stream in chunks.
+
 Errors are raised as fisherd.FisherdError (attributes code: grpc.StatusCode, message).
 The generated stubs are fisherd.v1.fisher_pb2 and fisherd.v1.fisher_pb2_grpc.
 """
-from fisherd.client import Client, Fisher, Session, StepResult, StreamResult, session_name
+from fisherd.client import (Block, BlockStats, Client, Fisher, Session, StepResult,
+                            StreamResult, session_name)
 from fisherd.errors import FisherdError
 
 Error = FisherdError
 
-__all__ = ["Client", "Error", "Fisher", "FisherdError", "Session", "StepResult",
-           "StreamResult", "session_name"]
+__all__ = ["Block", "BlockStats", "Client", "Error", "Fisher", "FisherdError", "Session",
+           "StepResult", "StreamResult", "session_name"]
 __version__ = "0.1.0"

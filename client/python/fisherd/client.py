@@ -6,6 +6,9 @@ failure. stream_scores() is the reliable bulk path: raw little-endian float32 ba
 per-worker sequence numbers, several batches in flight on one bidirectional stream, and
 after a broken stream a reconnect that resends every unacknowledged batch (the server
 counts a batch once per (worker_id, sequence), so resending is always safe).
+Layered sessions (create_session(blocks=...)) take rows per block (stream_scores' block
+and factor); step() takes gradients of any size, streaming large ones in chunks that
+stay far below gRPC's default 4 MiB message limit.
 """
 import collections
 import dataclasses
@@ -23,13 +26,37 @@ from fisherd.errors import TRANSIENT_CODES, FisherdError, invalid_argument
 from fisherd.v1 import fisher_pb2 as pb
 from fisherd.v1 import fisher_pb2_grpc
 
-__all__ = ["Client", "Session", "StepResult", "StreamResult", "Fisher", "session_name"]
+__all__ = ["Block", "BlockStats", "Client", "Session", "StepResult", "StreamResult", "Fisher",
+           "session_name"]
 
 _STREAM_SCORES = "/fisherd.v1.FisherService/StreamScores"
+_STREAM_STEP = "/fisherd.v1.FisherService/StreamNaturalGradientStep"
 _REPRESENTATIONS = {"dense": pb.REPRESENTATION_DENSE, "diagonal": pb.REPRESENTATION_DIAGONAL}
 _REPRESENTATION_NAMES = {pb.REPRESENTATION_UNSPECIFIED: "dense",
                          pb.REPRESENTATION_DENSE: "dense",
-                         pb.REPRESENTATION_DIAGONAL: "diagonal"}
+                         pb.REPRESENTATION_DIAGONAL: "diagonal",
+                         pb.REPRESENTATION_LAYERED: "layered"}
+_BLOCK_KINDS = {"dense": pb.BLOCK_KIND_DENSE, "diagonal": pb.BLOCK_KIND_DIAGONAL,
+                "kronecker": pb.BLOCK_KIND_KRONECKER, "low_rank": pb.BLOCK_KIND_LOW_RANK}
+_BLOCK_KIND_NAMES = {value: key for key, value in _BLOCK_KINDS.items()}
+_FACTORS = {None: pb.FACTOR_UNSPECIFIED, "activations": pb.FACTOR_ACTIVATIONS,
+            "output_gradients": pb.FACTOR_OUTPUT_GRADIENTS}
+_KRONECKER_DAMPINGS = {None: pb.KRONECKER_DAMPING_UNSPECIFIED,
+                       "exact": pb.KRONECKER_DAMPING_EXACT,
+                       "factored": pb.KRONECKER_DAMPING_FACTORED}
+_KRONECKER_DAMPING_NAMES = {pb.KRONECKER_DAMPING_UNSPECIFIED: "exact",
+                            pb.KRONECKER_DAMPING_EXACT: "exact",
+                            pb.KRONECKER_DAMPING_FACTORED: "factored"}
+# A gradient of up to this many values goes in one NaturalGradientStep call: its answer
+# carries two vectors of dim doubles (2 MiB here), well under gRPC's default 4 MiB limit.
+# Larger gradients take StreamNaturalGradientStep.
+_UNARY_STEP_VALUES = 1 << 17
+# Bytes of gradient per StreamNaturalGradientStep message: 256k doubles or 512k floats.
+_STEP_CHUNK_BYTES = 2 << 20
+# stream_scores' default batches: up to 256 rows, fewer when rows are wide so that a batch
+# stays at about 2 MiB (at least one row per batch).
+_DEFAULT_ROWS_PER_BATCH = 256
+_BATCH_BYTES = 2 << 20
 _END = object()  # ends a request generator (half-closes the stream)
 
 
@@ -40,19 +67,116 @@ def session_name(session):
     return session if session.startswith("sessions/") else f"sessions/{session}"
 
 
+def _count(value, what):
+    """A non-negative integer (any integral type, numpy's included)."""
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise invalid_argument(f"{what} must be an integer, got {value!r}") from None
+    if number != value or number < 0 or number >= 1 << 64:
+        raise invalid_argument(f"{what} must be an integer in [0, 2^64), got {value!r}")
+    return number
+
+
+@dataclasses.dataclass(frozen=True)
+class Block:
+    """One block of a layered session (fisherd.v1.BlockConfig).
+
+    kind: "dense", "diagonal" or "low_rank" (dim parameters; low_rank keeps the latest
+    max_rows score rows), or "kronecker" (a linear or convolution layer: out_features x
+    in_features weights row-major, then out_features biases when bias; F_b = G (x) A from
+    its activation and output-gradient rows)."""
+    name: str
+    kind: str
+    dim: int = 0
+    in_features: int = 0
+    out_features: int = 0
+    bias: bool = False
+    max_rows: int = 0
+
+    @property
+    def parameter_count(self):
+        if self.kind == "kronecker":
+            return self.out_features * (self.in_features + bool(self.bias))
+        return self.dim
+
+    def row_width(self, factor=None):
+        """Values per score row: dim, or a Kronecker factor's in_features (activations)
+        or out_features (output_gradients)."""
+        if self.kind != "kronecker":
+            return self.dim
+        return self.in_features if factor == "activations" else self.out_features
+
+    def to_proto(self):
+        if self.kind not in _BLOCK_KINDS:
+            raise invalid_argument(f"block {self.name!r}: kind must be one of "
+                                   f"{sorted(_BLOCK_KINDS)}, got {self.kind!r}")
+        if not isinstance(self.name, str):
+            raise invalid_argument(f"block name must be a string, got {self.name!r}")
+        what = f"block {self.name!r}"
+        return pb.BlockConfig(name=self.name, kind=_BLOCK_KINDS[self.kind],
+                              dim=_count(self.dim, f"{what}: dim"),
+                              in_features=_count(self.in_features, f"{what}: in_features"),
+                              out_features=_count(self.out_features, f"{what}: out_features"),
+                              bias=bool(self.bias),
+                              max_rows=_count(self.max_rows, f"{what}: max_rows"))
+
+    @classmethod
+    def from_proto(cls, b):
+        return cls(name=b.name, kind=_BLOCK_KIND_NAMES.get(b.kind, str(b.kind)), dim=b.dim,
+                   in_features=b.in_features, out_features=b.out_features, bias=b.bias,
+                   max_rows=b.max_rows)
+
+    @classmethod
+    def of(cls, spec):
+        """A Block from a Block, a dict of its fields, or a fisherd.v1.BlockConfig."""
+        if isinstance(spec, cls):
+            return spec
+        if isinstance(spec, pb.BlockConfig):
+            return cls.from_proto(spec)
+        if isinstance(spec, dict):
+            try:
+                return cls(**spec)
+            except TypeError as error:
+                raise invalid_argument(f"block {spec!r}: {error}") from None
+        raise invalid_argument(f"a block is a fisherd.Block or a dict, got {spec!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockStats:
+    """One block's statistics (fisherd.v1.BlockStats). For a Kronecker block sample_count
+    and weight_sum count its activation rows, output_gradient_* its output-gradient rows."""
+    name: str
+    sample_count: int
+    weight_sum: float
+    output_gradient_sample_count: int = 0
+    output_gradient_weight_sum: float = 0.0
+
+    @classmethod
+    def from_proto(cls, b):
+        return cls(name=b.name, sample_count=b.sample_count, weight_sum=b.weight_sum,
+                   output_gradient_sample_count=b.output_gradient_sample_count,
+                   output_gradient_weight_sum=b.output_gradient_weight_sum)
+
+
 @dataclasses.dataclass(frozen=True)
 class Session:
     """A session's configuration and statistics (fisherd.v1.Session)."""
     name: str
     dim: int
-    representation: str            # "dense" or "diagonal"
+    representation: str            # "dense", "diagonal" or "layered"
     centered: bool
     decay: float
     damping: float
-    sample_count: int              # rows applied, never decayed
+    sample_count: int              # rows applied, never decayed (all blocks and factors)
     weight_sum: float              # W, after decay
     step_count: int
     worker_sequences: dict         # worker_id -> highest applied sequence
+    # Layered sessions: the layout, and each block's statistics by name (layout order).
+    blocks: tuple = ()
+    block_stats: dict = dataclasses.field(default_factory=dict)
+    kronecker_damping: str = "exact"   # or "factored"
+    factor_refresh_period: int = 1
 
     @classmethod
     def from_proto(cls, s):
@@ -62,7 +186,25 @@ class Session:
                    centered=s.config.centered, decay=s.config.decay, damping=s.config.damping,
                    sample_count=s.stats.sample_count, weight_sum=s.stats.weight_sum,
                    step_count=s.stats.step_count,
-                   worker_sequences=dict(s.stats.worker_sequences))
+                   worker_sequences=dict(s.stats.worker_sequences),
+                   blocks=tuple(Block.from_proto(b) for b in s.config.blocks),
+                   block_stats={b.name: BlockStats.from_proto(b) for b in s.stats.blocks},
+                   kronecker_damping=_KRONECKER_DAMPING_NAMES.get(
+                       s.config.kronecker_damping, str(s.config.kronecker_damping)),
+                   factor_refresh_period=s.config.factor_refresh_period or 1)
+
+    @property
+    def layered(self):
+        return bool(self.blocks)
+
+    def block_slices(self):
+        """Block name -> the slice of the parameter vector (and of a step's vectors)
+        holding that block's parameters, in layout order."""
+        slices, start = {}, 0
+        for block in self.blocks:
+            slices[block.name] = slice(start, start + block.parameter_count)
+            start += block.parameter_count
+        return slices
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +216,35 @@ class StepResult:
     natural_norm_sq: float         # g^T n
     predicted_kl: float            # 1/2 update^T F update (undamped F)
     solver: object                 # fisherd.v1.SolverSummary
+    # Streamed answers of layered sessions: block name -> slice of the vectors, as the
+    # server's chunks named them (None for unary answers; see Session.block_slices).
+    block_ranges: object = None
+
+    @property
+    def method(self):
+        """"cholesky", "woodbury", "diagonal", "kronecker" or "layered"."""
+        return self.solver.method
+
+    @property
+    def kronecker_damping(self):
+        """"exact" or "factored"; "" when no Kronecker block took part."""
+        return self.solver.kronecker_damping
+
+    @property
+    def factor_age_steps(self):
+        return self.solver.factor_age_steps
+
+    @property
+    def blocks(self):
+        """Layered sessions: one fisherd.v1.SolverSummary per block (.block names it),
+        in layout order."""
+        return list(self.solver.blocks)
+
+    def block_summary(self, name):
+        for summary in self.solver.blocks:
+            if summary.block == name:
+                return summary
+        raise KeyError(name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,8 +263,9 @@ class StreamResult:
 
 @dataclasses.dataclass(frozen=True)
 class Fisher:
-    """The estimate from GetFisher: `matrix` is dim x dim (dense), the diagonal
-    (diagonal sessions), or None when not requested; `summary` a fisherd.v1.FisherSummary."""
+    """The estimate from GetFisher: `matrix` is dim x dim (dense sessions, DENSE and
+    LOW_RANK blocks, a Kronecker block's factor), the diagonal (diagonal sessions and
+    DIAGONAL blocks), or None when not requested; `summary` a fisherd.v1.FisherSummary."""
     summary: object
     matrix: object
 
@@ -207,7 +379,8 @@ class Client:
     checks the server's certificate against another name than the target's host.
     timeout: seconds per unary call. wait_for_ready: calls wait for the server (up to
     their timeout) instead of failing at once with UNAVAILABLE. stream_timeout: the
-    deadline of one StreamScores call (a longer stream_scores call reopens streams).
+    deadline of one StreamScores call (a longer stream_scores call reopens streams) and of
+    one StreamNaturalGradientStep call.
     """
 
     def __init__(self, target, *, token=None, root_certificates=None, private_key=None,
@@ -240,6 +413,10 @@ class Client:
         self._stream_call = self._channel.stream_stream(
             _STREAM_SCORES, request_serializer=None,
             response_deserializer=pb.ScoreAck.FromString)
+        # Steps go both ways pre-serialized: gradient chunks appended as packed fields,
+        # answer chunks read straight from the wire into the result arrays (_StepAnswer).
+        self._step_stream_call = self._channel.stream_stream(
+            _STREAM_STEP, request_serializer=None, response_deserializer=None)
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None
         self._timeout = timeout
         self._wait_for_ready = wait_for_ready
@@ -279,15 +456,47 @@ class Client:
                                f"no connection to the server within {timeout} s") from None
 
     # --- sessions -------------------------------------------------------------------
-    def create_session(self, session_id, dim, representation="dense", centered=False,
-                       decay=1.0, damping=0.0):
-        """Creates sessions/{session_id}; returns that name."""
-        if representation not in _REPRESENTATIONS:
-            raise invalid_argument(f"representation must be one of {sorted(_REPRESENTATIONS)}, "
-                                   f"got {representation!r}")
-        config = pb.SessionConfig(dim=int(dim), representation=_REPRESENTATIONS[representation],
-                                  centered=bool(centered), decay=float(decay),
+    def create_session(self, session_id, dim=None, representation=None, centered=False,
+                       decay=1.0, damping=0.0, *, blocks=None, kronecker_damping=None,
+                       factor_refresh_period=0):
+        """Creates sessions/{session_id}; returns that name.
+
+        Without blocks: one F of `dim`, representation "dense" (the default) or "diagonal".
+        With blocks (fisherd.Block or dicts of its fields, e.g. {"name": "fc1", "kind":
+        "kronecker", "in_features": 784, "out_features": 256, "bias": True}): a layered
+        session whose F is block-diagonal and whose parameter vector is the blocks'
+        parameters in this order; dim may be left out (the server fills in the total).
+        kronecker_damping: "exact" (the server's default) or "factored".
+        factor_refresh_period: recompute a Kronecker factor's eigendecomposition at most
+        every this many steps (0 or 1: whenever the factor changed)."""
+        config = pb.SessionConfig(centered=bool(centered), decay=float(decay),
                                   damping=float(damping))
+        if blocks:
+            if representation not in (None, "layered"):
+                raise invalid_argument("a session with blocks is layered: leave representation "
+                                       f"out (or pass \"layered\"), got {representation!r}")
+            config.representation = pb.REPRESENTATION_LAYERED
+            config.blocks.extend(Block.of(b).to_proto() for b in blocks)
+            config.dim = 0 if dim is None else _count(dim, "dim")
+        else:
+            representation = "dense" if representation is None else representation
+            if representation not in _REPRESENTATIONS:
+                raise invalid_argument(f"representation must be one of "
+                                       f"{sorted(_REPRESENTATIONS)} (or \"layered\" with "
+                                       f"blocks), got {representation!r}")
+            if dim is None:
+                raise invalid_argument("dim is required for a session without blocks")
+            config.representation = _REPRESENTATIONS[representation]
+            config.dim = _count(dim, "dim")
+        if not (kronecker_damping is None or isinstance(kronecker_damping, str)) or \
+                kronecker_damping not in _KRONECKER_DAMPINGS:
+            raise invalid_argument("kronecker_damping must be \"exact\" or \"factored\", got "
+                                   f"{kronecker_damping!r}")
+        config.kronecker_damping = _KRONECKER_DAMPINGS[kronecker_damping]
+        period = _count(factor_refresh_period, "factor_refresh_period")
+        if period >= 1 << 32:
+            raise invalid_argument(f"factor_refresh_period must be < 2^32, got {period}")
+        config.factor_refresh_period = period
         session = self._unary(self._stub.CreateSession,
                               pb.CreateSessionRequest(session_id=session_id, config=config))
         return session.name
@@ -309,23 +518,90 @@ class Client:
 
     # --- steps and products -----------------------------------------------------------
     def step(self, session, gradient, *, kl_budget=0.0, learning_rate=0.0, damping=None,
-             skip_decay=False):
-        """Natural-gradient step for `gradient` (of the loss being minimized).
+             skip_decay=False, stream=None, gradient_dtype="float64", chunk_values=None):
+        """Natural-gradient step for `gradient` (of the loss being minimized), of any size.
 
         eta = learning_rate without a budget; with kl_budget c > 0, eta = sqrt(2c / g^T n),
         capped by learning_rate when that is > 0; both 0: eta = 1. damping overrides the
-        session's lambda. Unless skip_decay, the server then decays the statistics."""
-        request = pb.NaturalGradientStepRequest(
-            session=session_name(session), gradient=_as_vector(gradient, "gradient"),
-            kl_budget=float(kl_budget), learning_rate=float(learning_rate),
+        session's lambda. Unless skip_decay, the server then decays the statistics.
+
+        A gradient of up to 131072 values goes in one NaturalGradientStep call, a larger
+        one through StreamNaturalGradientStep in chunks of 2 MiB (each message well under
+        gRPC's default 4 MiB limit), the answer reassembled into float64 arrays. stream:
+        True or False forces one form. gradient_dtype "float32" sends the gradient rounded
+        to float32 (half the bytes when streamed). chunk_values: values per streamed chunk
+        (default 262144 doubles or 524288 floats)."""
+        name = session_name(session)
+        try:
+            dtype = np.dtype(gradient_dtype)
+        except TypeError:
+            dtype = None
+        if dtype not in (np.dtype(np.float64), np.dtype(np.float32)):
+            raise invalid_argument(f"gradient_dtype must be float64 or float32, got "
+                                   f"{gradient_dtype!r}")
+        values = np.ascontiguousarray(_as_vector(gradient, "gradient"), dtype="<f8")
+        if dtype == np.float32:
+            with np.errstate(over="ignore", invalid="ignore"):
+                rounded = values.astype("<f4")
+            overflow = ~np.isfinite(rounded) & np.isfinite(values)
+            if overflow.any():
+                index = int(np.argmax(overflow))
+                raise invalid_argument(f"gradient[{index}] = {values[index]} is beyond float32 "
+                                       "range; send it as float64")
+            values = rounded
+        header = pb.NaturalGradientStepRequest(
+            session=name, kl_budget=float(kl_budget), learning_rate=float(learning_rate),
             skip_decay=bool(skip_decay))
         if damping is not None:
-            request.damping = float(damping)
-        response = self._unary(self._stub.NaturalGradientStep, request)
+            header.damping = float(damping)
+        if stream is None:
+            stream = values.shape[0] > _UNARY_STEP_VALUES
+        if stream:
+            return self._stream_step(header, values, chunk_values)
+        header.gradient.extend(values.astype(np.float64))
+        response = self._unary(self._stub.NaturalGradientStep, header)
         return StepResult(natural_gradient=np.array(response.natural_gradient, dtype=np.float64),
                           update=np.array(response.update, dtype=np.float64),
                           eta=response.eta, natural_norm_sq=response.natural_norm_sq,
                           predicted_kl=response.predicted_kl, solver=response.solver)
+
+    def _stream_step(self, header, values, chunk_values):
+        """StreamNaturalGradientStep: the header and the first chunk, then one chunk per
+        message (pre-serialized: the values' bytes appended as a packed field), then the
+        answer's chunks copied into place and checked to cover the gradient's length."""
+        width = values.dtype.itemsize
+        per_chunk = _STEP_CHUNK_BYTES // width if chunk_values is None else int(chunk_values)
+        if per_chunk < 1:
+            raise invalid_argument(f"chunk_values must be >= 1, got {chunk_values!r}")
+        if per_chunk * width + 4096 > self._max_message_bytes:
+            raise invalid_argument(f"chunks of {per_chunk} values exceed max_message_bytes "
+                                   f"{self._max_message_bytes}; lower chunk_values")
+        tag = b"\x22" if width == 4 else b"\x1a"  # gradient_f32 (4) or gradient (3), packed
+        first = pb.StreamNaturalGradientStepRequest(header=header).SerializeToString()
+
+        def requests():
+            if values.shape[0] == 0:
+                yield first
+            for start in range(0, values.shape[0], per_chunk):
+                chunk = values[start:start + per_chunk]
+                head = first if start == 0 else b"\x10" + _varint(start)  # offset (2)
+                yield b"".join([head, tag, _varint(chunk.nbytes), chunk.data])
+
+        answer = _StepAnswer(header.session, values.shape[0])
+        responses = None
+        try:
+            responses = self._step_stream_call(requests(), timeout=self._stream_timeout,
+                                               metadata=self._metadata,
+                                               wait_for_ready=self._wait_for_ready)
+            for data in responses:
+                answer.add(data)
+        except grpc.RpcError as error:
+            raise FisherdError.from_rpc_error(error) from None
+        except BaseException:
+            if responses is not None:
+                responses.cancel()
+            raise
+        return answer.result()
 
     def fisher_vector_product(self, session, vector):
         """(F v, 1/2 v^T F v) with the undamped estimate F."""
@@ -333,50 +609,86 @@ class Client:
             session=session_name(session), vector=_as_vector(vector, "vector")))
         return np.array(response.product, dtype=np.float64), response.quadratic_kl
 
-    def get_fisher(self, session, include_matrix=True, include_eigenvalues=False):
-        """The estimate F (dense: dim x dim; diagonal: its diagonal) and its summary."""
+    def get_fisher(self, session, include_matrix=True, include_eigenvalues=False, *,
+                   block=None, factor=None):
+        """The estimate F and its summary (a fisherd.v1.FisherSummary).
+
+        matrix: dense sessions, DENSE and LOW_RANK blocks dim x dim; diagonal sessions and
+        DIAGONAL blocks the diagonal; with `factor` ("activations" or "output_gradients")
+        that factor of a Kronecker block, A ((in_features + bias) x (in_features + bias),
+        the appended 1 included) or G (out_features x out_features). A layered session's
+        matrix needs a block: without one, pass include_matrix=False for the summary of the
+        whole block-diagonal F."""
         request = pb.GetFisherRequest(session=session_name(session),
                                       include_matrix=include_matrix,
-                                      include_eigenvalues=include_eigenvalues)
+                                      include_eigenvalues=include_eigenvalues,
+                                      block=_block_name(block), factor=_factor(factor))
         try:
             messages = list(self._stub.GetFisher(request, timeout=self._timeout,
                                                  metadata=self._metadata,
                                                  wait_for_ready=self._wait_for_ready))
         except grpc.RpcError as error:
             raise FisherdError.from_rpc_error(error) from None
+        if not messages or not messages[0].HasField("summary"):
+            raise _protocol_error("GetFisher", "the first message carries no summary")
         summary = messages[0].summary
         if not include_matrix:
             return Fisher(summary=summary, matrix=None)
         dim = summary.dim
-        values = np.concatenate([np.array(m.values, dtype=np.float64) for m in messages])
-        if summary.representation == pb.REPRESENTATION_DIAGONAL:
-            return Fisher(summary=summary, matrix=values)
-        return Fisher(summary=summary, matrix=values.reshape(dim, dim))
+        if summary.block:
+            vector = (summary.factor == pb.FACTOR_UNSPECIFIED and
+                      summary.block_kind == pb.BLOCK_KIND_DIAGONAL)
+        else:
+            vector = summary.representation == pb.REPRESENTATION_DIAGONAL
+        parts, rows = [], 0
+        for message in messages:
+            if not message.values:
+                continue
+            if message.row_offset != rows:
+                raise _protocol_error("GetFisher", f"rows at {message.row_offset} follow "
+                                      f"{rows} rows")
+            parts.append(np.array(message.values, dtype=np.float64))
+            rows += message.row_count
+        values = np.concatenate(parts) if parts else np.empty(0)
+        expected = dim if vector else dim * dim
+        if rows != dim or values.shape[0] != expected:
+            raise _protocol_error("GetFisher", f"{rows} rows, {values.shape[0]} values for "
+                                  f"dim {dim}")
+        return Fisher(summary=summary, matrix=values if vector else values.reshape(dim, dim))
 
     # --- scores -----------------------------------------------------------------------
-    def stream_scores(self, session, scores, weights=None, worker_id=None, rows_per_batch=256,
-                      max_in_flight=8):
+    def stream_scores(self, session, scores, weights=None, worker_id=None, rows_per_batch=None,
+                      max_in_flight=8, *, block=None, factor=None):
         """Streams score rows into `session` and returns once the server applied them all.
 
         scores: rows x dim, any real dtype or anything np.asarray accepts (a 1-D array is
         one row); sent as little-endian float32. weights: None (all 1) or one >= 0 per row.
-        worker_id: the sender's identity (default: one per Client); the batches are
-        numbered after the worker's last applied sequence (asked from the server the first
-        time this Client streams for the worker). Up to max_in_flight batches of
-        rows_per_batch rows are unacknowledged at once; a broken stream is reopened (with
-        backoff, up to max_retries times without progress) and every unacknowledged batch
-        resent. Returns a StreamResult (None for zero rows). On a FisherdError, batches
-        acknowledged before it stay applied.
+        block: a layered session's block the rows feed (required there); their width is
+        the block's dim, or for a Kronecker block the factor's: factor "activations" (rows
+        of in_features values: the layer's inputs) or "output_gradients" (out_features
+        values). worker_id: the sender's identity (default: one per Client); the batches
+        are numbered after the worker's last applied sequence (asked from the server the
+        first time this Client streams for the worker), one sequence per worker across all
+        blocks of the session. Up to max_in_flight batches of rows_per_batch rows (default
+        256, fewer for rows wider than 2048 values so a batch stays at about 2 MiB) are
+        unacknowledged at once; a broken stream is reopened (with backoff, up to
+        max_retries times without progress) and every unacknowledged batch resent. Returns
+        a StreamResult (None for zero rows). On a FisherdError, batches acknowledged before
+        it stay applied.
         """
         name = session_name(session)
         worker = worker_id if worker_id is not None else self.default_worker_id
         if not isinstance(worker, str) or not worker:
             raise invalid_argument("worker_id must be a non-empty string")
+        block = _block_name(block)
+        factor = _factor(factor)
         rows = _as_score_rows(scores)
         count, dim = rows.shape
         weight_rows = _as_weights(weights, count)
         if count == 0:
             return None
+        if rows_per_batch is None:
+            rows_per_batch = max(1, min(_DEFAULT_ROWS_PER_BATCH, _BATCH_BYTES // (4 * (dim + 1))))
         rows_per_batch = int(rows_per_batch)
         if rows_per_batch < 1 or max_in_flight < 1:
             raise invalid_argument("rows_per_batch and max_in_flight must be >= 1")
@@ -395,13 +707,15 @@ class Client:
         try:
             if state is None:
                 info = self.get_session(name)
-                state = [info.worker_sequences.get(worker, 0) + 1, info.dim]
-            if dim != state[1]:
+                state = [info.worker_sequences.get(worker, 0) + 1, info.dim, info.layered]
+            # A layered session's blocks have their own widths: the server checks them
+            # (and names the block).
+            if not block and not state[2] and dim != state[1]:
                 raise invalid_argument(f"scores have {dim} columns but {name} has dim {state[1]}")
             result = _StreamRun(self, name, worker, rows, weight_rows, rows_per_batch,
-                                max_in_flight, state[0]).run()
+                                max_in_flight, state[0], block, factor).run()
             with self._lock:
-                self._workers[key] = [state[0] + result.batches, state[1]]
+                self._workers[key] = [state[0] + result.batches, state[1], state[2]]
             return result
         except BaseException:
             with self._lock:  # ask the server again next time
@@ -424,10 +738,12 @@ class _StreamRun:
     """The state of one stream_scores call."""
 
     def __init__(self, client, name, worker, rows, weights, rows_per_batch, max_in_flight,
-                 first_sequence):
+                 first_sequence, block="", factor=pb.FACTOR_UNSPECIFIED):
         self.client = client
         self.name = name
         self.worker = worker
+        self.block = block
+        self.factor = factor
         self.rows = rows
         self.weights = weights
         self.per_batch = rows_per_batch
@@ -447,7 +763,8 @@ class _StreamRun:
         end = min(start + self.per_batch, self.rows.shape[0])
         sequence = self.first + index
         head = pb.ScoreBatch(session=self.name, worker_id=self.worker, sequence=sequence,
-                             rows=end - start).SerializeToString()
+                             rows=end - start, block=self.block,
+                             factor=self.factor).SerializeToString()
         block = self.rows[start:end]
         if block.dtype != np.dtype("<f4") or not block.flags.c_contiguous:
             # Convert into one reused buffer (join below copies it into the message):
@@ -580,6 +897,158 @@ class _Broken(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+class _StepAnswer:
+    """Reassembles a StreamNaturalGradientStep answer: the header first, then chunks
+    [offset, offset + size) of natural_gradient and update, consecutive from 0 to dim,
+    each inside one block (named) of a layered session."""
+
+    def __init__(self, name, dim):
+        self.name = name
+        self.dim = dim
+        self.header = None
+        self.natural = np.empty(dim, dtype=np.float64)
+        self.update = np.empty(dim, dtype=np.float64)
+        self.filled = 0
+        self.messages = 0
+        self.ranges = {}      # block name -> [start, end)
+        self.last_block = None
+
+    def error(self, message):
+        return _protocol_error("StreamNaturalGradientStep", f"{self.name}: {message}")
+
+    def add(self, data):
+        try:
+            header, block, offset, natural, update = _parse_step_response(data)
+        except (ValueError, IndexError, UnicodeDecodeError) as error:
+            raise self.error(f"message {self.messages} is malformed: {error}") from None
+        first = self.messages == 0
+        self.messages += 1
+        if first:
+            if header is None:
+                raise self.error("the first message carries no header")
+            if header.natural_gradient or header.update:
+                raise self.error("the header carries vectors")
+            self.header = header
+        elif header is not None:
+            raise self.error(f"message {self.messages - 1} repeats the header")
+        size = natural.shape[0]
+        if update.shape[0] != size:
+            raise self.error(f"the chunk at {offset} has {size} natural-gradient values but "
+                             f"{update.shape[0]} update values")
+        if size == 0:
+            if first or offset == self.filled:
+                return
+            raise self.error(f"an empty chunk at {offset} after {self.filled} values")
+        if offset != self.filled:
+            raise self.error(f"a chunk at offset {offset} follows {self.filled} values (chunks "
+                             "must be consecutive)")
+        if offset + size > self.dim:
+            raise self.error(f"the chunk [{offset}, {offset + size}) exceeds the gradient's "
+                             f"{self.dim} values")
+        self.natural[offset:offset + size] = natural
+        self.update[offset:offset + size] = update
+        self.filled += size
+        if block:
+            if block == self.last_block:
+                self.ranges[block][1] = self.filled
+            elif block in self.ranges:
+                raise self.error(f"block {block} comes back at {offset} after other blocks")
+            else:
+                self.ranges[block] = [offset, self.filled]
+            self.last_block = block
+
+    def result(self):
+        if self.header is None:
+            raise self.error("the server ended the call without an answer")
+        if self.filled != self.dim:
+            raise self.error(f"the chunks cover {self.filled} of the gradient's {self.dim} "
+                             "values")
+        h = self.header
+        ranges = {k: slice(a, b) for k, (a, b) in self.ranges.items()} if self.ranges else None
+        return StepResult(natural_gradient=self.natural, update=self.update, eta=h.eta,
+                          natural_norm_sq=h.natural_norm_sq, predicted_kl=h.predicted_kl,
+                          solver=h.solver, block_ranges=ranges)
+
+
+def _read_varint(data, pos):
+    result = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+        if shift >= 64:
+            raise ValueError("a varint longer than 10 bytes")
+
+
+def _parse_step_response(data):
+    """StreamNaturalGradientStepResponse from its wire bytes: (header or None, block,
+    offset, natural_gradient, update), the vectors as float64 arrays viewing `data`
+    (packed, as proto3 writes them; the unpacked encoding is read too)."""
+    view = memoryview(data)
+    pos, end = 0, len(data)
+    header, block, offset = None, "", 0
+    vectors = {4: [], 5: []}
+    while pos < end:
+        key, pos = _read_varint(data, pos)
+        field, wire = key >> 3, key & 7
+        if wire == 2:
+            length, pos = _read_varint(data, pos)
+            if pos + length > end:
+                raise ValueError(f"field {field} runs past the message's end")
+            payload = view[pos:pos + length]
+            pos += length
+            if field == 1:
+                header = pb.NaturalGradientStepResponse.FromString(bytes(payload))
+            elif field == 2:
+                block = bytes(payload).decode()
+            elif field in vectors:
+                if length % 8:
+                    raise ValueError(f"packed doubles of {length} bytes")
+                vectors[field].append(np.frombuffer(payload, dtype="<f8"))
+        elif wire == 0:
+            value, pos = _read_varint(data, pos)
+            if field == 3:
+                offset = value
+        elif wire == 1:
+            if pos + 8 > end:
+                raise ValueError(f"field {field} runs past the message's end")
+            if field in vectors:
+                vectors[field].append(np.frombuffer(view[pos:pos + 8], dtype="<f8"))
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        else:
+            raise ValueError(f"wire type {wire} of field {field}")
+    if pos != end:
+        raise ValueError("the last field runs past the message's end")
+    natural, update = ((np.concatenate(v) if len(v) > 1 else v[0] if v else np.empty(0))
+                       for v in (vectors[4], vectors[5]))
+    return header, block, offset, natural, update
+
+
+def _protocol_error(method, message):
+    return FisherdError(grpc.StatusCode.INTERNAL,
+                        f"{method} answer does not follow fisherd.v1: {message}")
+
+
+def _block_name(block):
+    if block is None:
+        return ""
+    if not isinstance(block, str):
+        raise invalid_argument(f"block must be a block's name (a string), got {block!r}")
+    return block
+
+
+def _factor(factor):
+    if not (factor is None or isinstance(factor, str)) or factor not in _FACTORS:
+        raise invalid_argument("factor must be \"activations\", \"output_gradients\" or None, "
+                               f"got {factor!r}")
+    return _FACTORS[factor]
 
 
 def _as_vector(values, what):
