@@ -87,7 +87,7 @@ struct ClientOptions {
 };
 
 // What a natural-gradient step request may set besides the gradient
-// (NaturalGradientStepRequest, DESIGN.md section 1).
+// (NaturalGradientStepRequest, docs/design.md section 1).
 struct StepParams {
   // lambda for this step; unset: the session's default damping.
   std::optional<double> damping;

@@ -2,7 +2,7 @@
 //
 // The two code spaces are numerically identical (both follow google.rpc.Code), so the
 // conversion is a cast; the server's message is kept verbatim because it names the
-// field, worker and sequence that a caller needs to act on (DESIGN.md section 4).
+// field, worker and sequence that a caller needs to act on (docs/design.md section 4).
 #ifndef FISHERD_CLIENT_GRPC_STATUS_H_
 #define FISHERD_CLIENT_GRPC_STATUS_H_
 

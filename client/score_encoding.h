@@ -16,7 +16,7 @@ namespace fisherd::client {
 // ScoreBatch.scores_f32. A memcpy on little-endian hosts, a byte swap elsewhere.
 void AppendFloat32LittleEndian(absl::Span<const float> values, std::string* out);
 
-// Checks what the server would reject anyway (DESIGN.md section 4), so that a bad row
+// Checks what the server would reject anyway (docs/design.md section 4), so that a bad row
 // is reported by the call that supplied it instead of ending a score stream later:
 // scores.size() a positive multiple of dim, every score finite, weights empty or one
 // finite weight >= 0 per row. The message names the offending row and column.

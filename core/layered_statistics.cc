@@ -82,7 +82,7 @@ absl::StatusOr<SolveResult> LayeredStatistics::Solve(const Eigen::VectorXd& g, d
     if (!solved.ok()) return InBlock(layout_.block(i), solved.status());
     const Eigen::VectorXd& n = solved->natural_gradient;
     result.natural_gradient.segment(offset, size) = n;
-    // Without a block's own figure, its damped metric is F + lambda I (DESIGN.md 1).
+    // Without a block's own figure, its damped metric is F + lambda I (docs/design.md 1).
     curvature += solved->curvature.has_value()
                      ? *solved->curvature
                      : std::max(0.0, g_block.dot(n) - damping * n.squaredNorm());

@@ -65,7 +65,7 @@ PreparedBatch PrepareBatch(const ScoreBatchView& batch, Representation represent
   };
 
   if (representation == Representation::kDiagonal) {
-    // One pass over the scores, widening each to float64 as it is read (DESIGN.md 5).
+    // One pass over the scores, widening each to float64 as it is read (docs/design.md 5).
     prepared.weighted_squares = Eigen::VectorXd::Zero(dim);
     double* squares = prepared.weighted_squares.data();
     for (int64_t i = 0; i < rows; ++i) {

@@ -28,7 +28,7 @@ absl::Status ValidateScores(const ScoreBatchView& batch);
 //  - kFloat64: scores widened to float64, one dsyrk (exact products; the reference).
 //  - kFloat32: the batch's product in float32 (ssyrk alone runs 1.7x dsyrk's rate at
 //    dim 1024; no widened copy), in chunks of at most kFloat32KernelRows rows, each chunk's
-//    product added into the float64 sums (DESIGN.md 5: "an fp32 batch kernel added
+//    product added into the float64 sums (docs/design.md 5: "an fp32 batch kernel added
 //    into fp64 totals"). Relative error per chunk ~ sqrt(chunk rows) * 6e-8, and
 //    independent between chunks, so the estimate after many samples stays far inside
 //    1e-6 of a float64 reference (tests/core/dense_statistics_test.cc).

@@ -69,7 +69,7 @@ struct EstimatePart {
   Factor factor = Factor::kNone;
 };
 
-// The step size rule of DESIGN.md section 1, pure so that it can be tested alone.
+// The step size rule of docs/design.md section 1, pure so that it can be tested alone.
 // natural_norm_sq = g^T n > 0 unless g == 0, in which case eta is the learning rate
 // (or 1) since the update is zero anyway.
 double StepSize(const StepOptions& options, double natural_norm_sq);

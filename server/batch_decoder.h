@@ -1,6 +1,6 @@
 // Validation and decoding of one wire ScoreBatch into what a core Session consumes.
 //
-// The whole batch is checked before anything is applied (DESIGN.md section 4): a batch
+// The whole batch is checked before anything is applied (docs/design.md section 4): a batch
 // either decodes completely or is rejected with INVALID_ARGUMENT and the session never
 // sees it. Decoding (float32 -> float64, weighting) is the O(rows * dim) part of
 // ingestion, so callers run it on the work pool and outside every session lock; only

@@ -171,7 +171,7 @@ absl::StatusOr<SessionOptions> SessionOptionsFromProto(const v1::SessionConfig& 
   options.factor_refresh_period =
       config.factor_refresh_period() == 0 ? 1 : config.factor_refresh_period();
   options.centered = config.centered();
-  // The wire default 0 means "keep everything" (DESIGN.md section 3).
+  // The wire default 0 means "keep everything" (docs/design.md section 3).
   options.decay = config.decay() == 0.0 ? 1.0 : config.decay();
   options.damping = config.damping();
   options.float32_products = config.float32_products();

@@ -16,7 +16,7 @@ absl::Status ApplyScoreBatch(const SessionRegistry& registry, const v1::ScoreBat
     return absl::Status(session.status().code(),
                         absl::StrCat(DescribeBatch(batch), ": ", session.status().message()));
   }
-  // Decoding is the expensive part and needs no lock (DESIGN.md section 5).
+  // Decoding is the expensive part and needs no lock (docs/design.md section 5).
   absl::StatusOr<PreparedBatch> prepared = DecodeScoreBatch(batch, (*session)->options(), (*session)->layout());
   if (!prepared.ok()) return prepared.status();
 

@@ -4,7 +4,7 @@
 // Sessions are handed out as shared_ptr so that a request that already resolved a
 // session finishes on it even if the session is deleted meanwhile; its memory is
 // returned when the last such request lets go. Limits are checked, and the memory they
-// account for reserved, before a session's statistics are allocated (DESIGN.md 4).
+// account for reserved, before a session's statistics are allocated (docs/design.md 4).
 #ifndef FISHERD_SERVER_SESSION_REGISTRY_H_
 #define FISHERD_SERVER_SESSION_REGISTRY_H_
 

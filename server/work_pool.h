@@ -1,5 +1,5 @@
 // WorkPool: a small fixed set of threads that run the server's math (decode, merge,
-// solve, copies of F) so that gRPC's callback threads never block on it (DESIGN.md 5).
+// solve, copies of F) so that gRPC's callback threads never block on it (docs/design.md 5).
 //
 // Tasks run in FIFO order, each to completion. Handlers post a task and return; the
 // task finishes the RPC itself (Finish / StartWrite are legal from any thread).

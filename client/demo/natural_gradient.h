@@ -3,7 +3,7 @@
 // Every step streams the exact Fisher at the current parameters (softmax_model.h) into
 // one dense session, asks the server for a KL-budgeted natural-gradient step and
 // applies it. For a GLM such as softmax regression this is a trust-region Newton
-// method (DESIGN.md: NG == Newton for GLMs), which is why it needs so few steps.
+// method (docs/design.md: NG == Newton for GLMs), which is why it needs so few steps.
 #ifndef FISHERD_CLIENT_DEMO_NATURAL_GRADIENT_H_
 #define FISHERD_CLIENT_DEMO_NATURAL_GRADIENT_H_
 

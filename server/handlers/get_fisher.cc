@@ -87,7 +87,7 @@ class GetFisherReactor final : public grpc::ServerWriteReactor<v1::GetFisherResp
     rows_ = request_->include_matrix() ? session_->PartRows(part_) : 0;
     // About 1 MiB of doubles per message (resources_.max_block_bytes): large enough that
     // per-message overhead is negligible (1 MiB messages move at about 1.7 GB/s on
-    // loopback, DESIGN.md 5), far below the default 4 MiB client receive limit. At
+    // loopback, docs/design.md 5), far below the default 4 MiB client receive limit. At
     // least one row, whatever its size.
     const int64_t block_values = resources_.max_block_bytes / static_cast<int64_t>(sizeof(double));
     rows_per_block_ = std::max<int64_t>(1, block_values / session_->PartEntriesPerRow(part_));

@@ -1,4 +1,4 @@
-// The dense estimator against the closed-form oracles of DESIGN.md section 1.
+// The dense estimator against the closed-form oracles of docs/design.md section 1.
 #include <cmath>
 #include <iostream>
 #include <random>
@@ -397,7 +397,7 @@ TEST(DenseStatisticsTest, FisherVectorProductAndEntriesMatchTheMatrix) {
             absl::StatusCode::kInvalidArgument);
 }
 
-// DESIGN.md section 5: after 1e6 float32 samples the float64 totals stay within 1e-6
+// docs/design.md section 5: after 1e6 float32 samples the float64 totals stay within 1e-6
 // relative (Frobenius) of a float64 reference. The reference sums the same float
 // values in long double, row by row, so it is independent of the rank-k kernel.
 TEST(DenseStatisticsTest, MillionSamplesStayWithinOnePpmOfAFloat64Reference) {
@@ -469,7 +469,7 @@ TEST(DenseStatisticsTest, AutoKernelSwitchesAtTheThresholds) {
   }
 }
 
-// DESIGN.md 5 at a size where the float32 kernel is the one in use: 1e6 samples at
+// docs/design.md 5 at a size where the float32 kernel is the one in use: 1e6 samples at
 // dim 256 (mean 1, so the sums only grow) stay within 1e-6 relative (Frobenius) of the
 // same stream accumulated with float64 products.
 TEST(DenseStatisticsTest, Float32KernelMillionSamplesStayWithinOnePpmOfFloat64) {

@@ -26,7 +26,7 @@ inline PreparedBatch Prepare(const RowMatrixF& rows, Representation representati
 
 // A random lower-triangular L with float32-representable entries and a dominant
 // diagonal. Streaming the columns of L as rows (FactorRows) gives
-// F = L L^T / dim exactly up to float64 round-off: the DESIGN.md oracle of a known SPD
+// F = L L^T / dim exactly up to float64 round-off: the docs/design.md oracle of a known SPD
 // matrix streamed as the rows of its Cholesky factor (the 1/sqrt(n) scaling is folded
 // into the oracle, since sqrt(n) L would not be exact in float32).
 inline Eigen::MatrixXd RandomFloatCholeskyFactor(int dim, std::mt19937_64& rng) {

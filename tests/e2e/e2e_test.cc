@@ -87,7 +87,7 @@ class EndToEndTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() { server_ = new ServerProcess(); }
   static void TearDownTestSuite() {
-    // SIGTERM drains and exits 0 (DESIGN.md: health NOT_SERVING, drain, exit 0).
+    // SIGTERM drains and exits 0 (docs/design.md: health NOT_SERVING, drain, exit 0).
     EXPECT_EQ(server_->Terminate(), 0);
     delete server_;
   }

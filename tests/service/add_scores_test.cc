@@ -1,5 +1,5 @@
 // AddScores: the happy paths through both score encodings, every bad batch of
-// DESIGN.md section 4 (each refused whole, naming field, worker and sequence, with the
+// docs/design.md section 4 (each refused whole, naming field, worker and sequence, with the
 // session unchanged), and duplicate sequences.
 #include <cmath>
 #include <functional>

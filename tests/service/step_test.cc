@@ -18,7 +18,7 @@ using ::testing::HasSubstr;
 
 constexpr int kDim = 64;  // also the number of rows, so sqrt(n) = 8 is exact
 
-// The DESIGN.md oracle "a known SPD matrix streamed as the rows of its Cholesky
+// The docs/design.md oracle "a known SPD matrix streamed as the rows of its Cholesky
 // factor times sqrt(n)". R is upper triangular with diagonal 4 and off-diagonal
 // entries in {-0.25, 0, 0.25}; A = R^T R. The streamed rows are 8 R (n = 64 rows), so
 // F = sum (8 r_i)(8 r_i)^T / 64 = R^T R = A. Every value is a small multiple of 1/4:

@@ -1,6 +1,6 @@
 """A client written in Python from the proto alone: sessions, raw float32 score
 batches, steps checked against NumPy float64 dense solves, and every bad batch of
-DESIGN.md section 4 answered with its status while the session stays unchanged."""
+docs/design.md section 4 answered with its status while the session stays unchanged."""
 import itertools
 
 import grpc
