@@ -143,7 +143,8 @@ absl::Status KroneckerStatistics::Decompose(FactorState& factor) {
 absl::StatusOr<SolveResult> KroneckerStatistics::Solve(const Eigen::VectorXd& g,
                                                        double damping) {
   const auto start = std::chrono::steady_clock::now();
-  ++step_count_;
+  // step_count_ is the index of this step: it moves only in StepTaken, so a step that
+  // fails (here or in another block of the session) does not age the decompositions.
   SolveResult result;
   result.summary.method = "kronecker";
   result.summary.kronecker_damping = KroneckerDampingName(damping_kind_);
@@ -151,8 +152,11 @@ absl::StatusOr<SolveResult> KroneckerStatistics::Solve(const Eigen::VectorXd& g,
   result.summary.factorization_cached = true;
   for (FactorState* factor : {&activations_, &output_gradients_}) {
     const bool changed = factor->decomposed_version != factor->version;
+    // Period 1 refreshes whenever the factor changed, even between two Solves of one
+    // step (the step index moves only when the session takes a step).
     if (!factor->decomposed ||
-        (changed && step_count_ - factor->decomposed_step >= refresh_period_)) {
+        (changed && (refresh_period_ <= 1 ||
+                     step_count_ - factor->decomposed_step >= refresh_period_))) {
       if (absl::Status status = Decompose(*factor); !status.ok()) return status;
       result.summary.factorization_cached = false;
     }

@@ -41,6 +41,8 @@ class KroneckerStatistics final : public ScoreStatistics {
   void Add(const PreparedBatch& batch) override;
   // Decays both factors (A and G, hence F and the cached eigenbases, are unchanged).
   void Decay(double rho) override;
+  // Counts a step the session took: the clock of factor_refresh_period.
+  void StepTaken() override { ++step_count_; }
   // OK when both factors have weight > 0; else FAILED_PRECONDITION naming the factor.
   absl::Status CheckReady(absl::string_view what) const override;
 
@@ -101,7 +103,7 @@ class KroneckerStatistics final : public ScoreStatistics {
   const int64_t refresh_period_;
   FactorState activations_;       // A, na x na
   FactorState output_gradients_;  // G, out x out
-  int64_t step_count_ = 0;        // Solve calls
+  int64_t step_count_ = 0;        // steps the session took (StepTaken)
 };
 
 }  // namespace fisherd

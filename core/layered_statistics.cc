@@ -42,6 +42,10 @@ double LayeredStatistics::weight_sum() const {
 
 void LayeredStatistics::Add(const PreparedBatch& batch) { blocks_[batch.block]->Add(batch); }
 
+void LayeredStatistics::StepTaken() {
+  for (auto& block : blocks_) block->StepTaken();
+}
+
 void LayeredStatistics::Decay(double rho) {
   for (auto& block : blocks_) block->Decay(rho);
 }
@@ -90,7 +94,11 @@ absl::StatusOr<SolveResult> LayeredStatistics::Solve(const Eigen::VectorXd& g, d
     residual_sq += std::pow(solved->summary.residual * g_norm, 2);
     SolverSummary& block_summary = solved->summary;
     block_summary.block = layout_.block(i).name;
-    summary.factorization_cached = summary.factorization_cached && block_summary.factorization_cached;
+    // A diagonal block has nothing to factor, so it never makes the step uncached.
+    if (block_summary.method != "diagonal") {
+      summary.factorization_cached =
+          summary.factorization_cached && block_summary.factorization_cached;
+    }
     summary.factor_age_steps = std::max(summary.factor_age_steps, block_summary.factor_age_steps);
     if (!block_summary.kronecker_damping.empty()) {
       summary.kronecker_damping = block_summary.kronecker_damping;

@@ -30,6 +30,7 @@ class LayeredStatistics final : public ScoreStatistics {
   // REQUIRES: batch.block < block_count(), prepared for that block (PrepareBlockBatch).
   void Add(const PreparedBatch& batch) override;
   void Decay(double rho) override;
+  void StepTaken() override;
   // OK when every block is ready; else the first block's error, naming the block.
   absl::Status CheckReady(absl::string_view what) const override;
   Eigen::VectorXd Multiply(const Eigen::VectorXd& v) const override;

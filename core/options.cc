@@ -262,6 +262,10 @@ uint64_t Square(int64_t n) {
 }  // namespace
 
 uint64_t EstimateBlockBytes(const BlockOptions& block) {
+  return SaturatingSum(kBlockOverheadBytes, EstimateBlockDataBytes(block));
+}
+
+uint64_t EstimateBlockDataBytes(const BlockOptions& block) {
   constexpr uint64_t kDouble = sizeof(double);
   const uint64_t dim = block.dim < 0 ? 0 : static_cast<uint64_t>(block.dim);
   const uint64_t vectors = SaturatingProduct(8 * kDouble, dim);

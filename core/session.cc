@@ -98,6 +98,7 @@ absl::StatusOr<StepResult> Session::Step(const Eigen::VectorXd& g, const StepOpt
           : result.natural_norm_sq - damping * result.natural_gradient.squaredNorm();
   result.predicted_kl = 0.5 * result.eta * result.eta * std::max(0.0, n_f_n);
 
+  statistics_->StepTaken();
   if (!options.skip_decay && options_.decay < 1.0) statistics_->Decay(options_.decay);
   ++step_count_;
   return result;
@@ -138,6 +139,11 @@ absl::Status Session::CopyEntries(int64_t begin, int64_t count, double* out) {
   }
   statistics_->CopyEntries(begin, count, out);
   return absl::OkStatus();
+}
+
+uint64_t Session::SampleCount() {
+  absl::MutexLock lock(&mu_);
+  return statistics_->sample_count();
 }
 
 SessionStatsSnapshot Session::Stats() {

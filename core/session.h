@@ -124,6 +124,8 @@ class Session {
                                double* out) ABSL_LOCKS_EXCLUDED(mu_);
 
   SessionStatsSnapshot Stats() ABSL_LOCKS_EXCLUDED(mu_);
+  // Stats().sample_count alone, without building the per-block snapshots.
+  uint64_t SampleCount() ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   // The statistics of `part`. REQUIRES: CheckPart(part).ok().

@@ -27,10 +27,17 @@ std::unique_ptr<ScoreStatistics> ScoreStatistics::Create(const SessionOptions& o
 
 std::unique_ptr<ScoreStatistics> CreateBlockStatistics(const BlockOptions& block,
                                                        const SessionOptions& session) {
-  // A block of kind k is a session of kind k over the block's own parameters.
-  SessionOptions own = session;
-  own.blocks.clear();
+  // A block of kind k is a session of kind k over the block's own parameters. Only the
+  // scalar options are copied: copying session.blocks for every block would make a
+  // layout of B blocks cost O(B^2) to create.
+  SessionOptions own;
   own.dim = block.dim;
+  own.centered = session.centered;
+  own.decay = session.decay;
+  own.damping = session.damping;
+  own.float32_products = session.float32_products;
+  own.kronecker_damping = session.kronecker_damping;
+  own.factor_refresh_period = session.factor_refresh_period;
   switch (block.kind) {
     case BlockKind::kDense:
       own.representation = Representation::kDense;

@@ -32,6 +32,11 @@ class ScoreStatistics {
   // Merges a batch. REQUIRES: batch prepared for this representation and dim.
   virtual void Add(const PreparedBatch& batch) = 0;
 
+  // Called by Session once a step has succeeded (with or without decay), so that
+  // statistics that count steps (a Kronecker block's refresh period) never count a
+  // step that failed. The default does nothing.
+  virtual void StepTaken() {}
+
   // Multiplies W, m and M by rho. F is unchanged, so a cached factor stays valid.
   // REQUIRES: 0 < rho <= 1.
   virtual void Decay(double rho) = 0;

@@ -127,6 +127,9 @@ absl::StatusOr<Target> ResolveTarget(const v1::ScoreBatch& batch, const SessionO
 
 absl::StatusOr<PreparedBatch> DecodeScoreBatch(const v1::ScoreBatch& batch,
                                                const SessionOptions& options) {
+  if (options.layered()) {
+    return absl::InternalError("DecodeScoreBatch without a layout called for a layered session");
+  }
   return DecodeScoreBatch(batch, options, BlockLayout({}));
 }
 

@@ -42,7 +42,7 @@ std::string DescribeBatch(const v1::ScoreBatch& batch);
 absl::StatusOr<PreparedBatch> DecodeScoreBatch(const v1::ScoreBatch& batch,
                                                const SessionOptions& options,
                                                const BlockLayout& layout);
-// For a session without blocks.
+// For a session without blocks (INTERNAL, a caller's bug, for a layered one).
 absl::StatusOr<PreparedBatch> DecodeScoreBatch(const v1::ScoreBatch& batch,
                                                const SessionOptions& options);
 

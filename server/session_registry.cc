@@ -230,6 +230,24 @@ std::vector<SessionRegistry::Entry> SessionRegistry::List() const {
   return entries;
 }
 
+absl::Status SessionRegistry::ReserveWorkingMemory(uint64_t bytes, absl::string_view what) {
+  absl::MutexLock lock(&mu_);
+  if (bytes > limits_.memory_budget_bytes ||
+      reserved_bytes_ > limits_.memory_budget_bytes - bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        what, " needs ", Mebibytes(bytes), " of working memory, but ", Mebibytes(reserved_bytes_),
+        " of the --memory-budget-mb=", limits_.memory_budget_bytes >> 20,
+        " budget are in use; retry when other calls have finished, or raise --memory-budget-mb"));
+  }
+  reserved_bytes_ += bytes;
+  return absl::OkStatus();
+}
+
+void SessionRegistry::ReleaseWorkingMemory(uint64_t bytes) {
+  absl::MutexLock lock(&mu_);
+  reserved_bytes_ -= bytes;
+}
+
 uint64_t SessionRegistry::ReservedBytes() const {
   absl::MutexLock lock(&mu_);
   return reserved_bytes_;

@@ -83,8 +83,18 @@ class SessionRegistry {
   // All sessions, sorted by name.
   std::vector<Entry> List() const ABSL_LOCKS_EXCLUDED(mu_);
 
-  // Bytes accounted against the memory budget (live sessions plus creations under way).
+  // Bytes accounted against the memory budget (live sessions, creations under way, and
+  // the working memory of calls in flight).
   uint64_t ReservedBytes() const ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Accounts `bytes` of a call's working memory (a streamed step holds its gradient
+  // and answer, O(dim) doubles) against the budget, so that many concurrent calls on a
+  // large session cannot exhaust the machine. RESOURCE_EXHAUSTED naming `what` and the
+  // budget when it does not fit. Every successful call must be paired with
+  // ReleaseWorkingMemory(bytes).
+  absl::Status ReserveWorkingMemory(uint64_t bytes, absl::string_view what)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  void ReleaseWorkingMemory(uint64_t bytes) ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   struct Slot {

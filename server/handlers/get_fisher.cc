@@ -90,14 +90,23 @@ class GetFisherReactor final : public grpc::ServerWriteReactor<v1::GetFisherResp
     // loopback, docs/design.md 5), far below the default 4 MiB client receive limit. At
     // least one row, whatever its size.
     const int64_t block_values = resources_.max_block_bytes / static_cast<int64_t>(sizeof(double));
-    rows_per_block_ = std::max<int64_t>(1, block_values / session_->PartEntriesPerRow(part_));
+    const int64_t entries_per_row = session_->PartEntriesPerRow(part_);
+    if (rows_ > 0 && entries_per_row > block_values) {
+      // Only a low-rank block can get here (its dim is not bounded by --max-dense-dim):
+      // one of its rows would not fit a message.
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "one row of ", request_->block().empty() ? "the estimate" : "block \"" + request_->block() + "\"",
+          " has ", entries_per_row, " values, more than one message carries (",
+          block_values, "); ask for the summary only, or use FisherVectorProduct"));
+    }
+    rows_per_block_ = std::max<int64_t>(1, block_values / entries_per_row);
     StartWrite(&response_);
     return Outcome::kWriteStarted;
   }
 
   absl::StatusOr<Outcome> WriteNextBlockOrFinish() {
     if (next_row_ >= rows_) return Outcome::kAllWritten;
-    const uint64_t now = session_->Stats().sample_count;
+    const uint64_t now = session_->SampleCount();
     if (now != sample_count_) {
       return absl::AbortedError(absl::StrCat(
           "the estimate changed while its rows were being streamed (sample_count went from ",

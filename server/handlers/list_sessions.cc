@@ -1,4 +1,6 @@
-// ListSessions: every session, sorted by name.
+// ListSessions: every session, sorted by name, without a layered session's per-block
+// detail (config.blocks and stats.blocks): 64 sessions of thousands of blocks would not
+// fit one message. GetSession has it.
 #include "server/conversions.h"
 #include "server/handlers/handlers.h"
 
@@ -13,7 +15,10 @@ grpc::ServerUnaryReactor* HandleListSessions(const ServiceResources& resources,
     // The registry lists in name order; the registry lock is not held while the
     // sessions' own locks are taken.
     for (const SessionRegistry::Entry& entry : resources.registry->List()) {
-      SessionToProto(entry.name, *entry.session, response->add_sessions());
+      v1::Session* session = response->add_sessions();
+      SessionToProto(entry.name, *entry.session, session);
+      session->mutable_config()->clear_blocks();
+      session->mutable_stats()->clear_blocks();
     }
     return absl::OkStatus();
   });

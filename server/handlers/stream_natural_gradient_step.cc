@@ -31,6 +31,10 @@ class StreamStepReactor final : public grpc::ServerBidiReactor<Request, Response
     StartRead(&request_);
   }
 
+  ~StreamStepReactor() override {
+    if (reserved_bytes_ > 0) resources_.registry->ReleaseWorkingMemory(reserved_bytes_);
+  }
+
   void OnReadDone(bool ok) override {
     // ok == false: the client half-closed (or the call died); the gradient is complete
     // or the step refuses it.
@@ -95,7 +99,16 @@ class StreamStepReactor final : public grpc::ServerBidiReactor<Request, Response
     if (absl::Status status = options_.Validate(); !status.ok()) {
       return absl::InvalidArgumentError(absl::StrCat("header: ", status.message()));
     }
-    // O(dim) doubles: the session itself holds at least that much.
+    // The gradient, then n and the update: 3 dim doubles at the peak, counted against
+    // the memory budget until the call ends.
+    const uint64_t dim = static_cast<uint64_t>(session_->options().dim);
+    const uint64_t bytes = dim > (UINT64_MAX / 24) ? UINT64_MAX : 24 * dim;
+    if (absl::Status status = resources_.registry->ReserveWorkingMemory(
+            bytes, absl::StrCat("a streamed step of session \"", header.session(), "\""));
+        !status.ok()) {
+      return status;
+    }
+    reserved_bytes_ = bytes;
     gradient_.resize(session_->options().dim);
     return absl::OkStatus();
   }
@@ -227,6 +240,7 @@ class StreamStepReactor final : public grpc::ServerBidiReactor<Request, Response
   StepResult result_;
   int64_t chunk_values_ = 1;
   int64_t next_ = 0;
+  uint64_t reserved_bytes_ = 0;  // of the registry's budget, released with the reactor
 };
 
 }  // namespace

@@ -389,15 +389,21 @@ TEST(KroneckerStatisticsTest, RefreshPeriodReusesStaleFactors) {
   KroneckerStatistics statistics(block, BlockSession(block, KroneckerDamping::kExact, 3));
   AddRows(statistics, block, Factor::kActivations, a1);
   AddRows(statistics, block, Factor::kOutputGradients, g1);
+  // Session calls StepTaken after each successful step; the period counts those.
   const absl::StatusOr<SolveResult> first = statistics.Solve(grad, lambda);  // step 1
   ASSERT_TRUE(first.ok());
+  statistics.StepTaken();
   EXPECT_EQ(first->summary.factor_age_steps, 0);
   EXPECT_FALSE(first->summary.factorization_cached);
   AddRows(statistics, block, Factor::kActivations, a2);
   AddRows(statistics, block, Factor::kOutputGradients, g2);
   for (int64_t age : {1, 2}) {  // steps 2 and 3: the step-1 decompositions, stale
+    // A Solve whose step then fails elsewhere in the session gets no StepTaken: it does
+    // not age the decompositions, so the retried step sees the same age.
+    ASSERT_TRUE(statistics.Solve(grad, lambda).ok());
     const absl::StatusOr<SolveResult> stale = statistics.Solve(grad, lambda);
     ASSERT_TRUE(stale.ok());
+    statistics.StepTaken();
     EXPECT_EQ(stale->summary.factor_age_steps, age);
     EXPECT_TRUE(stale->summary.factorization_cached);
     // The same arithmetic on the same decompositions: equal to round-off.
