@@ -1,13 +1,10 @@
 // fisherctl: operate a fisherd server from the shell (health probes, session admin,
 // inspecting an estimate). Exit status: 0 success, 1 the server or the call failed
 // (printed as "fisherctl: <CODE>: <message>"), 2 usage error.
-#include <cerrno>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <iostream>
 #include <limits>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -21,6 +18,7 @@
 #include "client/connection_flags.h"
 #include "client/describe.h"
 #include "client/fisher_client.h"
+#include "client/read_file.h"
 
 namespace fisherd::client {
 namespace {
@@ -108,16 +106,6 @@ int RunHealth(Command& cmd) {
   return *health == ServingStatus::kServing ? kOk : kFailed;
 }
 
-absl::StatusOr<std::string> ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    return absl::NotFoundError(absl::StrFormat("cannot read %s: %s", path, std::strerror(errno)));
-  }
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
 int RunCreate(Command& cmd) {
   CliFlags& f = *cmd.flags;
   absl::StatusOr<int64_t> dim = f.GetInt("dim", 0);
@@ -142,7 +130,7 @@ int RunCreate(Command& cmd) {
     return UsageError("give the blocks as --block flags or as a --layout file, not both");
   }
   if (f.Has("layout")) {
-    absl::StatusOr<std::string> text = ReadFile(layout);
+    absl::StatusOr<std::string> text = ReadWholeFile(layout);
     if (!text.ok()) return Failed(text.status());
     absl::StatusOr<std::vector<v1::BlockConfig>> blocks = ParseLayoutText(*text);
     if (!blocks.ok()) return UsageError(absl::StrCat(layout, ": ", blocks.status().message()));
