@@ -61,6 +61,36 @@ grpc::ServerUnaryReactor* RunUnaryOnPool(const ServiceResources& resources,
   return reactor;
 }
 
+// What one stage of a streaming reactor did when it succeeded: started a read or a
+// write (whose callback posts the next stage), or finished its work (the call is to end
+// with OK). A stage that started a read or write must be the reactor's last touch: the
+// callback may run on another thread at once, post the next stage, and that one may
+// finish the call and let gRPC delete the reactor.
+enum class StageOutcome { kStarted, kDone };
+
+// Runs `stage` of `reactor` (a method returning absl::StatusOr<StageOutcome>) guarded as
+// RunGuarded does, and finishes the call on an error or when the stage is done. Call it
+// on the work pool, from the constructor or from a read or write callback, so that one
+// stage runs at a time.
+template <typename Reactor>
+void RunStage(grpc::CallbackServerContext* context, Reactor* reactor,
+              absl::StatusOr<StageOutcome> (Reactor::*stage)()) {
+  StageOutcome outcome = StageOutcome::kStarted;
+  auto body = [reactor, stage, &outcome]() -> absl::Status {
+    absl::StatusOr<StageOutcome> result = (reactor->*stage)();
+    if (!result.ok()) return result.status();
+    outcome = *result;
+    return absl::OkStatus();
+  };
+  const absl::Status status = RunGuarded(context, body);
+  // After a successful stage that started a read or write, touch nothing.
+  if (!status.ok()) {
+    reactor->Finish(ToGrpcStatus(status));
+  } else if (outcome == StageOutcome::kDone) {
+    reactor->Finish(grpc::Status::OK);
+  }
+}
+
 }  // namespace fisherd::server
 
 #endif  // FISHERD_SERVER_HANDLER_UTIL_H_

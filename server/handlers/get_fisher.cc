@@ -27,7 +27,7 @@ class GetFisherReactor final : public grpc::ServerWriteReactor<v1::GetFisherResp
   GetFisherReactor(const ServiceResources& resources, grpc::CallbackServerContext* context,
                    const v1::GetFisherRequest* request)
       : resources_(resources), context_(context), request_(request) {
-    resources_.pool->Post([this] { Step(&GetFisherReactor::WriteSummary); });
+    resources_.pool->Post([this] { RunStage(context_, this, &GetFisherReactor::WriteSummary); });
   }
 
   void OnWriteDone(bool ok) override {
@@ -36,36 +36,14 @@ class GetFisherReactor final : public grpc::ServerWriteReactor<v1::GetFisherResp
       return;
     }
     // Copying the next block takes the session lock: not on a callback thread.
-    resources_.pool->Post([this] { Step(&GetFisherReactor::WriteNextBlockOrFinish); });
+    resources_.pool->Post(
+        [this] { RunStage(context_, this, &GetFisherReactor::WriteNextBlockOrFinish); });
   }
 
   void OnDone() override { delete this; }
 
  private:
-  // What a stage did when it succeeded. A stage that started a write must be the last
-  // touch of the reactor: OnWriteDone may run on another thread at once, post the next
-  // stage, and that one may finish the call and delete `this`.
-  enum class Outcome { kWriteStarted, kAllWritten };
-  using Stage = absl::StatusOr<Outcome> (GetFisherReactor::*)();
-
-  void Step(Stage stage) {
-    Outcome outcome = Outcome::kWriteStarted;
-    auto body = [this, stage, &outcome]() -> absl::Status {
-      absl::StatusOr<Outcome> result = (this->*stage)();
-      if (!result.ok()) return result.status();
-      outcome = *result;
-      return absl::OkStatus();
-    };
-    const absl::Status status = RunGuarded(context_, body);
-    // `this` is touched again only when no write is in flight (see Outcome).
-    if (!status.ok()) {
-      Finish(ToGrpcStatus(status));
-    } else if (outcome == Outcome::kAllWritten) {
-      Finish(grpc::Status::OK);
-    }
-  }
-
-  absl::StatusOr<Outcome> WriteSummary() {
+  absl::StatusOr<StageOutcome> WriteSummary() {
     absl::StatusOr<std::shared_ptr<Session>> session =
         resources_.registry->Get(request_->session(), "session");
     if (!session.ok()) return session.status();
@@ -101,11 +79,11 @@ class GetFisherReactor final : public grpc::ServerWriteReactor<v1::GetFisherResp
     }
     rows_per_block_ = std::max<int64_t>(1, block_values / entries_per_row);
     StartWrite(&response_);
-    return Outcome::kWriteStarted;
+    return StageOutcome::kStarted;
   }
 
-  absl::StatusOr<Outcome> WriteNextBlockOrFinish() {
-    if (next_row_ >= rows_) return Outcome::kAllWritten;
+  absl::StatusOr<StageOutcome> WriteNextBlockOrFinish() {
+    if (next_row_ >= rows_) return StageOutcome::kDone;
     const uint64_t now = session_->SampleCount();
     if (now != sample_count_) {
       return absl::AbortedError(absl::StrCat(
@@ -126,7 +104,7 @@ class GetFisherReactor final : public grpc::ServerWriteReactor<v1::GetFisherResp
     }
     next_row_ += count;
     StartWrite(&response_);
-    return Outcome::kWriteStarted;
+    return StageOutcome::kStarted;
   }
 
   // The block (and factor) the request names. A layered session's whole F is never

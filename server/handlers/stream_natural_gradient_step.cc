@@ -39,7 +39,8 @@ class StreamStepReactor final : public grpc::ServerBidiReactor<Request, Response
     // ok == false: the client half-closed (or the call died); the gradient is complete
     // or the step refuses it.
     resources_.pool->Post([this, ok] {
-      Run(ok ? &StreamStepReactor::AcceptChunk : &StreamStepReactor::StepAndWriteHeader);
+      RunStage(context_, this,
+               ok ? &StreamStepReactor::AcceptChunk : &StreamStepReactor::StepAndWriteHeader);
     });
   }
 
@@ -48,34 +49,13 @@ class StreamStepReactor final : public grpc::ServerBidiReactor<Request, Response
       Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the client stopped reading"));
       return;
     }
-    resources_.pool->Post([this] { Run(&StreamStepReactor::WriteNextChunk); });
+    resources_.pool->Post(
+        [this] { RunStage(context_, this, &StreamStepReactor::WriteNextChunk); });
   }
 
   void OnDone() override { delete this; }
 
  private:
-  // What a stage started: a read or a write (whose callback carries on), or nothing
-  // more (the call is to be finished with OK).
-  enum class Outcome { kReadStarted, kWriteStarted, kDone };
-  using Stage = absl::StatusOr<Outcome> (StreamStepReactor::*)();
-
-  void Run(Stage stage) {
-    Outcome outcome = Outcome::kDone;
-    auto body = [this, stage, &outcome]() -> absl::Status {
-      absl::StatusOr<Outcome> result = (this->*stage)();
-      if (!result.ok()) return result.status();
-      outcome = *result;
-      return absl::OkStatus();
-    };
-    const absl::Status status = RunGuarded(context_, body);
-    // After starting a read or a write, `this` may already be gone: touch nothing.
-    if (!status.ok()) {
-      Finish(ToGrpcStatus(status));
-    } else if (outcome == Outcome::kDone) {
-      Finish(grpc::Status::OK);
-    }
-  }
-
   // The first message resolves the session and the step options.
   absl::Status AcceptHeader() {
     if (!request_.has_header()) {
@@ -113,7 +93,7 @@ class StreamStepReactor final : public grpc::ServerBidiReactor<Request, Response
     return absl::OkStatus();
   }
 
-  absl::StatusOr<Outcome> AcceptChunk() {
+  absl::StatusOr<StageOutcome> AcceptChunk() {
     if (session_ == nullptr) {
       if (absl::Status status = AcceptHeader(); !status.ok()) return status;
     } else if (request_.has_header()) {
@@ -169,10 +149,10 @@ class StreamStepReactor final : public grpc::ServerBidiReactor<Request, Response
     }
     request_.Clear();
     StartRead(&request_);
-    return Outcome::kReadStarted;
+    return StageOutcome::kStarted;
   }
 
-  absl::StatusOr<Outcome> StepAndWriteHeader() {
+  absl::StatusOr<StageOutcome> StepAndWriteHeader() {
     if (session_ == nullptr) {
       return absl::InvalidArgumentError(
           "the stream closed before its first message; send header and the gradient's chunks");
@@ -199,12 +179,12 @@ class StreamStepReactor final : public grpc::ServerBidiReactor<Request, Response
     chunk_values_ = std::max<int64_t>(
         1, resources_.max_block_bytes / static_cast<int64_t>(2 * sizeof(double)));
     StartWrite(&response_);
-    return Outcome::kWriteStarted;
+    return StageOutcome::kStarted;
   }
 
-  absl::StatusOr<Outcome> WriteNextChunk() {
+  absl::StatusOr<StageOutcome> WriteNextChunk() {
     const int64_t dim = result_.natural_gradient.size();
-    if (next_ >= dim) return Outcome::kDone;
+    if (next_ >= dim) return StageOutcome::kDone;
     int64_t end = std::min(dim, next_ + chunk_values_);
     response_.Clear();
     const BlockLayout& layout = session_->layout();
@@ -221,7 +201,7 @@ class StreamStepReactor final : public grpc::ServerBidiReactor<Request, Response
                                        result_.update.data() + end);
     next_ = end;
     StartWrite(&response_);
-    return Outcome::kWriteStarted;
+    return StageOutcome::kStarted;
   }
 
   const std::string& request_header_session() const { return session_name_; }
