@@ -13,9 +13,10 @@
 namespace fisherd {
 namespace {
 
-// Below this, scale_ is folded into the stored sums so that 1 / scale_ (the alpha
-// of later rank-k updates) never overflows however many decayed steps are taken.
-constexpr double kMinScale = 1e-150;
+// Below a decay factor exp(log_scale_) of about 1e-150 (log(1e-150) = -345.4), the next
+// Add of weighted rows folds it into the raw sums, so that exp(-log_scale_) (the alpha
+// of its rank-k update) stays below 1e150 and never overflows.
+constexpr double kLogMinScale = -345.0;
 
 double SecondsSince(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -39,21 +40,41 @@ DenseStatistics::DenseStatistics(const SessionOptions& options)
   }
 }
 
+double DenseStatistics::weight_sum() const {
+  // May underflow to 0 (the true W rounded) after thousands of decays without rows;
+  // nothing that computes F reads it.
+  return std::exp(log_scale_) * weight_sum_;
+}
+
+absl::Status DenseStatistics::CheckReady(absl::string_view what) const {
+  // The raw weight: F = M_raw / W_raw is defined whatever the decay factor.
+  if (weight_sum_ > 0.0) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat(
+      "the session has no weighted samples yet (", sample_count_,
+      " rows, total weight 0): stream scores before asking for ", what));
+}
+
 void DenseStatistics::Add(const PreparedBatch& batch) {
   if (holding_rows() && start_->row_count() + batch.rows > start_->capacity()) Materialize();
+  // A batch of weight 0 adds exact zeros (its rows are sqrt(0) s): it neither needs a
+  // fold nor may trigger one, which would shrink the only weighted sums towards
+  // denormals for nothing. Its zeros are added with factor 1.
+  const bool weighted = batch.weight_sum > 0.0;
+  if (weighted) FoldTinyScale();
+  const double inverse_scale = weighted ? std::exp(-log_scale_) : 1.0;  // <= 1e150
   if (holding_rows()) {
     start_->Add(batch);  // never wraps: the check above goes dense first
   } else if (batch.root_weighted_f32.size() > 0) {
-    AddFloat32(batch);
+    AddFloat32(batch, inverse_scale);
   } else {
     // root_weighted is rows x dim row-major, which is R^T (dim x rows) column-major:
-    // upper(storage) += (1 / scale_) R^T R in one rank-k update.
+    // upper(storage) += exp(-log_scale_) R^T R in one rank-k update.
     cblas_dsyrk(CblasColMajor, CblasUpper, CblasNoTrans, static_cast<int>(dim_),
-                static_cast<int>(batch.rows), 1.0 / scale_, batch.root_weighted.data(),
+                static_cast<int>(batch.rows), inverse_scale, batch.root_weighted.data(),
                 static_cast<int>(dim_), 1.0, storage_.data(), static_cast<int>(dim_));
   }
-  mean_sum_ += batch.weighted_sum;
-  weight_sum_ += batch.weight_sum;
+  mean_sum_ += inverse_scale * batch.weighted_sum;
+  weight_sum_ += inverse_scale * batch.weight_sum;
   sample_count_ += static_cast<uint64_t>(batch.rows);
   factor_valid_ = false;
 }
@@ -62,30 +83,31 @@ void DenseStatistics::Materialize() {
   const int64_t n = dim_;
   for (int64_t j = 0; j < n; ++j) std::fill_n(storage_.data() + j * n, j + 1, 0.0);
   if (holding_rows()) {
+    // M = exp(start's log scale) R^T R, so M_raw = exp(its log scale - log_scale_) R^T R.
+    // The two log scales receive the same decays and fold at the same Adds (both fold
+    // below the same bound, only for weighted batches), so the factor is exactly 1.
+    const double alpha = std::exp(start_->log_scale() - log_scale_);
     // The rows are row-major: R^T column-major with leading dimension outerStride().
     const auto rows = start_->rows();
     if (rows.rows() > 0) {
       cblas_dsyrk(CblasColMajor, CblasUpper, CblasNoTrans, static_cast<int>(n),
-                  static_cast<int>(rows.rows()), 1.0, rows.data(),
+                  static_cast<int>(rows.rows()), alpha, rows.data(),
                   static_cast<int>(rows.outerStride()), 1.0, storage_.data(),
                   static_cast<int>(n));
     }
-    scale_ = start_->scale();  // M = scale R^T R
     start_.reset();
-    FoldTinyScale();  // the start lets its scale fall below kMinScale between Adds
   }
   factor_valid_ = false;
 }
 
-void DenseStatistics::AddFloat32(const PreparedBatch& batch) {
+void DenseStatistics::AddFloat32(const PreparedBatch& batch, double alpha) {
   // R^T is dim x rows column-major with leading dimension dim. The upper triangle of
   // R^T R is formed one block column [j0, j0 + b) at a time into a float32 scratch of
   // (j0 + b) x b: rows [0, j0) by sgemm, the diagonal block by ssyrk. Each block is
-  // then added, scaled by 1 / scale_, into the float64 sums, so the scratch stays
+  // then added, scaled by alpha, into the float64 sums, so the scratch stays
   // dim * kBlock floats instead of a second dim x dim matrix.
   constexpr int64_t kBlock = 256;
   const int n = static_cast<int>(dim_);
-  const double alpha = 1.0 / scale_;
   if (static_cast<int64_t>(scratch_.size()) < dim_ * kBlock) {
     scratch_.resize(static_cast<size_t>(dim_ * std::min(dim_, kBlock)));
   }
@@ -113,23 +135,22 @@ void DenseStatistics::AddFloat32(const PreparedBatch& batch) {
 }
 
 void DenseStatistics::Decay(double rho) {
-  // F = M / W is invariant under a common scaling, so the factor stays valid.
-  weight_sum_ *= rho;
-  mean_sum_ *= rho;
-  if (holding_rows()) {
-    start_->Decay(rho);
-    return;
-  }
-  scale_ *= rho;
-  FoldTinyScale();
+  // F = M_raw / W_raw does not depend on log_scale_: no sum and no factor changes, so
+  // nothing underflows however many decays a block takes without rows.
+  log_scale_ += std::log(rho);
+  if (holding_rows()) start_->Decay(rho);
 }
 
 void DenseStatistics::FoldTinyScale() {
-  if (scale_ >= kMinScale) return;
-  // c * upper is unchanged up to round-off, so the Cholesky factor of F_lambda in the
-  // lower triangle stays valid.
-  storage_.triangularView<Eigen::Upper>() *= scale_;
-  scale_ = 1.0;
+  if (log_scale_ >= kLogMinScale) return;
+  // The old sums shrink to their true size against the rows about to arrive; below
+  // about exp(-745) they become 0, the true relative size rounded.
+  const double scale = std::exp(log_scale_);
+  if (!holding_rows()) storage_.triangularView<Eigen::Upper>() *= scale;
+  mean_sum_ *= scale;
+  weight_sum_ *= scale;
+  log_scale_ = 0.0;
+  factor_valid_ = false;  // the raw sums changed (Add invalidates anyway)
 }
 
 Eigen::VectorXd DenseStatistics::DampedProduct(const Eigen::VectorXd& x,
@@ -181,7 +202,7 @@ absl::Status DenseStatistics::Factor(double damping) {
   const lapack_int info = LAPACKE_dpotrf(LAPACK_COL_MAJOR, 'L', static_cast<lapack_int>(n),
                                          storage_.data(), static_cast<lapack_int>(n));
   factor_diagonal_ = storage_.diagonal();
-  storage_.diagonal() = raw_diagonal;  // restore the invariant: diagonal holds M / scale_
+  storage_.diagonal() = raw_diagonal;  // restore the invariant: diagonal holds M_raw
 
   // A positive semi-definite F (fewer samples than dim, a constant parameter) can pass
   // dpotrf on round-off; a pivot this small relative to the largest diagonal entry

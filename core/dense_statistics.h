@@ -10,6 +10,15 @@
 // through one Householder reflection, see there). W, m and the sample count stay
 // running sums here, since they outlive the start. The first batch that would exceed
 // the bound folds the rows into M (one dsyrk) and frees them.
+//
+// Decay. W, m and M are kept raw, with one common factor in the log domain:
+//   W = exp(log_scale_) W_raw,  m = exp(log_scale_) m_raw,  M = exp(log_scale_) M_raw.
+// F = M_raw / W_raw - (centered term) does not depend on the factor, so Decay only adds
+// log(rho) to log_scale_: nothing underflows however many steps a block goes without
+// rows (a frozen layer), and F and a cached factor stay bit-identical. The next Add of
+// weighted rows folds a factor below 1e-150 into the raw sums first (they may underflow
+// to 0 then, which is right: they are negligible next to the new rows), so that new rows
+// are scaled by at most 1e150.
 #ifndef FISHERD_CORE_DENSE_STATISTICS_H_
 #define FISHERD_CORE_DENSE_STATISTICS_H_
 
@@ -31,10 +40,16 @@ class DenseStatistics final : public ScoreStatistics {
 
   int64_t dim() const override { return dim_; }
   uint64_t sample_count() const override { return sample_count_; }
-  double weight_sum() const override { return weight_sum_; }
+  // exp(log_scale_) W_raw: W, decayed. After thousands of decays without rows this
+  // underflows to 0 (the true value rounded) while F is still defined; CheckReady
+  // therefore tests W_raw, not this.
+  double weight_sum() const override;
 
   void Add(const PreparedBatch& batch) override;
+  // log_scale_ += log(rho); touches no sum and no cached factor.
   void Decay(double rho) override;
+  // OK once W_raw > 0 (any weighted row arrived), however far W itself has decayed.
+  absl::Status CheckReady(absl::string_view what) const override;
   Eigen::VectorXd Multiply(const Eigen::VectorXd& v) const override;
   absl::StatusOr<SolveResult> Solve(const Eigen::VectorXd& g, double damping) override;
   absl::StatusOr<FisherSummary> Summarize(bool with_eigenvalues) const override;
@@ -42,14 +57,15 @@ class DenseStatistics final : public ScoreStatistics {
   int64_t EntriesPerRow() const override { return dim_; }
 
  private:
-  // F = (scale_ / W) * upper(storage_) - centered term; the factor of F_lambda scales
-  // every entry of the raw sums by this.
-  double RawToEstimate() const { return scale_ / weight_sum_; }
+  // F = (1 / W_raw) * upper(storage_) - centered term; the factor of F_lambda scales
+  // every entry of the raw sums by this. The decay factor cancels.
+  double RawToEstimate() const { return 1.0 / weight_sum_; }
   Eigen::VectorXd Mean() const { return mean_sum_ / weight_sum_; }
   // F_lambda x, from the upper triangle (one dsymv).
   Eigen::VectorXd DampedProduct(const Eigen::VectorXd& x, double damping) const;
-  // Add's float32 kernel (DenseKernel::kFloat32 in core/score_batch.h).
-  void AddFloat32(const PreparedBatch& batch);
+  // Add's float32 kernel (DenseKernel::kFloat32 in core/score_batch.h): adds
+  // alpha R^T R into the upper triangle.
+  void AddFloat32(const PreparedBatch& batch, double alpha);
   // Factors F + damping I into the strict lower triangle and factor_diagonal_.
   absl::Status Factor(double damping);
   // F_lambda^-1 g by the two triangular solves with the cached factor.
@@ -57,9 +73,12 @@ class DenseStatistics final : public ScoreStatistics {
 
   // --- low-rank start ---
   bool holding_rows() const { return start_ != nullptr; }
-  // M := the held rows' R^T R into the upper triangle (scale_ theirs); frees them.
+  // M_raw := the held rows' R^T R into the upper triangle, relative to log_scale_;
+  // frees them.
   void Materialize();
-  // Below kMinScale, folds scale_ into the upper triangle (F is unchanged).
+  // When exp(log_scale_) is below about 1e-150: multiplies W_raw, m_raw and (once
+  // materialized) M_raw by it and sets log_scale_ = 0. Add calls it before weighted rows
+  // arrive; a low-rank start folds its own rows at the same Add.
   void FoldTinyScale();
 
   const int64_t dim_;
@@ -68,13 +87,13 @@ class DenseStatistics final : public ScoreStatistics {
   // One dim x dim column-major buffer holds two things, so a dense session costs
   // 8 dim^2 bytes and not twice that. It is allocated uninitialized, so its pages
   // cost nothing until Materialize() zeroes the upper triangle:
-  //  - upper triangle with diagonal: M / scale_ (decay multiplies scale_, not M);
+  //  - upper triangle with diagonal: M_raw = M / exp(log_scale_);
   //  - strict lower triangle: the Cholesky factor L of F_lambda while factor_valid_,
   //    whose diagonal is kept in factor_diagonal_.
   Eigen::MatrixXd storage_;
-  double scale_ = 1.0;
-  Eigen::VectorXd mean_sum_;  // m
-  double weight_sum_ = 0.0;   // W
+  double log_scale_ = 0.0;    // log of the decay since the last fold (<= 0)
+  Eigen::VectorXd mean_sum_;  // m_raw
+  double weight_sum_ = 0.0;   // W_raw
   uint64_t sample_count_ = 0;
 
   // The low-rank start while it lasts (it answers for F then), else nullptr. Never

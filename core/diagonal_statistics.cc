@@ -7,6 +7,13 @@
 #include "absl/strings/str_cat.h"
 
 namespace fisherd {
+namespace {
+
+// Below a decay factor of about 1e-150 (log(1e-150) = -345.4) the next Add of weighted
+// rows folds it into the raw sums, so that exp(-log_scale_) stays below 1e150.
+constexpr double kLogMinScale = -345.0;
+
+}  // namespace
 
 DiagonalStatistics::DiagonalStatistics(const SessionOptions& options)
     : dim_(options.dim),
@@ -14,17 +21,43 @@ DiagonalStatistics::DiagonalStatistics(const SessionOptions& options)
       squares_sum_(Eigen::VectorXd::Zero(options.dim)),
       mean_sum_(Eigen::VectorXd::Zero(options.dim)) {}
 
+double DiagonalStatistics::weight_sum() const {
+  // May underflow to 0 (the true W rounded) after thousands of decays without rows;
+  // nothing that computes F reads it.
+  return std::exp(log_scale_) * weight_sum_;
+}
+
+absl::Status DiagonalStatistics::CheckReady(absl::string_view what) const {
+  // The raw weight: F = diag(M)_raw / W_raw is defined whatever the decay factor.
+  if (weight_sum_ > 0.0) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat(
+      "the session has no weighted samples yet (", sample_count_,
+      " rows, total weight 0): stream scores before asking for ", what));
+}
+
 void DiagonalStatistics::Add(const PreparedBatch& batch) {
-  squares_sum_ += batch.weighted_squares;
-  mean_sum_ += batch.weighted_sum;
-  weight_sum_ += batch.weight_sum;
+  // A batch of weight 0 adds exact zeros: it neither needs a fold nor may trigger one,
+  // which would shrink the only weighted sums towards denormals for nothing.
+  const bool weighted = batch.weight_sum > 0.0;
+  if (weighted && log_scale_ < kLogMinScale) {
+    // The old sums shrink to their true size against the rows about to arrive; below
+    // about exp(-745) they become 0, the true relative size rounded.
+    const double scale = std::exp(log_scale_);
+    squares_sum_ *= scale;
+    mean_sum_ *= scale;
+    weight_sum_ *= scale;
+    log_scale_ = 0.0;
+  }
+  const double inverse_scale = weighted ? std::exp(-log_scale_) : 1.0;  // <= 1e150
+  squares_sum_ += inverse_scale * batch.weighted_squares;
+  mean_sum_ += inverse_scale * batch.weighted_sum;
+  weight_sum_ += inverse_scale * batch.weight_sum;
   sample_count_ += static_cast<uint64_t>(batch.rows);
 }
 
 void DiagonalStatistics::Decay(double rho) {
-  squares_sum_ *= rho;
-  mean_sum_ *= rho;
-  weight_sum_ *= rho;
+  // F = diag(M)_raw / W_raw does not depend on log_scale_: no sum changes.
+  log_scale_ += std::log(rho);
 }
 
 Eigen::VectorXd DiagonalStatistics::Estimate(int64_t begin, int64_t count) const {

@@ -62,7 +62,7 @@ absl::Status KroneckerStatistics::CheckReady(absl::string_view what) const {
   // F = G (x) A needs both factors; naming the empty one tells the worker which rows
   // it forgot to send.
   for (const FactorState* factor : {&activations_, &output_gradients_}) {
-    if (factor->statistics.weight_sum() > 0.0) continue;
+    if (factor->statistics.CheckReady(what).ok()) continue;
     return absl::FailedPreconditionError(absl::StrCat(
         "Kronecker factor ", factor->name, " has no weighted rows yet (",
         factor->statistics.sample_count(), " rows, total weight 0): stream ", factor->name,

@@ -13,9 +13,11 @@
 namespace fisherd {
 namespace {
 
-// Below this the scale is folded into the rows (at the next Add), so that the
-// 1 / sqrt(scale) new rows are multiplied by never overflows.
-constexpr double kMinScale = 1e-150;
+// Below a scale of about 1e-150 (log(1e-150) = -345.4) it is folded into the rows at
+// the next Add of weighted rows, so that the 1 / sqrt(scale) new rows are multiplied by
+// stays below 1e75 and never overflows. The same bound as DenseStatistics', whose
+// low-rank start must fold at the same Adds (core/dense_statistics.cc, Materialize).
+constexpr double kLogMinScale = -345.0;
 
 double SecondsSince(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -29,19 +31,39 @@ LowRankStatistics::LowRankStatistics(const BlockOptions& block, const SessionOpt
 LowRankStatistics::LowRankStatistics(int64_t dim, int64_t capacity, bool centered)
     : dim_(dim), capacity_(capacity), centered_(centered) {}
 
+double LowRankStatistics::scale() const {
+  // May underflow to 0 (the true scale rounded) after thousands of decays without rows.
+  return std::exp(log_scale_);
+}
+
+void LowRankStatistics::Decay(double rho) { log_scale_ += std::log(rho); }
+
+absl::Status LowRankStatistics::CheckReady(absl::string_view what) const {
+  // The raw weight: F = c R^T R (c = 1 / |b|^2) is defined whatever the scale.
+  if (coefficient_norm_sq_ > 0.0) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat(
+      "the session has no weighted samples yet (", sample_count_,
+      " rows, total weight 0): stream scores before asking for ", what));
+}
+
 void LowRankStatistics::Add(const PreparedBatch& batch) {
   if (rows_.rows() == 0) {
     rows_.resize(capacity_, dim_);
     coefficients_.resize(capacity_);
   }
-  if (scale_ < kMinScale) {
-    // Rows held shrink to their true relative size against the rows about to arrive.
-    const double root = std::sqrt(scale_);
+  // Rows of weight 0 are exact zeros (sqrt(0) s): they take their place in the window
+  // with factor 1 and neither need a fold nor trigger one, which would shrink the only
+  // weighted rows towards denormals for nothing.
+  const bool weighted = batch.weight_sum > 0.0;
+  if (weighted && log_scale_ < kLogMinScale) {
+    // Rows held shrink to their true relative size against the rows about to arrive
+    // (exp of half the log: sqrt(scale) underflows later than scale would).
+    const double root = std::exp(0.5 * log_scale_);
     rows_.topRows(count_) *= root;
     coefficients_.head(count_) *= root;
-    scale_ = 1.0;
+    log_scale_ = 0.0;
   }
-  const double inverse_root_scale = 1.0 / std::sqrt(scale_);
+  const double inverse_root_scale = weighted ? std::exp(-0.5 * log_scale_) : 1.0;
   const bool f32 = batch.root_weighted_f32.size() > 0;
   // Rows of the batch that would be overwritten within the same batch are skipped.
   int64_t i = std::max<int64_t>(0, batch.rows - capacity_);

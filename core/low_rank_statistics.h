@@ -4,16 +4,18 @@
 //    window: once full, each new row overwrites the oldest);
 //  - a dense session's low-rank start (core/dense_statistics.h) holds its first
 //    dim / kLowRankRowsPerDim rows here and never lets the window fill past them: the
-//    batch that would overflow it goes dense instead (rows(), scale()).
+//    batch that would overflow it goes dense instead (rows(), log_scale()).
 //
 // Representation. Row i of R is b_i s_i with b_i = sqrt(w_i / scale at its arrival), and
-// one scalar scale, so that for the rows held
+// one scalar scale = exp(log_scale_), kept in the log domain, so that for the rows held
 //   W = scale |b|^2,   m = scale R^T b,   M = scale R^T R.
 // W and m are read off the rows held, never kept as running sums: a row that leaves the
-// window takes its weight with it. Decay multiplies the scale alone, and F = M / W
-// (= c R^T R with c = 1 / |b|^2) does not depend on it, so decay never touches the rows
-// or a cached factor. A scale that has shrunk below 1e-150 is folded into the rows by
-// the next Add, before 1 / sqrt(scale) could overflow (Add refactors anyway).
+// window takes its weight with it. Decay adds log(rho) to log_scale_ alone, and
+// F = M / W (= c R^T R with c = 1 / |b|^2) does not depend on it, so decay never touches
+// the rows or a cached factor, and nothing underflows however many decays arrive without
+// rows. A scale below about 1e-150 is folded into the rows (times sqrt(scale), which may
+// round them to 0: they are then negligible next to the new rows) by the next Add of
+// weighted rows, before 1 / sqrt(scale) could overflow (Add refactors anyway).
 //
 // Steps. With F = c Q^T Q for k' rows Q (below), the Woodbury identity
 //   (lambda I + c Q^T Q)^-1 = (I - Q^T (lambda / c I + Q Q^T)^-1 Q) / lambda
@@ -51,17 +53,21 @@ class LowRankStatistics final : public ScoreStatistics {
   int64_t dim() const override { return dim_; }
   // Every row ever added, those that have left the window included; never decayed.
   uint64_t sample_count() const override { return sample_count_; }
-  // W of the rows held, decayed.
-  double weight_sum() const override { return scale_ * coefficient_norm_sq_; }
+  // W of the rows held, decayed: scale() |b|^2. After thousands of decays without rows
+  // this underflows to 0 (the true W rounded) while F is still defined; CheckReady
+  // therefore tests |b|^2, not this.
+  double weight_sum() const override { return scale() * coefficient_norm_sq_; }
 
   // Appends the batch's rows, overwriting the oldest once capacity() rows are held; of a
   // batch longer than capacity() only its last capacity() rows are kept. Reads only
   // root_weighted (or root_weighted_f32) and root_weights.
   // REQUIRES: a dense batch (PreparedBatch::root_weights set) of dim() columns.
   void Add(const PreparedBatch& batch) override;
-  // Multiplies the scale: W, m and M of the rows held shrink by rho, F and a cached
-  // factor are unchanged (to the bit). REQUIRES: 0 < rho <= 1.
-  void Decay(double rho) override { scale_ *= rho; }
+  // Multiplies the scale (adds log(rho) to its log): W, m and M of the rows held shrink
+  // by rho, F and a cached factor are unchanged (to the bit). REQUIRES: 0 < rho <= 1.
+  void Decay(double rho) override;
+  // OK once the rows held have weight (|b|^2 > 0), however far the scale has decayed.
+  absl::Status CheckReady(absl::string_view what) const override;
 
   Eigen::VectorXd Multiply(const Eigen::VectorXd& v) const override;
   // Exact, method "woodbury". Needs damping > 0 always: the identity divides by lambda.
@@ -83,9 +89,11 @@ class LowRankStatistics final : public ScoreStatistics {
   int64_t row_count() const { return count_; }
   // The rows held, R (row_count() x dim(), in no particular order), and the scale with
   // M = scale() R^T R: what a dense statistics needs to take the estimate over (one
-  // dsyrk). scale() may be far below 1 after many decays without an Add.
+  // dsyrk). scale() may be far below 1 after many decays without an Add, down to 0 once
+  // it underflows; log_scale() is its logarithm, which never does.
   Eigen::Ref<const PreparedBatch::RowMajorD> rows() const { return rows_.topRows(count_); }
-  double scale() const { return scale_; }
+  double scale() const;
+  double log_scale() const { return log_scale_; }
 
  private:
   // F = RawToEstimate() R^T R - (centered term); c = 1 / |b|^2.
@@ -118,7 +126,7 @@ class LowRankStatistics final : public ScoreStatistics {
   double coefficient_norm_sq_ = 0.0;  // |b|^2 of the rows held
   int64_t count_ = 0;
   int64_t next_ = 0;  // where the next row goes (the oldest row once full)
-  double scale_ = 1.0;
+  double log_scale_ = 0.0;  // log(scale), <= 0
   uint64_t sample_count_ = 0;
 
   // Cholesky factor of K for factor_damping_, valid until the next Add.
