@@ -277,11 +277,14 @@ absl::Status ScoreStreamer::Append(const ScoreTarget& target, absl::Span<const f
 
   // 1. Complete the partial batch left by earlier calls (after a failed call the buffer
   // may hold several batches' worth).
-  if (!pending_weights_.empty()) {
-    buffer_rest(std::min(rows, per_batch - std::min(per_batch, pending_weights_.size())));
-    while (pending_weights_.size() >= per_batch) {
-      if (absl::Status s = SendPendingBatch(); !s.ok()) return fail(s);
+  // Top it up from this call's rows and send it, until the buffer is empty (then step 2
+  // sends whole batches straight from the caller's rows) or this call's rows run out.
+  while (!pending_weights_.empty()) {
+    if (pending_weights_.size() < per_batch) {
+      buffer_rest(std::min(rows, row + (per_batch - pending_weights_.size())));
+      if (pending_weights_.size() < per_batch) break;  // the call's rows are all buffered
     }
+    if (absl::Status s = SendPendingBatch(); !s.ok()) return fail(s);
   }
   // 2. Full batches straight from the caller's rows, without a copy into the buffer.
   // (Only once the buffer is empty: rows must go out in the order they came.)
