@@ -8,6 +8,7 @@ packages=(
   libeigen3-dev libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev
   libopenblas-dev liblapacke-dev zlib1g-dev
   python3-grpcio python3-protobuf python3-numpy python3-pytest
+  python3-torch python3-matplotlib dataset-fashion-mnist
   openssl docker.io docker-compose debootstrap ca-certificates
   python3-pip python3-setuptools python3-wheel python3-venv
 )

@@ -7,8 +7,9 @@ per-worker sequence numbers, several batches in flight on one bidirectional stre
 after a broken stream a reconnect that resends every unacknowledged batch (the server
 counts a batch once per (worker_id, sequence), so resending is always safe).
 Layered sessions (create_session(blocks=...)) take rows per block (stream_scores' block
-and factor); step() takes gradients of any size, streaming large ones in chunks that
-stay far below gRPC's default 4 MiB message limit.
+and factor, or stream_blocks() for several blocks and factors over one stream); step()
+takes gradients of any size, streaming large ones in chunks that stay far below gRPC's
+default 4 MiB message limit.
 """
 import collections
 import dataclasses
@@ -677,9 +678,7 @@ class Client:
         it stay applied.
         """
         name = session_name(session)
-        worker = worker_id if worker_id is not None else self.default_worker_id
-        if not isinstance(worker, str) or not worker:
-            raise invalid_argument("worker_id must be a non-empty string")
+        worker = self._worker(worker_id)
         block = _block_name(block)
         factor = _factor(factor)
         rows = _as_score_rows(scores)
@@ -687,15 +686,69 @@ class Client:
         weight_rows = _as_weights(weights, count)
         if count == 0:
             return None
+        segment = self._segment(rows, weight_rows, block, factor, rows_per_batch)
+        if max_in_flight < 1:
+            raise invalid_argument("rows_per_batch and max_in_flight must be >= 1")
+
+        def check(state):
+            # A layered session's blocks have their own widths: the server checks them
+            # (and names the block).
+            if not block and not state[2] and dim != state[1]:
+                raise invalid_argument(f"scores have {dim} columns but {name} has dim {state[1]}")
+        return self._stream_segments(name, worker, [segment], max_in_flight, check)
+
+    def stream_blocks(self, session, parts, worker_id=None, rows_per_batch=None,
+                      max_in_flight=8):
+        """Streams the rows of several blocks and factors over one StreamScores call.
+
+        parts: an iterable of (block, factor, scores) or (block, factor, scores, weights)
+        tuples, each as stream_scores' arguments of those names (factor None for blocks
+        that are not Kronecker). The parts go out in order, each cut into batches of its
+        own (a batch never mixes two parts), numbered in the worker's one sequence space,
+        with stream_scores' flow control, reconnects and resends. A layered session's
+        worker that feeds every block once per training iteration thus opens one stream
+        per iteration instead of one per block and factor. Parts with zero rows are
+        skipped. Returns a StreamResult over all parts (rows and batches summed), or None
+        when no part has rows. Every part is validated before anything is sent."""
+        name = session_name(session)
+        worker = self._worker(worker_id)
+        segments = []
+        for index, part in enumerate(parts):
+            if not isinstance(part, (tuple, list)) or len(part) not in (3, 4):
+                raise invalid_argument(f"parts[{index}] must be (block, factor, scores) or "
+                                       f"(block, factor, scores, weights), got {type(part)}")
+            block, factor, scores = _block_name(part[0]), _factor(part[1]), part[2]
+            rows = _as_score_rows(scores)
+            weight_rows = _as_weights(part[3] if len(part) == 4 else None, rows.shape[0])
+            if rows.shape[0]:
+                segments.append(self._segment(rows, weight_rows, block, factor,
+                                              rows_per_batch))
+        if max_in_flight < 1:
+            raise invalid_argument("max_in_flight must be >= 1")
+        if not segments:
+            return None
+        return self._stream_segments(name, worker, segments, max_in_flight, None)
+
+    def _worker(self, worker_id):
+        worker = worker_id if worker_id is not None else self.default_worker_id
+        if not isinstance(worker, str) or not worker:
+            raise invalid_argument("worker_id must be a non-empty string")
+        return worker
+
+    def _segment(self, rows, weights, block, factor, rows_per_batch):
+        dim = rows.shape[1]
         if rows_per_batch is None:
             rows_per_batch = max(1, min(_DEFAULT_ROWS_PER_BATCH, _BATCH_BYTES // (4 * (dim + 1))))
         rows_per_batch = int(rows_per_batch)
-        if rows_per_batch < 1 or max_in_flight < 1:
+        if rows_per_batch < 1:
             raise invalid_argument("rows_per_batch and max_in_flight must be >= 1")
         if 4 * rows_per_batch * (dim + 1) + 1024 > self._max_message_bytes:
             raise invalid_argument(f"a batch of {rows_per_batch} rows at dim {dim} exceeds "
                                    f"max_message_bytes {self._max_message_bytes}; lower "
                                    "rows_per_batch")
+        return _Segment(rows, weights, block, factor, rows_per_batch)
+
+    def _stream_segments(self, name, worker, segments, max_in_flight, check):
         key = (name, worker)
         with self._lock:
             if key in self._busy:
@@ -708,12 +761,9 @@ class Client:
             if state is None:
                 info = self.get_session(name)
                 state = [info.worker_sequences.get(worker, 0) + 1, info.dim, info.layered]
-            # A layered session's blocks have their own widths: the server checks them
-            # (and names the block).
-            if not block and not state[2] and dim != state[1]:
-                raise invalid_argument(f"scores have {dim} columns but {name} has dim {state[1]}")
-            result = _StreamRun(self, name, worker, rows, weight_rows, rows_per_batch,
-                                max_in_flight, state[0], block, factor).run()
+            if check is not None:
+                check(state)
+            result = _StreamRun(self, name, worker, segments, max_in_flight, state[0]).run()
             with self._lock:
                 self._workers[key] = [state[0] + result.batches, state[1], state[2]]
             return result
@@ -734,23 +784,28 @@ class Client:
             raise FisherdError.from_rpc_error(error) from None
 
 
-class _StreamRun:
-    """The state of one stream_scores call."""
+_Segment = collections.namedtuple("_Segment", "rows weights block factor per_batch")
 
-    def __init__(self, client, name, worker, rows, weights, rows_per_batch, max_in_flight,
-                 first_sequence, block="", factor=pb.FACTOR_UNSPECIFIED):
+
+class _StreamRun:
+    """The state of one stream_scores (or stream_blocks) call: the batches of one or more
+    segments (rows for one block and factor), numbered from first_sequence."""
+
+    def __init__(self, client, name, worker, segments, max_in_flight, first_sequence):
         self.client = client
         self.name = name
         self.worker = worker
-        self.block = block
-        self.factor = factor
-        self.rows = rows
-        self.weights = weights
-        self.per_batch = rows_per_batch
+        self.segments = segments
+        self.plan = []  # (segment, start, end) per batch
+        for segment in segments:
+            count = segment.rows.shape[0]
+            self.plan.extend((segment, start, min(start + segment.per_batch, count))
+                             for start in range(0, count, segment.per_batch))
+        self.row_count = sum(segment.rows.shape[0] for segment in segments)
         self.max_in_flight = max_in_flight
         self.first = first_sequence
-        self.total = -(-rows.shape[0] // rows_per_batch)
-        self.scratch = None  # float32 conversion buffer for inputs of other dtypes
+        self.total = len(self.plan)
+        self.scratch = {}  # width -> float32 conversion buffer for inputs of other dtypes
         self.highest_sent = first_sequence - 1
         self.unacked = collections.deque()   # [sequence, encoded batch, transmissions]
         self.resent = 0
@@ -759,24 +814,26 @@ class _StreamRun:
         self.last_ack = None
 
     def encode(self, index):
-        start = index * self.per_batch
-        end = min(start + self.per_batch, self.rows.shape[0])
+        segment, start, end = self.plan[index]
         sequence = self.first + index
         head = pb.ScoreBatch(session=self.name, worker_id=self.worker, sequence=sequence,
-                             rows=end - start, block=self.block,
-                             factor=self.factor).SerializeToString()
-        block = self.rows[start:end]
+                             rows=end - start, block=segment.block,
+                             factor=segment.factor).SerializeToString()
+        block = segment.rows[start:end]
         if block.dtype != np.dtype("<f4") or not block.flags.c_contiguous:
             # Convert into one reused buffer (join below copies it into the message):
             # a fresh allocation per batch would page-fault on every batch.
-            if self.scratch is None:
-                self.scratch = np.empty((self.per_batch, self.rows.shape[1]), dtype="<f4")
+            width = segment.rows.shape[1]
+            scratch = self.scratch.get(width)
+            if scratch is None or scratch.shape[0] < end - start:
+                scratch = self.scratch[width] = np.empty((segment.per_batch, width),
+                                                         dtype="<f4")
             with np.errstate(over="ignore"):  # validated: at most rounds to float32's max
-                np.copyto(self.scratch[:end - start], block, casting="unsafe")
-            block = self.scratch[:end - start]
+                np.copyto(scratch[:end - start], block, casting="unsafe")
+            block = scratch[:end - start]
         parts = [head, b"\x2a", _varint(block.nbytes), block.data]
-        if self.weights is not None:
-            w = self.weights[start:end]
+        if segment.weights is not None:
+            w = segment.weights[start:end]
             parts += [b"\x3a", _varint(w.nbytes), w.data]
         return sequence, b"".join(parts)
 
@@ -887,7 +944,7 @@ class _StreamRun:
         ack = self.last_ack
         return StreamResult(worker_id=self.worker, sequence=ack.sequence,
                             duplicate=ack.duplicate, sample_count=ack.sample_count,
-                            rows=self.rows.shape[0], batches=self.total,
+                            rows=self.row_count, batches=self.total,
                             batches_resent=self.resent, duplicate_acks=self.duplicates,
                             streams_opened=self.streams)
 
