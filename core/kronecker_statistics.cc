@@ -87,17 +87,29 @@ void KroneckerStatistics::MatrixIndex(int64_t parameter, int64_t* i, int64_t* j)
   }
 }
 
+void KroneckerStatistics::ToMatrixInto(const Eigen::VectorXd& parameters,
+                                       Eigen::MatrixXd* matrix) const {
+  matrix->resize(out_, na_);
+  matrix->leftCols(in_) = Eigen::Map<const RowMajorD>(parameters.data(), out_, in_);
+  if (na_ > in_) matrix->col(in_) = parameters.tail(out_);
+}
+
+void KroneckerStatistics::ToParametersInto(const Eigen::MatrixXd& matrix,
+                                           Eigen::VectorXd* parameters) const {
+  parameters->resize(dim());
+  Eigen::Map<RowMajorD>(parameters->data(), out_, in_) = matrix.leftCols(in_);
+  if (na_ > in_) parameters->tail(out_) = matrix.col(in_);
+}
+
 Eigen::MatrixXd KroneckerStatistics::ToMatrix(const Eigen::VectorXd& parameters) const {
-  Eigen::MatrixXd matrix(out_, na_);
-  matrix.leftCols(in_) = Eigen::Map<const RowMajorD>(parameters.data(), out_, in_);
-  if (na_ > in_) matrix.col(in_) = parameters.tail(out_);
+  Eigen::MatrixXd matrix;
+  ToMatrixInto(parameters, &matrix);
   return matrix;
 }
 
 Eigen::VectorXd KroneckerStatistics::ToParameters(const Eigen::MatrixXd& matrix) const {
-  Eigen::VectorXd parameters(dim());
-  Eigen::Map<RowMajorD>(parameters.data(), out_, in_) = matrix.leftCols(in_);
-  if (na_ > in_) parameters.tail(out_) = matrix.col(in_);
+  Eigen::VectorXd parameters;
+  ToParametersInto(matrix, &parameters);
   return parameters;
 }
 
@@ -217,10 +229,21 @@ absl::StatusOr<SolveResult> KroneckerStatistics::Solve(const Eigen::VectorXd& g,
 
   // Two out x na buffers: V, then V' = U_G^T V U_A in place, N' = V' ./ D in place,
   // n = U_G N' U_A^T. Each product is one dgemm (EIGEN_USE_BLAS).
-  Eigen::MatrixXd matrix = ToMatrix(g);
-  const double g_norm = matrix.norm();
-  Eigen::MatrixXd half(out_, na_);
-  half.noalias() = u_g.transpose() * matrix;
+  // The scratch matrices are kept between steps (resize keeps a buffer of the same
+  // size), so a step touches no freshly mapped pages. Without bias, V is the parameter
+  // vector itself viewed as out x in row-major: no copy in or out.
+  const bool bias = na_ > in_;
+  Eigen::MatrixXd& matrix = step_matrix_;
+  Eigen::MatrixXd& half = step_half_;
+  matrix.resize(out_, na_);
+  half.resize(out_, na_);
+  const double g_norm = g.norm();
+  if (bias) {
+    ToMatrixInto(g, &matrix);
+    half.noalias() = u_g.transpose() * matrix;
+  } else {
+    half.noalias() = u_g.transpose() * Eigen::Map<const RowMajorD>(g.data(), out_, na_);
+  }
   matrix.noalias() = half * u_a;
   // The residual is measured in the eigenbases: U_G and U_A are orthogonal, so
   // ||D .* N' - V'||_F = ||F_lambda n - g|| up to the eigendecomposition's own error
@@ -238,8 +261,14 @@ absl::StatusOr<SolveResult> KroneckerStatistics::Solve(const Eigen::VectorXd& g,
     }
   }
   half.noalias() = u_g * matrix;
-  matrix.noalias() = half * u_a.transpose();
-  result.natural_gradient = ToParameters(matrix);
+  result.natural_gradient.resize(dim());
+  if (bias) {
+    matrix.noalias() = half * u_a.transpose();
+    ToParametersInto(matrix, &result.natural_gradient);
+  } else {
+    Eigen::Map<RowMajorD>(result.natural_gradient.data(), out_, na_).noalias() =
+        half * u_a.transpose();
+  }
   result.curvature = curvature;
   result.summary.residual = g_norm > 0.0 ? std::sqrt(residual_sq) / g_norm : 0.0;
   result.summary.seconds =

@@ -90,6 +90,8 @@ class KroneckerStatistics final : public ScoreStatistics {
   // Parameters <-> V (out x na).
   Eigen::MatrixXd ToMatrix(const Eigen::VectorXd& parameters) const;
   Eigen::VectorXd ToParameters(const Eigen::MatrixXd& matrix) const;
+  void ToMatrixInto(const Eigen::VectorXd& parameters, Eigen::MatrixXd* matrix) const;
+  void ToParametersInto(const Eigen::MatrixXd& matrix, Eigen::VectorXd* parameters) const;
   // The parameter of V's entry (i, j), and back.
   int64_t ParameterIndex(int64_t i, int64_t j) const {
     return j < in_ ? i * in_ + j : out_ * in_ + i;
@@ -104,6 +106,10 @@ class KroneckerStatistics final : public ScoreStatistics {
   FactorState activations_;       // A, na x na
   FactorState output_gradients_;  // G, out x out
   int64_t step_count_ = 0;        // steps the session took (StepTaken)
+  // Solve's two out x na scratch matrices, kept between steps (EstimateBlockBytes
+  // counts them): a step then touches no freshly mapped pages.
+  Eigen::MatrixXd step_matrix_;
+  Eigen::MatrixXd step_half_;
 };
 
 }  // namespace fisherd
