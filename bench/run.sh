@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
 # The performance comparison of issue #3: builds in Release, starts fisherd on loopback,
 # runs fisherd-bench beside its in-process peers (OpenBLAS dsyrk, LAPACK dpotrf + solves,
-# NumPy, PyTorch, iperf3) in the same run, and prints one table:
+# NumPy, PyTorch, iperf3) in the same run, then fisherd-layered-bench (Kronecker blocks
+# against in-process dsyrk / dsyevd / dgemm), and prints one table:
 # measure, fisherd, peer, ratio, target, met.
 #
-#   bash bench/run.sh                 # the full run (about 5-8 minutes on 2 cores)
+#   bash bench/run.sh                 # the full run (about 10-13 minutes on 2 cores)
 #   bash bench/run.sh --repeats=5     # medians over 5 interleaved runs (default 3)
 #   bash bench/run.sh --quick --build-dir=DIR   # smoke: tiny dims, under a minute,
 #                                     # installs and builds nothing, skips missing peers
 #   bash bench/run.sh --float32-products   # fisherd's dense sessions opt into the
 #                                     # float32 batch kernel (SessionConfig.float32_products)
+#   bash bench/run.sh --layered-only  # only the layered-session rows (Kronecker ingest,
+#                                     # ResNet-18 steps and memory; about 4-5 minutes)
+#   bash bench/run.sh --layered-repeats=N  # fresh ResNet-18 steps (default 2; each one
+#                                     # re-decomposes every factor, ~45 s per side)
+#   bash bench/run.sh --no-build --build-dir=DIR   # the full sizes with DIR's binaries as
+#                                     # they are: no installs, no build
 #
 # Every figure is the median over the repeats; each repeat runs fisherd and its peer
 # back to back, so both see the same machine. Raw JSON lines go to $BENCH_OUT
@@ -21,22 +28,31 @@ quick=0
 float32_products=0
 repeats=3
 build_dir=build
+layered_only=0
+layered_repeats=2
+no_build=0
 for arg in "$@"; do
   case "$arg" in
     --quick) quick=1 ;;
     --float32-products) float32_products=1 ;;
     --repeats=*) repeats="${arg#--repeats=}" ;;
     --build-dir=*) build_dir="${arg#--build-dir=}" ;;
-    *) echo "usage: bench/run.sh [--quick] [--repeats=N] [--build-dir=DIR] [--float32-products]" >&2
+    --layered-only) layered_only=1 ;;
+    --layered-repeats=*) layered_repeats="${arg#--layered-repeats=}" ;;
+    --no-build) no_build=1 ;;
+    *) echo "usage: bench/run.sh [--quick] [--repeats=N] [--build-dir=DIR] [--float32-products]" \
+            "[--layered-only] [--layered-repeats=N] [--no-build]" >&2
        exit 2 ;;
   esac
 done
 python=/usr/bin/python3  # Debian's interpreter, which sees python3-numpy and python3-torch
 
-if [ "$quick" -eq 0 ]; then
+if [ "$quick" -eq 0 ] && [ "$no_build" -eq 0 ]; then
   scripts/install-deps.sh
   extra=()
-  for package in iperf3 python3-numpy python3-torch; do
+  peers=(iperf3 python3-numpy python3-torch)
+  [ "$layered_only" -eq 0 ] || peers=()
+  for package in "${peers[@]+"${peers[@]}"}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" ||
       extra+=("$package")
   done
@@ -52,7 +68,7 @@ if [ "$quick" -eq 0 ]; then
 fi
 
 bin="$build_dir"
-for tool in server/fisherd bench/fisherd-bench bench/peer-blas; do
+for tool in server/fisherd bench/fisherd-bench bench/peer-blas bench/fisherd-layered-bench; do
   [ -x "$bin/$tool" ] || { echo "missing $bin/$tool: build first" >&2; exit 1; }
 done
 
@@ -65,9 +81,12 @@ results="$out/results.jsonl"
 if [ "$quick" -eq 1 ]; then
   repeats=1; secs=0.3; small=64; large=128; diag_dim=256; diag_batch=16; step_dim=64
   step_repeats=1; mem_dim=128; acc_dim=64; acc_samples=10000
+  # Layered: ResNet-18's structure with every channel count / 16 (46k parameters).
+  kron_dim=64; resnet_divisor=16; layered_repeats=1; cached_repeats=1; new_rows=4
 else
   secs=4; small=1024; large=4096; diag_dim=4096; diag_batch=64; step_dim=4096
   step_repeats=3; mem_dim=4096; acc_dim=256; acc_samples=1000000
+  kron_dim=1024; resnet_divisor=1; cached_repeats=3; new_rows=16
 fi
 threads=$(nproc)
 
@@ -112,6 +131,7 @@ echo "fisherd on $target; $threads cores; raw results in $out"
 bench=("$bin/bench/fisherd-bench" --target="$target" --delete-session --seconds="$secs")
 [ "$float32_products" -eq 0 ] || bench+=(--float32-products)
 
+if [ "$layered_only" -eq 0 ]; then
 for rep in $(seq "$repeats"); do
   echo "repeat $rep/$repeats"
   record dense_small "${bench[@]}" --dim="$small" --batch=256 --workers=1
@@ -163,6 +183,26 @@ printf '{"key":"memory","data":{"dim":%d,"idle_kb":%d,"after_kb":%d,"peak_kb":%d
 # Accuracy: 1e6 samples streamed over gRPC into a dense session (the kernel the run's
 # sessions use), F read back with GetFisher and compared with long-double sums.
 record accuracy "${bench[@]}" --mode=accuracy --dim="$acc_dim" --batch=256 --samples="$acc_samples"
+fi  # layered_only
+
+# Layered sessions (docs/performance.md, "Layered sessions"). Each tool runs fisherd and
+# its in-process peer back to back --repeats times and reports medians and the median of
+# the per-repeat ratios itself.
+# 1. Kronecker factor ingest: one block in = out = kron_dim, 256-row FACTOR_ACTIVATIONS
+#    batches over gRPC vs dsyrk of the same rows (k = 256) in the tool's process.
+echo "layered sessions"
+record kronecker_ingest "$bin/bench/fisherd-layered-bench" --mode=kronecker-ingest \
+  --target="$target" --dim="$kron_dim" --batch=256 --seconds="$secs" --repeats="$repeats" \
+  --threads="$threads" --delete-session
+# 2-4. ResNet-18's convolution and linear layers as Kronecker blocks, on a fresh server
+#    so that its VmRSS / VmHWM are this session's: steps with fresh factors (new rows in
+#    every factor first) and with cached ones through StreamNaturalGradientStep, against
+#    dsyevd + dgemm of the same factors in the tool's process; the server's memory.
+start_server "$out/fisherd-layered.log"
+record resnet18_step "$bin/bench/fisherd-layered-bench" --mode=resnet18-step \
+  --target="$address" --server-pid="$server_pid" --width-divisor="$resnet_divisor" \
+  --repeats="$layered_repeats" --cached-repeats="$cached_repeats" --new-rows="$new_rows" \
+  --threads="$threads" --delete-session
 
 report_flags=(--threads="$threads" --repeats="$repeats")
 [ "$float32_products" -eq 0 ] || report_flags+=(--float32-products)
