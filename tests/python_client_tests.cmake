@@ -9,3 +9,15 @@ add_test(NAME python_client
 set_tests_properties(python_client PROPERTIES
   ENVIRONMENT "FISHERD_BIN=$<TARGET_FILE:fisherd>;PYTHONDONTWRITEBYTECODE=1"
   TIMEOUT 600)
+
+# The Fashion-MNIST example (issue: K-FAC through fisherd against SGD and Adam), one epoch
+# on 2048 images for both models and all three methods: it must run end to end against a
+# real fisherd (the full comparison is a manual run, see README).
+add_test(NAME fashion_mnist_smoke
+  COMMAND ${DEBIAN_PYTHON3} ${CMAKE_SOURCE_DIR}/client/python/examples/fashion_mnist.py
+          --subset=2048 --epochs=1 --models=mlp,cnn --methods=kfac,sgd,adam
+          --sgd-lr=0.05 --adam-lr=1e-3 --kfac-damping=1e-2 --kfac-kl-budget=1e-3
+          --fisherd-bin=$<TARGET_FILE:fisherd>
+          --plot=${CMAKE_CURRENT_BINARY_DIR}/fashion_mnist_smoke.png)
+set_tests_properties(fashion_mnist_smoke PROPERTIES
+  ENVIRONMENT "PYTHONDONTWRITEBYTECODE=1" TIMEOUT 600 LABELS slow)
