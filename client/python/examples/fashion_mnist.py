@@ -22,13 +22,27 @@ accuracy against epochs and against wall time.
 Learning rates (and K-FAC's damping / KL budget / learning rate) given as a comma list are
 chosen by a grid: each candidate trains on 55000 training images (seeds --grid-seeds, at
 most --grid-epochs) and is scored by epochs to --grid-target accuracy on the other 5000
-(a validation split, never the test set); the winner is said in the output. A single
-value skips the grid.
+(a validation split, never the test set; ties: best validation accuracy); the winner is
+said in the output. A single value skips the grid. An item "cnn:0.1" applies to one model
+only (e.g. --adam-lr=cnn:1e-3,cnn:3e-3,mlp:3e-4,mlp:1e-3).
+
+K-FAC's defaults come from a pilot grid (seed 1, the validation split, at most 1 epoch,
+scored by epochs to 87% validation accuracy; SGD momentum 0.9 lr 0.1, factors
+re-decomposed every 10 steps): damping {1e-3, 1e-2, 1e-1} x kl_budget {1e-3, 1e-2} for
+both models, then for the MLP damping 1 (kl_budget 1e-2, 3e-2), damping {0.03, 0.1} at
+kl_budget 3e-2, and the true Fisher at damping {0.1, 1}. CNN: damping 1e-3, kl_budget
+1e-3 (87% after 0.6 epochs, the others 0.8 or more). MLP: damping 0.1, kl_budget 1e-2
+(86.8% after 1 epoch, the best; damping 1e-3 diverges, damping 1 is slower, the true
+Fisher no better). The baselines' grids (5 epochs, 88% validation accuracy): CNN SGD
+{0.05, 0.1, 0.2} -> 0.05, CNN Adam {1e-3, 3e-3} -> 3e-3; for the MLP, cut for time, a
+1-epoch grid (87%): SGD {0.02, 0.05, 0.1} -> 0.05, Adam {3e-4, 1e-3, 3e-3} -> 3e-4 and 1e-3
+within 0.15% validation accuracy, 1e-3 taken (the reference's value).
 
     /usr/bin/python3 client/python/examples/fashion_mnist.py --seeds=1,2,3 --plot=fm.png
-    /usr/bin/python3 client/python/examples/fashion_mnist.py --models=mlp --methods=kfac,adam \\
-        --adam-lr=1e-3 --kfac-damping=1e-3,1e-2,1e-1          # grid over K-FAC's damping
-    /usr/bin/python3 client/python/examples/fashion_mnist.py --subset=2048 --epochs=1   # smoke
+    /usr/bin/python3 client/python/examples/fashion_mnist.py --models=mlp --methods=kfac \\
+        --kfac-damping=0.03,0.1,0.3 --grid-only                 # a grid over K-FAC's damping
+    /usr/bin/python3 client/python/examples/fashion_mnist.py --subset=2048 --epochs=1 \\
+        --sgd-lr=0.05,0.1 --adam-lr=1e-3                       # the CI smoke
 
 Needs Debian's python3-torch, python3-matplotlib and dataset-fashion-mnist; starts its own
 fisherd from build/ unless given --target=HOST:PORT. Exit status 0 when every run finished
@@ -66,6 +80,7 @@ except ImportError:  # said by missing(); --skip-if-missing makes it a CTest ski
 DATA_DIR = "/usr/share/datasets/fashion-mnist"
 THRESHOLDS = (0.86, 0.87, 0.88)
 METHODS = ("kfac", "sgd", "adam")
+KFAC_PARTS = {"stream": "rows streamed", "step": "step RPC", "write": "write .grad"}
 MEAN, STD = 0.2860, 0.3530  # of the Fashion-MNIST training pixels in [0, 1]
 
 
@@ -158,6 +173,7 @@ class Run:
         self.iterations = 0
         self.train_seconds = 0.0
         self.split = {}            # K-FAC: part -> seconds over all iterations
+        self.server_seconds = 0.0  # K-FAC: the server's factorizations and solves
         self.kfac_timings = {}     # K-FAC: the preconditioner's own timings, summed
         self.diverged = False
         self.last_summary = None
@@ -255,6 +271,7 @@ class Trainer:
                 t1 = time.perf_counter()
                 if preconditioner is not None:
                     run.last_summary = preconditioner.step()
+                    run.server_seconds += run.last_summary.solver_seconds
                 t2 = time.perf_counter()
                 optimizer.step()
                 t3 = time.perf_counter()
@@ -294,32 +311,46 @@ class Trainer:
 
 
 # --- grids ---------------------------------------------------------------------------------
-def floats(text, allow_none=False):
-    values = []
+def floats(text, model_name, allow_none=False):
+    """The values of a comma list for one model: items "MODEL:VALUE" apply to that model
+    only, plain items to models that have no item of their own."""
+    own, plain = [], []
     for item in str(text).split(","):
         item = item.strip()
-        if allow_none and item.lower() in ("none", "0", ""):
-            values.append(None)
+        model, _, value = item.rpartition(":")
+        if model and model not in MODELS:
+            raise SystemExit(f"{text!r}: unknown model {model!r}")
+        if allow_none and value.lower() in ("none", "0", ""):
+            value = None
         else:
-            values.append(float(item))
+            value = float(value)
+        if model == model_name:
+            own.append(value)
+        elif not model:
+            plain.append(value)
+    values = own or plain
+    if not values:
+        raise SystemExit(f"{text!r} has no value for model {model_name}")
     return values
 
 
-def candidates(method, args):
+def candidates(method, model_name, args):
     if method == "kfac":
         return [{"damping": d, "kl_budget": k, "lr": lr, "momentum": args.kfac_momentum}
-                for d, k, lr in itertools.product(floats(args.kfac_damping),
-                                                  floats(args.kfac_kl_budget, True),
-                                                  floats(args.kfac_lr))]
+                for d, k, lr in itertools.product(
+                    floats(args.kfac_damping, model_name),
+                    floats(args.kfac_kl_budget, model_name, True),
+                    floats(args.kfac_lr, model_name))]
     if method == "sgd":
-        return [{"lr": lr, "momentum": args.sgd_momentum} for lr in floats(args.sgd_lr)]
-    return [{"lr": lr} for lr in floats(args.adam_lr)]
+        return [{"lr": lr, "momentum": args.sgd_momentum}
+                for lr in floats(args.sgd_lr, model_name)]
+    return [{"lr": lr} for lr in floats(args.adam_lr, model_name)]
 
 
 def choose(trainer, model_name, method, train, args, log):
     """The candidate with the fewest epochs to --grid-target validation accuracy (runs that
     never get there count as --grid-epochs; ties: higher final validation accuracy)."""
-    options = candidates(method, args)
+    options = candidates(method, model_name, args)
     if len(options) == 1:
         log(f"{model_name} {method}: {hyper_text(method, options[0])} (given, no grid)")
         return options[0], None
@@ -411,16 +442,22 @@ def print_tables(results, chosen, args, out):
             for key in runs[0].kfac_timings:
                 own[key] = statistics.median(
                     r.per_iteration_ms(r.kfac_timings.get(key, 0.0)) for r in runs)
-            inner = ", ".join(f"{k} {v:.1f}" for k, v in own.items()
-                              if k not in ("hooks", "fisher_pass") and v > 0)
+            server = statistics.median(r.per_iteration_ms(r.server_seconds) for r in runs)
             hooks = own.get("hooks", 0.0) + own.get("fisher_pass", 0.0)
+            items = []
+            for key, value in own.items():
+                if key in ("hooks", "fisher_pass") or value <= 0:
+                    continue
+                items.append(f"{KFAC_PARTS.get(key, key)} {value:.1f}" +
+                             (f" [server solve {server:.1f}]" if key == "step" else ""))
             out(f"  {model_name}: {total:.1f} ms = forward/backward "
                 f"{parts['forward/backward']:.1f} (hooks {hooks:.1f}) + step() "
-                f"{parts['K-FAC step()']:.1f} ({inner}) + optimizer {parts['optimizer']:.1f}"
-                )
-    out("  (rows: making rows from the kept tensors; stream: the rows streamed to fisherd; "
-        "gradient: gathering g; step: the step RPC (server factorizations and solve, "
-        "transfer of g and n); write: .grad := eta n)")
+                f"{parts['K-FAC step()']:.1f} ({', '.join(items)}) + optimizer "
+                f"{parts['optimizer']:.1f}")
+    out("  (rows: making rows from the kept tensors; rows streamed: StreamScores to fisherd; "
+        "gradient: gathering g; step RPC: the step with its transfer of g, n and the update, "
+        "and in brackets the server's factorizations and solve as it reports them; "
+        "write .grad: .grad := eta n)")
 
 
 def target_met(results, out):
@@ -508,13 +545,13 @@ def main():
     parser.add_argument("--target", help="fisherd address; default: start --fisherd-bin")
     parser.add_argument("--fisherd-bin", default=str(REPO / "build" / "server" / "fisherd"))
     # Baselines: comma lists are grids (see the module docstring), one value skips it.
-    parser.add_argument("--sgd-lr", default="0.02,0.05,0.1")
+    parser.add_argument("--sgd-lr", default="0.05,0.1,0.2")
     parser.add_argument("--sgd-momentum", type=float, default=0.9)
     parser.add_argument("--adam-lr", default="3e-4,1e-3,3e-3")
-    # K-FAC: defaults chosen by the pilot grid in the module docstring's notes.
-    parser.add_argument("--kfac-damping", default="1e-2",
+    # K-FAC: the defaults are the pilot grid's choices (see the module docstring).
+    parser.add_argument("--kfac-damping", default="cnn:1e-3,mlp:0.1",
                         help="lambda of (G (x) A + lambda I), per-sample scale")
-    parser.add_argument("--kfac-kl-budget", default="1e-3",
+    parser.add_argument("--kfac-kl-budget", default="cnn:1e-3,mlp:1e-2",
                         help="KL per step before the learning rate; none: no budget")
     parser.add_argument("--kfac-lr", default="0.1", help="SGD learning rate on the "
                         "natural gradient")
@@ -523,13 +560,13 @@ def main():
     parser.add_argument("--factor-decay", type=float, default=0.95)
     parser.add_argument("--update-factors-every", type=int, default=1,
                         help="stream rows every this many iterations")
-    parser.add_argument("--factor-refresh-period", type=int, default=1,
+    parser.add_argument("--factor-refresh-period", type=int, default=10,
                         help="fisherd re-decomposes a changed factor at most every this "
                         "many steps")
     parser.add_argument("--grid-seeds", default="1")
-    parser.add_argument("--grid-epochs", type=float, default=2.0,
+    parser.add_argument("--grid-epochs", type=float, default=5.0,
                         help="cap of a grid run (0: --epochs)")
-    parser.add_argument("--grid-target", type=float, default=0.87,
+    parser.add_argument("--grid-target", type=float, default=0.88,
                         help="validation accuracy the grid's candidates race to")
     parser.add_argument("--grid-only", action="store_true",
                         help="run the grids, print the choices, and stop")
@@ -560,6 +597,7 @@ def main():
     def log(text):
         print(text, flush=True)
 
+    log("command: " + " ".join([sys.executable] + sys.argv))
     train = load_split(args.data_dir, "train")
     test = load_split(args.data_dir, "t10k")
     if args.subset:
