@@ -153,6 +153,41 @@ void DenseStatistics::FoldTinyScale() {
   factor_valid_ = false;  // the raw sums changed (Add invalidates anyway)
 }
 
+void DenseStatistics::VisitState(StateVisitor& visitor) {
+  visitor.Count("sample_count", &sample_count_);
+  visitor.Scalar("weight_sum", &weight_sum_);
+  visitor.Scalar("log_scale", &log_scale_);
+  VisitSizedVector(visitor, "mean_sum", dim_, &mean_sum_);
+  bool holding = holding_rows();
+  visitor.Flag("holding_rows", &holding);
+  if (visitor.loading()) {
+    if (!visitor.status().ok()) return;
+    factor_valid_ = false;
+    if (holding && !holding_rows()) {
+      visitor.Fail(absl::DataLossError(absl::StrCat(
+          "snapshot of a dense statistics of dim ", dim_, " holds low-rank rows, but dims below ",
+          kLowRankRowsPerDim, " have no low-rank start")));
+      return;
+    }
+    // A fresh object of a larger dim starts holding rows; a snapshot taken after the
+    // start went dense drops them. No zeroing: the upper triangle is loaded below.
+    if (!holding) start_.reset();
+  }
+  if (holding) {
+    visitor.Enter("low_rank_start");
+    start_->VisitState(visitor);
+    visitor.Leave();
+    if (visitor.loading() && visitor.status().ok() && start_->log_scale() != log_scale_) {
+      visitor.Fail(absl::DataLossError(absl::StrCat(
+          "snapshot of a dense statistics is inconsistent: its low-rank start's log_scale ",
+          start_->log_scale(), " differs from log_scale ", log_scale_,
+          " (both receive the same decays and folds)")));
+    }
+  } else {
+    visitor.UpperTriangle("raw_second_moment", &storage_);
+  }
+}
+
 Eigen::VectorXd DenseStatistics::DampedProduct(const Eigen::VectorXd& x,
                                                double damping) const {
   // One threaded dsymv over the upper triangle, scaled on the way: Eigen's own

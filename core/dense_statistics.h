@@ -55,6 +55,14 @@ class DenseStatistics final : public ScoreStatistics {
   absl::StatusOr<FisherSummary> Summarize(bool with_eigenvalues) const override;
   void CopyEntries(int64_t begin, int64_t count, double* out) const override;
   int64_t EntriesPerRow() const override { return dim_; }
+  // sample_count, W_raw, log_scale, m_raw (dim()), whether the low-rank start still
+  // holds its rows, then either those rows (the LowRankStatistics' own state, in the
+  // scope "low_rank_start") or M_raw's upper triangle. The phase is part of the state:
+  // a restored start goes dense at the same Add as the original. The Cholesky factor
+  // (strict lower triangle, factor_diagonal_) is a cache and is left invalid. Loading
+  // rejects a held start where dim() / kLowRankRowsPerDim is 0 (no start exists) and a
+  // start whose decay factor differs from this one's (Materialize relies on equality).
+  void VisitState(StateVisitor& visitor) override;
 
  private:
   // F = (1 / W_raw) * upper(storage_) - centered term; the factor of F_lambda scales

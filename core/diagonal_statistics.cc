@@ -60,6 +60,14 @@ void DiagonalStatistics::Decay(double rho) {
   log_scale_ += std::log(rho);
 }
 
+void DiagonalStatistics::VisitState(StateVisitor& visitor) {
+  visitor.Count("sample_count", &sample_count_);
+  visitor.Scalar("weight_sum", &weight_sum_);
+  visitor.Scalar("log_scale", &log_scale_);
+  VisitSizedVector(visitor, "squares_sum", dim_, &squares_sum_);
+  VisitSizedVector(visitor, "mean_sum", dim_, &mean_sum_);
+}
+
 Eigen::VectorXd DiagonalStatistics::Estimate(int64_t begin, int64_t count) const {
   Eigen::VectorXd estimate = squares_sum_.segment(begin, count) / weight_sum_;
   if (centered_) {

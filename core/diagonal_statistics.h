@@ -35,6 +35,10 @@ class DiagonalStatistics final : public ScoreStatistics {
   absl::StatusOr<FisherSummary> Summarize(bool with_eigenvalues) const override;
   void CopyEntries(int64_t begin, int64_t count, double* out) const override;
   int64_t EntriesPerRow() const override { return 1; }
+  // sample_count, W_raw, log_scale, diag(M)_raw and m_raw (dim() each): the sums and
+  // their common decay factor as they are, so that F and every later Add (including
+  // when it folds the factor) are bit-identical. Nothing is cached.
+  void VisitState(StateVisitor& visitor) override;
 
  private:
   // diag(F)[begin, begin + count); centered round-off below zero is clamped to zero.

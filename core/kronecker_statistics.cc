@@ -33,9 +33,8 @@ KroneckerStatistics::KroneckerStatistics(const BlockOptions& block, const Sessio
       na_(block.FactorDim(Factor::kActivations)),
       damping_kind_(session.kronecker_damping),
       refresh_period_(session.factor_refresh_period),
-      activations_(FactorName(Factor::kActivations),
-                   FactorOptions(block, Factor::kActivations, session)),
-      output_gradients_(FactorName(Factor::kOutputGradients),
+      activations_(Factor::kActivations, FactorOptions(block, Factor::kActivations, session)),
+      output_gradients_(Factor::kOutputGradients,
                         FactorOptions(block, Factor::kOutputGradients, session)) {}
 
 uint64_t KroneckerStatistics::sample_count() const {
@@ -130,26 +129,119 @@ Eigen::VectorXd KroneckerStatistics::Multiply(const Eigen::VectorXd& v) const {
   return ToParameters(matrix);
 }
 
-absl::Status KroneckerStatistics::Decompose(FactorState& factor) {
+void KroneckerStatistics::Refresh(FactorState& factor) {
   const int64_t n = factor.statistics.dim();
-  factor.decomposed = false;
   // resize keeps the buffer when its size is unchanged: a refresh allocates nothing
   // beyond dsyevd's own workspace.
   factor.eigenvectors.resize(n, n);
   factor.eigenvalues.resize(n);
   factor.statistics.CopyEntries(0, n, factor.eigenvectors.data());
+  factor.decomposed = true;
+  factor.decomposed_version = factor.version;
+  factor.decomposed_step = step_count_;
+  factor.eigensolve_pending = true;
+}
+
+absl::Status KroneckerStatistics::Eigensolve(FactorState& factor) {
+  const int64_t n = factor.statistics.dim();
+  factor.eigensolve_pending = false;
   const lapack_int info =
       LAPACKE_dsyevd(LAPACK_COL_MAJOR, 'V', 'U', static_cast<lapack_int>(n),
                      factor.eigenvectors.data(), static_cast<lapack_int>(n),
                      factor.eigenvalues.data());
   if (info != 0) {
+    // The copy is overwritten: without a decomposition the next solve refreshes.
+    factor.decomposed = false;
     return absl::InternalError(absl::StrCat("eigenvalue solver dsyevd failed on Kronecker factor ",
                                             factor.name, ", info = ", info));
   }
-  factor.decomposed = true;
-  factor.decomposed_version = factor.version;
-  factor.decomposed_step = step_count_;
   return absl::OkStatus();
+}
+
+void KroneckerStatistics::TakeRefreshes(std::vector<FactorRefresh>* out) {
+  out->insert(out->end(), refreshes_.begin(), refreshes_.end());
+  refreshes_.clear();
+}
+
+absl::Status KroneckerStatistics::ReplayRefresh(const FactorRefresh& refresh) {
+  if (refresh.block != -1 ||
+      (refresh.factor != Factor::kActivations && refresh.factor != Factor::kOutputGradients)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "cannot replay a refresh of factor ", FactorName(refresh.factor), " of block ",
+        refresh.block, " in a Kronecker block: it has factors activations and "
+        "output_gradients, as block -1"));
+  }
+  FactorState& factor = State(refresh.factor);
+  // A solve refreshes only once CheckReady passed; copying an estimate without weight
+  // would divide by W = 0.
+  if (absl::Status ready = factor.statistics.CheckReady("a factor refresh"); !ready.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cannot replay a refresh of Kronecker factor ", factor.name,
+        ": it has no weighted rows, so no solve could have refreshed it (",
+        ready.message(), ")"));
+  }
+  Refresh(factor);
+  return absl::OkStatus();
+}
+
+void KroneckerStatistics::VisitFactor(StateVisitor& visitor, FactorState& factor) {
+  const int64_t n = factor.statistics.dim();
+  factor.statistics.VisitState(visitor);
+  visitor.Count("version", &factor.version);
+  visitor.Flag("decomposed", &factor.decomposed);
+  visitor.Count("decomposed_version", &factor.decomposed_version);
+  visitor.Integer("decomposed_step", &factor.decomposed_step);
+  visitor.Flag("eigensolve_pending", &factor.eigensolve_pending);
+  if (visitor.loading()) {
+    if (!visitor.status().ok()) return;
+    // A failed eigensolve leaves the version and step of the last refresh with
+    // decomposed false, so these hold whether or not a decomposition exists.
+    if (factor.decomposed_version > factor.version || factor.decomposed_step < 0 ||
+        factor.decomposed_step > step_count_ ||
+        (factor.eigensolve_pending && !factor.decomposed)) {
+      visitor.Fail(absl::DataLossError(absl::StrCat(
+          "snapshot of Kronecker factor ", factor.name, " is inconsistent: decomposed ",
+          factor.decomposed ? "true" : "false", " at version ", factor.decomposed_version,
+          " (of ", factor.version, ") and step ", factor.decomposed_step, " (of ", step_count_,
+          "), eigensolve pending ", factor.eigensolve_pending ? "true" : "false")));
+      return;
+    }
+    if (factor.decomposed) {
+      factor.eigenvectors.resize(n, n);
+      factor.eigenvalues.resize(n);
+    }
+  }
+  if (!factor.decomposed) return;
+  if (factor.eigensolve_pending) {
+    // dsyevd reads only the upper triangle of the copy; the lower is restored from it
+    // so that the buffer is the original's to the bit.
+    visitor.UpperTriangle("decomposition_input", &factor.eigenvectors);
+    if (visitor.loading()) {
+      factor.eigenvectors.triangularView<Eigen::StrictlyLower>() =
+          factor.eigenvectors.transpose();
+    }
+  } else {
+    VisitSizedMatrix(visitor, "eigenvectors", n, n, &factor.eigenvectors);
+    VisitSizedVector(visitor, "eigenvalues", n, &factor.eigenvalues);
+  }
+}
+
+void KroneckerStatistics::VisitState(StateVisitor& visitor) {
+  visitor.Integer("step_count", &step_count_);
+  if (visitor.loading()) {
+    if (!visitor.status().ok()) return;
+    if (step_count_ < 0) {
+      visitor.Fail(absl::DataLossError(
+          absl::StrCat("snapshot of a Kronecker block has step_count ", step_count_, " < 0")));
+      return;
+    }
+    refreshes_.clear();
+  }
+  for (FactorState* factor : {&activations_, &output_gradients_}) {
+    visitor.Enter(factor->name);
+    VisitFactor(visitor, *factor);
+    visitor.Leave();
+  }
 }
 
 absl::StatusOr<SolveResult> KroneckerStatistics::Solve(const Eigen::VectorXd& g,
@@ -169,7 +261,12 @@ absl::StatusOr<SolveResult> KroneckerStatistics::Solve(const Eigen::VectorXd& g,
     if (!factor->decomposed ||
         (changed && (refresh_period_ <= 1 ||
                      step_count_ - factor->decomposed_step >= refresh_period_))) {
-      if (absl::Status status = Decompose(*factor); !status.ok()) return status;
+      Refresh(*factor);
+      refreshes_.push_back(FactorRefresh{-1, factor->factor});
+    }
+    // Pending after the refresh just made, or after a replayed or restored one.
+    if (factor->eigensolve_pending) {
+      if (absl::Status status = Eigensolve(*factor); !status.ok()) return status;
       result.summary.factorization_cached = false;
     }
   }

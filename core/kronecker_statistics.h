@@ -8,10 +8,19 @@
 // G (x) A in the row-major order of V, so F vec(V) = vec(G V A). G (x) A is never
 // formed: a step goes through the factors' cached eigendecompositions in O(params * n)
 // with four matrix products, and memory stays at both factors' sums and eigenvectors.
+//
+// Refreshes. When a solve decides that a factor's decomposition is due (see Solve), it
+// refreshes it: the factor's current estimate is copied into the decomposition buffer
+// and the refresh is recorded as an event (TakeRefreshes), which durable sessions log
+// with the step. The eigensolve of the copy (dsyevd in place) is separate, and runs when
+// a solve needs the decomposition: at once in a live session, but a replayed refresh
+// (ReplayRefresh) only copies, so that replaying a long log costs no eigensolves but the
+// last ones. Either way the eigenbasis is the same function of the same copy.
 #ifndef FISHERD_CORE_KRONECKER_STATISTICS_H_
 #define FISHERD_CORE_KRONECKER_STATISTICS_H_
 
 #include <cstdint>
+#include <vector>
 
 #include "Eigen/Core"
 #include "core/dense_statistics.h"
@@ -50,12 +59,13 @@ class KroneckerStatistics final : public ScoreStatistics {
   Eigen::VectorXd Multiply(const Eigen::VectorXd& v) const override;
   // Exact: (G (x) A + lambda I)^-1 g. Factored: (G + sqrt(lambda)/pi I)^-1 V
   // (A + pi sqrt(lambda) I)^-1, pi = sqrt((tr A / (in + bias)) / (tr G / out)).
-  // A factor's eigendecomposition is recomputed only when none exists, or the factor
-  // changed and the decomposition is factor_refresh_period steps old; otherwise the
-  // step uses it as it is (summary.factor_age_steps says how old). Sets curvature
-  // (n^T F n, undamped F of the factors used). FAILED_PRECONDITION when the damped
-  // metric is numerically singular, or factored damping meets a factor of zero trace;
-  // INTERNAL if the eigensolver fails.
+  // A factor is refreshed (see above) only when it has no decomposition, or it changed
+  // and the decomposition is factor_refresh_period steps old; otherwise the step uses
+  // the decomposition as it is (summary.factor_age_steps says how old). A pending
+  // eigensolve runs here, and factorization_cached is false when one did (always after a
+  // refresh). Sets curvature (n^T F n, undamped F of the factors used).
+  // FAILED_PRECONDITION when the damped metric is numerically singular, or factored
+  // damping meets a factor of zero trace; INTERNAL if the eigensolver fails.
   absl::StatusOr<SolveResult> Solve(const Eigen::VectorXd& g, double damping) override;
   // trace = tr G tr A, |F|_F = |G|_F |A|_F, eigenvalue extremes from the factors'.
   absl::StatusOr<FisherSummary> Summarize(bool with_eigenvalues) const override;
@@ -67,26 +77,57 @@ class KroneckerStatistics final : public ScoreStatistics {
   // The factor's DenseStatistics (FactorDim rows); nullptr for Factor::kNone.
   const ScoreStatistics* FactorStatistics(Factor factor) const override;
 
+  // step_count, then per factor, in the scopes "activations" and "output_gradients":
+  // its DenseStatistics' state, version, whether a decomposition exists, the version and
+  // step it was taken at, whether its eigensolve is pending, and then either the pending
+  // copy of the estimate (upper triangle) or the eigenvectors and eigenvalues. So a
+  // restored block makes the same refresh decisions and solves with the same bases.
+  // The step's scratch and refreshes not yet taken are not state. Loading rejects
+  // versions and steps from the future (decomposed_version > version, decomposed_step
+  // outside [0, step_count]) and a pending eigensolve without a decomposition.
+  void VisitState(StateVisitor& visitor) override;
+  // The refreshes Solve made since the last call (block -1), in order.
+  void TakeRefreshes(std::vector<FactorRefresh>* out) override;
+  // Refreshes refresh.factor as a solve would, now (its current estimate, this step),
+  // deferring the eigensolve and recording no event. INVALID_ARGUMENT unless
+  // refresh.block is -1 and refresh.factor one of the two factors; FAILED_PRECONDITION
+  // when that factor has no weighted rows (no solve could have refreshed it: the log
+  // does not belong to this state).
+  absl::Status ReplayRefresh(const FactorRefresh& refresh) override;
+
  private:
   // One factor: its running sums, how often it changed, and its eigendecomposition.
   struct FactorState {
-    FactorState(const char* name, const SessionOptions& options)
-        : name(name), statistics(options) {}
-    const char* name;           // FactorName
+    FactorState(Factor factor, const SessionOptions& options)
+        : factor(factor), name(FactorName(factor)), statistics(options) {}
+    const Factor factor;
+    const char* const name;     // FactorName
     DenseStatistics statistics;
     uint64_t version = 0;       // Adds so far; Decay leaves the estimate alone
+    // A refresh happened (and no eigensolve failed since): the decomposition below is
+    // of the estimate at version decomposed_version and step decomposed_step.
     bool decomposed = false;
     uint64_t decomposed_version = 0;
     int64_t decomposed_step = 0;
-    Eigen::MatrixXd eigenvectors;  // U (n x n), the estimate's copy dsyevd overwrote
-    Eigen::VectorXd eigenvalues;   // s, ascending
+    // true: eigenvectors holds the estimate's copy, not yet decomposed.
+    bool eigensolve_pending = false;
+    Eigen::MatrixXd eigenvectors;  // U (n x n), or the estimate's copy dsyevd overwrites
+    Eigen::VectorXd eigenvalues;   // s, ascending (n; undefined while pending)
   };
 
   const FactorState& State(Factor factor) const {
     return factor == Factor::kActivations ? activations_ : output_gradients_;
   }
-  // Eigendecomposes the factor's current estimate into its eigenvectors' buffer.
-  absl::Status Decompose(FactorState& factor);
+  FactorState& State(Factor factor) {
+    return factor == Factor::kActivations ? activations_ : output_gradients_;
+  }
+  // Copies the factor's current estimate into its decomposition buffer, stamps it with
+  // the factor's version and this step, and marks the eigensolve pending.
+  void Refresh(FactorState& factor);
+  // Eigendecomposes a pending copy in place. On failure (INTERNAL) the factor has no
+  // decomposition, so the next solve refreshes it again.
+  absl::Status Eigensolve(FactorState& factor);
+  void VisitFactor(StateVisitor& visitor, FactorState& factor);
   // Parameters <-> V (out x na).
   Eigen::MatrixXd ToMatrix(const Eigen::VectorXd& parameters) const;
   Eigen::VectorXd ToParameters(const Eigen::MatrixXd& matrix) const;
@@ -106,6 +147,7 @@ class KroneckerStatistics final : public ScoreStatistics {
   FactorState activations_;       // A, na x na
   FactorState output_gradients_;  // G, out x out
   int64_t step_count_ = 0;        // steps the session took (StepTaken)
+  std::vector<FactorRefresh> refreshes_;  // made by Solve, until TakeRefreshes
   // Solve's two out x na scratch matrices, kept between steps (EstimateBlockBytes
   // counts them): a step then touches no freshly mapped pages.
   Eigen::MatrixXd step_matrix_;

@@ -150,4 +150,45 @@ void LayeredStatistics::CopyEntries(int64_t begin, int64_t count, double* out) c
   }
 }
 
+void LayeredStatistics::VisitState(StateVisitor& visitor) {
+  for (int64_t i = 0; i < layout_.size(); ++i) {
+    visitor.Enter(layout_.block(i).name);
+    blocks_[i]->VisitState(visitor);
+    visitor.Leave();
+  }
+}
+
+void LayeredStatistics::TakeRefreshes(std::vector<FactorRefresh>* out) {
+  std::vector<FactorRefresh> block_refreshes;
+  for (int64_t i = 0; i < layout_.size(); ++i) {
+    block_refreshes.clear();
+    blocks_[i]->TakeRefreshes(&block_refreshes);
+    for (FactorRefresh& refresh : block_refreshes) {
+      refresh.block = i;
+      out->push_back(refresh);
+    }
+  }
+}
+
+absl::Status LayeredStatistics::ReplayRefresh(const FactorRefresh& refresh) {
+  if (refresh.block < 0 || refresh.block >= layout_.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "cannot replay a refresh of block ", refresh.block, ": the session has ",
+        layout_.size(), " blocks"));
+  }
+  const BlockOptions& block = layout_.block(refresh.block);
+  if (block.kind != BlockKind::kKronecker) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "cannot replay a refresh of block ", refresh.block, ": ", DescribeBlock(block),
+        " has no Kronecker factors"));
+  }
+  // The block sees the refresh as its own (block -1).
+  if (absl::Status status = blocks_[refresh.block]->ReplayRefresh({-1, refresh.factor});
+      !status.ok()) {
+    return absl::Status(status.code(), absl::StrCat("block ", refresh.block, ", ",
+                                                    DescribeBlock(block), ": ", status.message()));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace fisherd

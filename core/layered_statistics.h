@@ -43,6 +43,15 @@ class LayeredStatistics final : public ScoreStatistics {
   // For small sessions and tests: GetFisher streams one block at a time instead.
   void CopyEntries(int64_t begin, int64_t count, double* out) const override;
   int64_t EntriesPerRow() const override { return dim(); }
+  // Each block's state, in layout order, in a scope named after the block (names are
+  // unique and cannot contain '/').
+  void VisitState(StateVisitor& visitor) override;
+  // Every block's refreshes, with .block set to its index: in block order, each
+  // block's in the order made (blocks are independent, so only that order matters).
+  void TakeRefreshes(std::vector<FactorRefresh>* out) override;
+  // Routes to block refresh.block. INVALID_ARGUMENT naming the index when there is no
+  // such block or it is not a Kronecker block; else the block's answer, naming it.
+  absl::Status ReplayRefresh(const FactorRefresh& refresh) override;
 
   const BlockLayout& layout() const { return layout_; }
   const ScoreStatistics& block(int64_t i) const { return *blocks_[i]; }

@@ -85,6 +85,50 @@ void LowRankStatistics::Add(const PreparedBatch& batch) {
   factor_valid_ = false;
 }
 
+void LowRankStatistics::VisitState(StateVisitor& visitor) {
+  visitor.Count("sample_count", &sample_count_);
+  visitor.Scalar("log_scale", &log_scale_);
+  visitor.Integer("row_count", &count_);
+  visitor.Integer("next_row", &next_);
+  if (visitor.loading()) {
+    if (!visitor.status().ok()) return;
+    // Add indexes the rows by these two: out of range they would write outside them.
+    const bool valid_count =
+        count_ >= 0 && count_ <= capacity_ && static_cast<uint64_t>(count_) <= sample_count_;
+    const bool valid_next =
+        next_ >= 0 && next_ < capacity_ && (count_ == capacity_ || next_ == count_);
+    if (!valid_count || !valid_next) {
+      visitor.Fail(absl::DataLossError(absl::StrCat(
+          "snapshot of a low-rank window is inconsistent: row_count ", count_, ", next_row ",
+          next_, " and sample_count ", sample_count_, " for a window of ", capacity_,
+          " rows (expected 0 <= row_count <= min(capacity, sample_count), 0 <= next_row < "
+          "capacity, and next_row == row_count until the window is full)")));
+      return;
+    }
+  }
+  // The Matrix and Vector a visitor takes are column-major and exactly sized: the rows
+  // go through a copy.
+  Eigen::MatrixXd rows(count_, dim_);
+  Eigen::VectorXd coefficients(count_);
+  if (!visitor.loading() && count_ > 0) {
+    rows = rows_.topRows(count_);
+    coefficients = coefficients_.head(count_);
+  }
+  VisitSizedMatrix(visitor, "rows", count_, dim_, &rows);
+  VisitSizedVector(visitor, "coefficients", count_, &coefficients);
+  if (!visitor.loading() || !visitor.status().ok()) return;
+  if (count_ > 0) {
+    rows_.resize(capacity_, dim_);  // the first Add's allocation, uninitialized likewise
+    coefficients_.resize(capacity_);
+    rows_.topRows(count_) = rows;
+    coefficients_.head(count_) = coefficients;
+    coefficient_norm_sq_ = coefficients_.head(count_).squaredNorm();  // as Add computes it
+  } else {
+    coefficient_norm_sq_ = 0.0;
+  }
+  factor_valid_ = false;
+}
+
 Eigen::VectorXd LowRankStatistics::HouseholderVector() const {
   if (!centered_ || count_ == 0) return Eigen::VectorXd();
   Eigen::VectorXd u = coefficients_.head(count_);

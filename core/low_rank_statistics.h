@@ -83,6 +83,14 @@ class LowRankStatistics final : public ScoreStatistics {
   // Full rows of F, c Q^T Q[:, begin:begin+count], in O(k count dim).
   void CopyEntries(int64_t begin, int64_t count, double* out) const override;
   int64_t EntriesPerRow() const override { return dim_; }
+  // sample_count, log_scale, the window's row count and write position, then the rows
+  // held (row_count() x dim()) and their coefficients b, in slot order: the ring as it
+  // is, so that answers sum in the same order and later Adds overwrite the same slots.
+  // |b|^2 is recomputed from b exactly as Add computes it; the Gram factor is a cache.
+  // Loading rejects a row count above capacity(), a write position outside the window
+  // or, before the window is full, anywhere but at its end (the window fills from slot
+  // 0 and wraps only once full), and more rows held than ever added.
+  void VisitState(StateVisitor& visitor) override;
 
   int64_t capacity() const { return capacity_; }
   // Rows held: min(rows added, capacity()).

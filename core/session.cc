@@ -49,27 +49,43 @@ Session::Session(const SessionOptions& options)
 
 AddResult Session::AddScores(const std::string& worker_id, uint64_t sequence,
                              const PreparedBatch& batch) {
+  // Without a log nothing can fail.
+  return *AddScores(worker_id, sequence, batch, LogBatchFn());
+}
+
+absl::StatusOr<AddResult> Session::AddScores(const std::string& worker_id, uint64_t sequence,
+                                             const PreparedBatch& batch, const LogBatchFn& log) {
   absl::MutexLock lock(&mu_);
   AddResult result;
+  result.sequence = sequence;
   if (!worker_id.empty()) {
     auto it = worker_sequences_.find(worker_id);
     if (it != worker_sequences_.end() && sequence <= it->second) {
       result.duplicate = true;
       result.sequence = it->second;
       result.sample_count = statistics_->sample_count();
+      result.lsn = last_lsn_;
       return result;
     }
-    worker_sequences_[worker_id] = sequence;
-    result.sequence = sequence;
-  } else {
-    result.sequence = sequence;
   }
+  // Logged before anything changes: a full log then leaves the session as it was.
+  if (log) {
+    absl::StatusOr<uint64_t> lsn = log();
+    if (!lsn.ok()) return lsn.status();
+    last_lsn_ = result.lsn = *lsn;
+  }
+  if (!worker_id.empty()) worker_sequences_[worker_id] = sequence;
   statistics_->Add(batch);
   result.sample_count = statistics_->sample_count();
   return result;
 }
 
 absl::StatusOr<StepResult> Session::Step(const Eigen::VectorXd& g, const StepOptions& options) {
+  return Step(g, options, LogStepFn());
+}
+
+absl::StatusOr<StepResult> Session::Step(const Eigen::VectorXd& g, const StepOptions& options,
+                                         const LogStepFn& log) {
   if (absl::Status status = options.Validate(); !status.ok()) return status;
   if (absl::Status status = CheckVector(g, options_.dim, "gradient"); !status.ok()) {
     return status;
@@ -79,7 +95,17 @@ absl::StatusOr<StepResult> Session::Step(const Eigen::VectorXd& g, const StepOpt
   absl::MutexLock lock(&mu_);
   if (absl::Status status = CheckHasSamples(*statistics_, "a step"); !status.ok()) return status;
   absl::StatusOr<SolveResult> solved = statistics_->Solve(g, damping);
-  if (!solved.ok()) return solved.status();
+  StepEffect effect;
+  statistics_->TakeRefreshes(&effect.refreshes);
+  if (!solved.ok()) {
+    // A solve that failed in a later block may have refreshed an earlier one: state
+    // that replay must reproduce.
+    if (log && !effect.refreshes.empty()) {
+      absl::StatusOr<uint64_t> lsn = log(effect);
+      if (lsn.ok()) last_lsn_ = *lsn;
+    }
+    return solved.status();
+  }
 
   StepResult result;
   result.natural_gradient = std::move(solved->natural_gradient);
@@ -98,10 +124,83 @@ absl::StatusOr<StepResult> Session::Step(const Eigen::VectorXd& g, const StepOpt
           : result.natural_norm_sq - damping * result.natural_gradient.squaredNorm();
   result.predicted_kl = 0.5 * result.eta * result.eta * std::max(0.0, n_f_n);
 
+  effect.taken = true;
+  if (!options.skip_decay && options_.decay < 1.0) effect.decay = options_.decay;
+  if (log) {
+    absl::StatusOr<uint64_t> lsn = log(effect);
+    if (!lsn.ok()) return lsn.status();
+    last_lsn_ = result.lsn = *lsn;
+  }
   statistics_->StepTaken();
-  if (!options.skip_decay && options_.decay < 1.0) statistics_->Decay(options_.decay);
+  if (effect.decay < 1.0) statistics_->Decay(effect.decay);
   ++step_count_;
   return result;
+}
+
+void Session::set_incarnation(uint64_t lsn) {
+  absl::MutexLock lock(&mu_);
+  incarnation_ = lsn;
+  last_lsn_ = std::max(last_lsn_, lsn);
+}
+
+uint64_t Session::last_lsn() {
+  absl::MutexLock lock(&mu_);
+  return last_lsn_;
+}
+
+void Session::SaveState(
+    const std::function<void(const SessionCounters&, ScoreStatistics&)>& save) {
+  absl::MutexLock lock(&mu_);
+  SessionCounters counters;
+  counters.lsn = last_lsn_;
+  counters.step_count = step_count_;
+  counters.worker_sequences = worker_sequences_;
+  save(counters, *statistics_);
+}
+
+absl::Status Session::RestoreState(const SessionCounters& counters, StateVisitor& visitor) {
+  absl::MutexLock lock(&mu_);
+  statistics_->VisitState(visitor);
+  if (absl::Status status = visitor.status(); !status.ok()) return status;
+  last_lsn_ = counters.lsn;
+  step_count_ = counters.step_count;
+  worker_sequences_ = counters.worker_sequences;
+  return absl::OkStatus();
+}
+
+absl::Status Session::ReplayBatch(const std::string& worker_id, uint64_t sequence,
+                                  const PreparedBatch& batch, uint64_t lsn) {
+  absl::MutexLock lock(&mu_);
+  if (!worker_id.empty()) {
+    auto it = worker_sequences_.find(worker_id);
+    if (it != worker_sequences_.end() && sequence <= it->second) {
+      return absl::DataLossError(absl::StrCat(
+          "the log holds batch ", sequence, " of worker \"", worker_id,
+          "\" again after sequence ", it->second, " was applied"));
+    }
+    worker_sequences_[worker_id] = sequence;
+  }
+  statistics_->Add(batch);
+  last_lsn_ = lsn;
+  return absl::OkStatus();
+}
+
+absl::Status Session::ReplayStep(const StepEffect& effect, uint64_t lsn) {
+  if (!(effect.decay > 0.0 && effect.decay <= 1.0)) {
+    return absl::DataLossError(absl::StrCat("a logged step has decay ", effect.decay,
+                                            " outside (0, 1]"));
+  }
+  absl::MutexLock lock(&mu_);
+  for (const FactorRefresh& refresh : effect.refreshes) {
+    if (absl::Status status = statistics_->ReplayRefresh(refresh); !status.ok()) return status;
+  }
+  if (effect.taken) {
+    statistics_->StepTaken();
+    if (effect.decay < 1.0) statistics_->Decay(effect.decay);
+    ++step_count_;
+  }
+  last_lsn_ = lsn;
+  return absl::OkStatus();
 }
 
 absl::StatusOr<FisherVectorProductResult> Session::FisherVectorProduct(

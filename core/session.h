@@ -7,6 +7,7 @@
 #define FISHERD_CORE_SESSION_H_
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -28,6 +29,32 @@ struct AddResult {
   bool duplicate = false;     // the sequence was at or below the worker's last; not applied
   uint64_t sequence = 0;      // highest applied sequence for the worker (0 for anonymous)
   uint64_t sample_count = 0;  // session total after this call
+  // Durable sessions: the LSN to wait for before acknowledging: the batch's own log
+  // record, or for a duplicate the session's last record (the original may still be
+  // on its way to disk). 0 without a log.
+  uint64_t lsn = 0;
+};
+
+// What a step changed besides the values of the sums: the write-ahead log records it so
+// that replay reproduces the session exactly (docs/design.md section 8).
+struct StepEffect {
+  bool taken = false;  // the step succeeded: step count and refresh clocks moved
+  double decay = 1.0;  // rho applied after the step (1: none)
+  std::vector<FactorRefresh> refreshes;  // decompositions the solve refreshed
+};
+
+// Durable sessions: how a mutation reaches the write-ahead log. Called under the
+// session's lock, in the order mutations are applied (so log order is apply order), once
+// the mutation is known to change the session. Returns the record's LSN, or an error
+// (the log is full) that the session passes on unchanged.
+using LogBatchFn = std::function<absl::StatusOr<uint64_t>()>;
+using LogStepFn = std::function<absl::StatusOr<uint64_t>(const StepEffect&)>;
+
+// The counters a snapshot keeps beside the statistics.
+struct SessionCounters {
+  uint64_t lsn = 0;  // the session's last logged mutation
+  uint64_t step_count = 0;
+  std::map<std::string, uint64_t> worker_sequences;
 };
 
 struct StepResult {
@@ -37,6 +64,7 @@ struct StepResult {
   double natural_norm_sq = 0.0;      // g^T n
   double predicted_kl = 0.0;         // 1/2 update^T F update, undamped F
   SolverSummary solver;
+  uint64_t lsn = 0;                  // the step's log record (durable sessions), else 0
 };
 
 struct FisherVectorProductResult {
@@ -92,12 +120,24 @@ class Session {
   // representation and dim.
   AddResult AddScores(const std::string& worker_id, uint64_t sequence,
                       const PreparedBatch& batch) ABSL_LOCKS_EXCLUDED(mu_);
+  // The same, logging the batch first when `log` is set (and not for a duplicate); an
+  // error from `log` is returned with the session unchanged.
+  absl::StatusOr<AddResult> AddScores(const std::string& worker_id, uint64_t sequence,
+                                      const PreparedBatch& batch, const LogBatchFn& log)
+      ABSL_LOCKS_EXCLUDED(mu_);
 
   // The natural-gradient step for gradient g, then decay unless skipped. On error the
   // session is unchanged. INVALID_ARGUMENT for bad options or a g of wrong length or
   // non-finite; FAILED_PRECONDITION before any sample or for a singular F_lambda.
   absl::StatusOr<StepResult> Step(const Eigen::VectorXd& g, const StepOptions& options)
       ABSL_LOCKS_EXCLUDED(mu_);
+  // The same, logging the step's effect when `log` is set: after a successful solve, or
+  // after a failed one that refreshed a decomposition (the refresh is state). The
+  // decay and step count move only once the record is logged; if logging fails the
+  // step fails with its status (a refresh already made in memory stays: it changes no
+  // sum, only when later steps re-decompose).
+  absl::StatusOr<StepResult> Step(const Eigen::VectorXd& g, const StepOptions& options,
+                                  const LogStepFn& log) ABSL_LOCKS_EXCLUDED(mu_);
 
   absl::StatusOr<FisherVectorProductResult> FisherVectorProduct(const Eigen::VectorXd& v)
       ABSL_LOCKS_EXCLUDED(mu_);
@@ -124,6 +164,34 @@ class Session {
                                double* out) ABSL_LOCKS_EXCLUDED(mu_);
 
   SessionStatsSnapshot Stats() ABSL_LOCKS_EXCLUDED(mu_);
+
+  // --- durable sessions (docs/design.md section 8) ---
+
+  // The LSN of the session's last logged mutation (0 before any): readers wait for it
+  // to be durable so that they never show what a crash could take back.
+  uint64_t last_lsn() ABSL_LOCKS_EXCLUDED(mu_);
+  // The LSN of the record that created this incarnation of the session (0 without a
+  // log): records name it so that replay never applies a batch that reached a deleted
+  // session to a later one of the same name. Set once, before the session is published.
+  uint64_t incarnation() const { return incarnation_; }
+  // Also makes lsn the session's last logged mutation.
+  void set_incarnation(uint64_t lsn) ABSL_LOCKS_EXCLUDED(mu_);
+  // Runs `save` under the session's lock with a consistent state: no batch or step can
+  // slip between the counters and the statistics it saves.
+  void SaveState(const std::function<void(const SessionCounters&, ScoreStatistics&)>& save)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // Restores counters and statistics from a snapshot. REQUIRES: a fresh session (no
+  // batch, no step) of the snapshot's options. On error (the visitor's status) the
+  // session must be discarded.
+  absl::Status RestoreState(const SessionCounters& counters, StateVisitor& visitor)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // Replays a logged batch (recovery): as AddScores, recording `lsn` as the session's
+  // last. A duplicate here means the log is inconsistent: reported, nothing applied.
+  absl::Status ReplayBatch(const std::string& worker_id, uint64_t sequence,
+                           const PreparedBatch& batch, uint64_t lsn) ABSL_LOCKS_EXCLUDED(mu_);
+  // Replays a logged step effect: its refreshes, then the step count and decay.
+  absl::Status ReplayStep(const StepEffect& effect, uint64_t lsn) ABSL_LOCKS_EXCLUDED(mu_);
+
   // Stats().sample_count alone, without building the per-block snapshots.
   uint64_t SampleCount() ABSL_LOCKS_EXCLUDED(mu_);
 
@@ -138,6 +206,8 @@ class Session {
   std::unique_ptr<ScoreStatistics> statistics_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, uint64_t> worker_sequences_ ABSL_GUARDED_BY(mu_);
   uint64_t step_count_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t last_lsn_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t incarnation_ = 0;  // written before publication only
 };
 
 }  // namespace fisherd

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "Eigen/Core"
 #include "absl/status/statusor.h"
@@ -14,8 +15,19 @@
 #include "core/options.h"
 #include "core/score_batch.h"
 #include "core/solve.h"
+#include "core/state_visitor.h"
 
 namespace fisherd {
+
+// A Kronecker factor whose eigendecomposition a solve refreshed: the one piece of a
+// session's state that a step changes besides decay and the step count. Durable
+// sessions log it with the step so that replay refreshes at the same point in the
+// stream of batches (docs/design.md section 8). block is the block's index in a
+// layered session's layout (-1 for a statistics that is itself the block).
+struct FactorRefresh {
+  int64_t block = -1;
+  Factor factor = Factor::kNone;
+};
 
 class ScoreStatistics {
  public:
@@ -73,6 +85,31 @@ class ScoreStatistics {
   // The statistics of one factor of a Kronecker block (an uncentered dense statistics
   // of FactorDim rows), for GetFisher and stats; nullptr for kinds without factors.
   virtual const ScoreStatistics* FactorStatistics(Factor /*factor*/) const { return nullptr; }
+
+  // --- durable sessions (docs/design.md section 8) ---
+
+  // Saves or restores every value that defines the state (sums, decay scale, low-rank
+  // windows in ring order, Kronecker factors with their versions, refresh clock and the
+  // input of their last decomposition), in a fixed order; see core/state_visitor.h.
+  // Restoring REQUIRES a freshly constructed object of the same options and leaves
+  // caches invalid; on a mismatch (a size the options fix, or values the code could
+  // not run on: a window position out of range, a count below zero, a clock behind a
+  // decomposition) the visitor's status says what, and the object, partly restored,
+  // must be discarded. Refreshes not yet taken (TakeRefreshes) are not state.
+  virtual void VisitState(StateVisitor& visitor) = 0;
+
+  // Appends the refreshes the solves since the last call made, in order, and forgets
+  // them: also those of a solve that then failed (in a later block), since they
+  // changed the state all the same. The default has none.
+  virtual void TakeRefreshes(std::vector<FactorRefresh>* out) {}
+
+  // Replays a logged refresh: the factor's current estimate becomes the input of its
+  // decomposition, exactly as the solve did, with the eigensolve itself deferred to the
+  // next solve that needs it (so replaying many refreshes costs copies, not
+  // eigensolves). INVALID_ARGUMENT when this statistics has no such block or factor;
+  // FAILED_PRECONDITION when the factor has no weighted rows (no solve could have
+  // refreshed it, so the log does not belong to this state).
+  virtual absl::Status ReplayRefresh(const FactorRefresh& refresh);
 };
 
 // The statistics of one block of a layered session of `session`'s options (centered,
