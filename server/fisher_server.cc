@@ -1,6 +1,8 @@
 #include "server/fisher_server.h"
 
 #include <chrono>
+#include <cstdio>
+#include <string>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -45,10 +47,20 @@ absl::StatusOr<std::unique_ptr<FisherServer>> FisherServer::Start(const ServerOp
   if (threads <= 0) threads = static_cast<int>(std::thread::hardware_concurrency());
   if (threads <= 0) threads = 1;
   server->registry_ = std::make_unique<SessionRegistry>(options.limits);
+  if (!options.durability.data_dir.empty()) {
+    // Recovery before the port opens: no client sees a session half recovered.
+    absl::StatusOr<std::unique_ptr<DurableStore>> store = DurableStore::Open(
+        options.durability, server->registry_.get(), &server->recovery_);
+    if (!store.ok()) {
+      server->shut_down_ = true;
+      return store.status();
+    }
+    server->store_ = std::move(*store);
+  }
   server->pool_ = std::make_unique<WorkPool>(threads);
-  server->service_ =
-      std::make_unique<FisherServiceImpl>(server->registry_.get(), server->pool_.get(),
-                                          options.max_message_bytes, server->auth_.get());
+  server->service_ = std::make_unique<FisherServiceImpl>(
+      server->registry_.get(), server->pool_.get(), options.max_message_bytes,
+      server->auth_.get(), server->store_.get());
 
   grpc::ServerBuilder builder;
   builder.AddListeningPort(options.listen, *credentials, &server->port_);
@@ -108,6 +120,13 @@ void FisherServer::Shutdown(absl::Duration drain) {
   if (health_server_ != nullptr) {
     health_server_->Shutdown(std::chrono::system_clock::now());
     health_server_->Wait();
+  }
+  if (store_ != nullptr) {
+    if (absl::Status status = store_->Drain(); !status.ok()) {
+      // Nothing is lost: the log still holds what the snapshots would have.
+      std::fprintf(stderr, "fisherd: the snapshots on drain failed (the log is kept): %s\n",
+                   std::string(status.message()).c_str());
+    }
   }
 }
 

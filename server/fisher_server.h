@@ -12,6 +12,7 @@
 #include "absl/time/time.h"
 #include "grpcpp/server.h"
 #include "server/auth.h"
+#include "server/durable_store.h"
 #include "server/service.h"
 #include "server/session_registry.h"
 #include "server/work_pool.h"
@@ -35,12 +36,17 @@ struct ServerOptions {
   // HOST:PORT of a second, plaintext listener that serves only grpc.health.v1 (for
   // probes that cannot speak TLS, such as Kubernetes' gRPC probes). Empty: none.
   std::string health_listen;
+  // Durable sessions: a data directory (--data-dir) and when to snapshot. An empty
+  // data_dir keeps sessions in memory only.
+  DurabilityOptions durability;
 };
 
 class FisherServer {
  public:
-  // Builds and starts the server. UNAVAILABLE when the address cannot be bound;
-  // INVALID_ARGUMENT / NOT_FOUND when the TLS or token files are unusable.
+  // Builds and starts the server, first recovering the sessions of
+  // options.durability.data_dir when set (see DurableStore::Open for its errors).
+  // UNAVAILABLE when the address cannot be bound; INVALID_ARGUMENT / NOT_FOUND when the
+  // TLS or token files are unusable.
   static absl::StatusOr<std::unique_ptr<FisherServer>> Start(const ServerOptions& options);
 
   // Shuts down with a zero drain if Shutdown was not called.
@@ -56,10 +62,14 @@ class FisherServer {
   int health_port() const { return health_port_; }
 
   SessionRegistry& registry() { return *registry_; }
+  // The data directory's store (nullptr when memory only) and what recovery found.
+  DurableStore* store() { return store_.get(); }
+  const RecoveryReport& recovery() const { return recovery_; }
 
   // Reports NOT_SERVING on the health service (so load balancers stop sending new
   // work), lets in-flight RPCs finish for up to `drain`, cancels the rest, and waits
-  // until every handler has finished. Idempotent.
+  // until every handler has finished; with a data directory, then takes a last round of
+  // snapshots (so the next start replays little). Idempotent.
   void Shutdown(absl::Duration drain);
 
  private:
@@ -72,6 +82,8 @@ class FisherServer {
   // Declaration order is destruction order in reverse: the grpc::Server goes first,
   // then the service, then the pool (running whatever is queued), then the sessions.
   std::unique_ptr<SessionRegistry> registry_;
+  std::unique_ptr<DurableStore> store_;  // after the pool: queued tasks may log
+  RecoveryReport recovery_;
   std::unique_ptr<WorkPool> pool_;
   std::unique_ptr<TokenAuthenticator> auth_;
   std::unique_ptr<FisherServiceImpl> service_;

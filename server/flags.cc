@@ -164,6 +164,17 @@ void DefineServerFlags(ServerFlags* flags, FlagSet* set) {
   set->AddStringCheck("health-listen", [](absl::string_view value) {
     return value.empty() ? absl::OkStatus() : CheckListenAddress(value);
   });
+  set->AddString("data-dir", &flags->data_dir,
+                 "Directory for durable sessions: every change is logged and fdatasync'd "
+                 "before it is acknowledged, snapshots are taken, and a restart recovers "
+                 "every session. Empty: sessions live in memory only.");
+  set->AddDouble("snapshot-interval-seconds", &flags->snapshot_interval_seconds, 0,
+                 7 * 24 * 3600,
+                 "With --data-dir: snapshot every session this often while anything changed "
+                 "(0: only by log size and on drain).");
+  set->AddInt("snapshot-log-mb", &flags->snapshot_log_mb, 1, int64_t{1} << 30,
+              "With --data-dir: snapshot every session when the log has grown this many MiB "
+              "since the last snapshots.");
 }
 
 ServerOptions ServerFlags::ToServerOptions() const {
@@ -179,6 +190,9 @@ ServerOptions ServerFlags::ToServerOptions() const {
   options.tls.client_ca_file = tls_client_ca;
   options.auth_token_file = auth_token_file;
   options.health_listen = health_listen;
+  options.durability.data_dir = data_dir;
+  options.durability.snapshot_interval = absl::Seconds(snapshot_interval_seconds);
+  options.durability.snapshot_log_bytes = static_cast<uint64_t>(snapshot_log_mb) << 20;
   return options;
 }
 

@@ -63,6 +63,9 @@ struct ServerFlags {
   std::string tls_client_ca;
   std::string auth_token_file;
   std::string health_listen;
+  std::string data_dir;
+  double snapshot_interval_seconds = 300;
+  int64_t snapshot_log_mb = 1024;
 
   ServerOptions ToServerOptions() const;
 };

@@ -18,6 +18,8 @@
 
 namespace fisherd::server {
 
+class DurableStore;
+
 // Owned by the server; outlives every RPC (the server is shut down and waited for
 // before either is destroyed).
 struct ServiceResources {
@@ -26,7 +28,21 @@ struct ServiceResources {
   // Largest payload of values a streamed response message may carry (GetFisher's row
   // blocks): about 1 MiB, less when the server's message limit is smaller.
   int64_t max_block_bytes = int64_t{1} << 20;
+  // Durable sessions (--data-dir, server/durable_store.h); nullptr when memory only.
+  DurableStore* store = nullptr;
 };
+
+// Durable sessions: blocks until every mutation `session` logged so far is on disk, so
+// that an answer read from it never shows what a crash could take back. Call it after
+// reading. Returns at once without --data-dir.
+void WaitSessionDurable(const ServiceResources& resources, Session& session);
+// Blocks until the record `lsn` (and all before it) is durable; 0 and memory-only: at once.
+void WaitDurable(const ServiceResources& resources, uint64_t lsn);
+// Blocks until every record appended so far is durable (a creation, a deletion).
+void WaitAllDurable(const ServiceResources& resources);
+// The step logger for `session` named `name` ("sessions/{id}"); empty without a store.
+LogStepFn StepLogger(const ServiceResources& resources, absl::string_view name,
+                     const Session& session);
 
 // Runs `body` (returning absl::Status) unless the RPC was already cancelled while it
 // waited in the pool's queue. Exceptions become statuses so that no RPC is left

@@ -64,6 +64,13 @@ int main(int argc, char** argv) {
             << (flags.auth_token_file.empty() ? ", no token required"
                                               : ", bearer token required (health excepted)")
             << std::endl;
+  if ((*server)->store() != nullptr) {
+    std::cerr << "fisherd: durable sessions in " << flags.data_dir << ": "
+              << (*server)->recovery().Describe() << std::endl;
+  } else {
+    std::cerr << "fisherd: sessions in memory only (no --data-dir): a restart loses them"
+              << std::endl;
+  }
   if ((*server)->health_port() != 0) {
     std::cerr << "fisherd: health only, plaintext, on port " << (*server)->health_port()
               << std::endl;

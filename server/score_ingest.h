@@ -8,6 +8,10 @@
 #include "server/session_registry.h"
 
 namespace fisherd::server {
+class DurableStore;
+}  // namespace fisherd::server
+
+namespace fisherd::server {
 
 // Applies `batch` to the session it names and fills `ack`. Each batch is looked up on
 // its own, so the batches of one stream may name different sessions.
@@ -17,8 +21,11 @@ namespace fisherd::server {
 // A batch at or below the worker's highest applied sequence is OK with
 // ack->duplicate() set and is not counted again.
 // Runs O(rows * dim) work: call it on the work pool, never on a gRPC callback thread.
-absl::Status ApplyScoreBatch(const SessionRegistry& registry, const v1::ScoreBatch& batch,
-                             v1::ScoreAck* ack);
+// Durable sessions: with `store`, the batch is logged before it is applied (a full
+// data directory is RESOURCE_EXHAUSTED, session unchanged) and *lsn is what the ack
+// must wait for (AddResult::lsn); the caller sends the ack once it is durable.
+absl::Status ApplyScoreBatch(const SessionRegistry& registry, DurableStore* store,
+                             const v1::ScoreBatch& batch, v1::ScoreAck* ack, uint64_t* lsn);
 
 }  // namespace fisherd::server
 

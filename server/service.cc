@@ -41,8 +41,9 @@ class RejectedWriter final : public grpc::ServerWriteReactor<Response> {
 }  // namespace
 
 FisherServiceImpl::FisherServiceImpl(SessionRegistry* registry, WorkPool* pool,
-                                     int64_t max_message_bytes, const TokenAuthenticator* auth)
-    : resources_{registry, pool, MaxBlockBytes(max_message_bytes)}, auth_(auth) {}
+                                     int64_t max_message_bytes, const TokenAuthenticator* auth,
+                                     DurableStore* store)
+    : resources_{registry, pool, MaxBlockBytes(max_message_bytes), store}, auth_(auth) {}
 
 grpc::Status FisherServiceImpl::Authorize(const grpc::CallbackServerContext* context) const {
   return auth_ == nullptr ? grpc::Status::OK : auth_->Check(*context);

@@ -20,8 +20,9 @@ class FisherServiceImpl final : public v1::FisherService::CallbackService {
   // is the server's send limit, which streamed responses stay under. auth: when not
   // null, every RPC must pass auth->Check() before its handler runs (server/auth.h);
   // REQUIRES: it outlives the server too.
+  // store: durable sessions (--data-dir), or nullptr; REQUIRES: it outlives the server.
   FisherServiceImpl(SessionRegistry* registry, WorkPool* pool, int64_t max_message_bytes,
-                    const TokenAuthenticator* auth = nullptr);
+                    const TokenAuthenticator* auth = nullptr, DurableStore* store = nullptr);
 
   grpc::ServerUnaryReactor* CreateSession(grpc::CallbackServerContext* context,
                                           const v1::CreateSessionRequest* request,

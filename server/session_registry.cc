@@ -162,6 +162,18 @@ absl::Status SessionRegistry::Reserve(const std::string& name, const SessionOpti
 
 absl::StatusOr<SessionRegistry::Entry> SessionRegistry::Create(absl::string_view session_id,
                                                                const v1::SessionConfig& config) {
+  return CreateSession(session_id, config, /*log=*/log_ != nullptr, 0);
+}
+
+absl::StatusOr<SessionRegistry::Entry> SessionRegistry::Recreate(absl::string_view session_id,
+                                                                 const v1::SessionConfig& config,
+                                                                 uint64_t incarnation) {
+  return CreateSession(session_id, config, /*log=*/false, incarnation);
+}
+
+absl::StatusOr<SessionRegistry::Entry> SessionRegistry::CreateSession(
+    absl::string_view session_id, const v1::SessionConfig& config, bool log,
+    uint64_t incarnation) {
   if (absl::Status status = ValidateSessionId(session_id); !status.ok()) return status;
   absl::StatusOr<SessionOptions> options = SessionOptionsFromProto(config);
   if (!options.ok()) return options.status();
@@ -186,6 +198,20 @@ absl::StatusOr<SessionRegistry::Entry> SessionRegistry::Create(absl::string_view
         "out of memory allocating ", Mebibytes(bytes), " for session ", Quote(name),
         "; use REPRESENTATION_DIAGONAL or lower --memory-budget-mb"));
   }
+
+  // Logged once everything that can fail has succeeded, while the name is still
+  // reserved: the log then holds exactly the sessions that exist.
+  if (log) {
+    absl::StatusOr<uint64_t> lsn = log_->LogCreated(std::string(session_id), config);
+    if (!lsn.ok()) {
+      absl::MutexLock lock(&mu_);
+      creating_.erase(name);
+      reserved_bytes_ -= bytes;
+      return lsn.status();
+    }
+    incarnation = *lsn;
+  }
+  session->set_incarnation(incarnation);
 
   absl::MutexLock lock(&mu_);
   creating_.erase(name);
@@ -215,6 +241,11 @@ absl::Status SessionRegistry::Delete(absl::string_view name) {
   auto it = sessions_.find(std::string(name));
   if (it == sessions_.end()) {
     return absl::NotFoundError(absl::StrCat("session ", Quote(name), " not found"));
+  }
+  if (log_ != nullptr) {
+    absl::StatusOr<uint64_t> lsn =
+        log_->LogDeleted(std::string(name.substr(kCollection.size())), it->second.session->incarnation());
+    if (!lsn.ok()) return lsn.status();
   }
   doomed = std::move(it->second.session);
   reserved_bytes_ -= it->second.bytes;

@@ -49,6 +49,20 @@ std::string SessionName(absl::string_view session_id);
 // "name" or "session") when `name` has another form.
 absl::StatusOr<std::string> ParseSessionName(absl::string_view name, absl::string_view field);
 
+// Durable sessions: how the registry logs creations and deletions (server/durable_store.h).
+// Each call returns the record's LSN or an error (then nothing changes).
+class RegistryLog {
+ public:
+  virtual ~RegistryLog() = default;
+  // Before the new session becomes visible (the name is reserved, so no other record of
+  // that name can come between).
+  virtual absl::StatusOr<uint64_t> LogCreated(const std::string& session_id,
+                                              const v1::SessionConfig& config) = 0;
+  // Before the session disappears, under the registry's lock.
+  virtual absl::StatusOr<uint64_t> LogDeleted(const std::string& session_id,
+                                              uint64_t incarnation) = 0;
+};
+
 class SessionRegistry {
  public:
   struct Entry {
@@ -63,6 +77,10 @@ class SessionRegistry {
 
   const RegistryLimits& limits() const { return limits_; }
 
+  // Logs every later Create and Delete through `log` (nullptr: none). Set once at start,
+  // before serving. REQUIRES: log outlives the registry's use.
+  void set_log(RegistryLog* log) { log_ = log; }
+
   // Creates "sessions/{session_id}" from the wire config (see SessionOptionsFromProto
   // for its defaults). INVALID_ARGUMENT for a bad id or config, ALREADY_EXISTS when the
   // name is taken (or being created), RESOURCE_EXHAUSTED naming the flag when a limit
@@ -70,6 +88,10 @@ class SessionRegistry {
   // large session does not stall lookups of the others.
   absl::StatusOr<Entry> Create(absl::string_view session_id, const v1::SessionConfig& config)
       ABSL_LOCKS_EXCLUDED(mu_);
+  // Recovery: the same limits and allocation, without logging, for a session whose
+  // creation is already on disk with the given incarnation.
+  absl::StatusOr<Entry> Recreate(absl::string_view session_id, const v1::SessionConfig& config,
+                                 uint64_t incarnation) ABSL_LOCKS_EXCLUDED(mu_);
 
   // The session named `name` ("sessions/{id}"). INVALID_ARGUMENT naming `field` for a
   // malformed name; NOT_FOUND naming the session when there is none.
@@ -110,7 +132,14 @@ class SessionRegistry {
   // --max-dense-dim.
   absl::Status CheckBlockLimits(const SessionOptions& options) const;
 
+  // Create and Recreate: log (when logging) and incarnation handling around the
+  // allocation.
+  absl::StatusOr<Entry> CreateSession(absl::string_view session_id,
+                                      const v1::SessionConfig& config, bool log,
+                                      uint64_t incarnation) ABSL_LOCKS_EXCLUDED(mu_);
+
   const RegistryLimits limits_;
+  RegistryLog* log_ = nullptr;
   mutable absl::Mutex mu_;
   std::map<std::string, Slot> sessions_ ABSL_GUARDED_BY(mu_);  // sorted: List is ordered
   std::set<std::string> creating_ ABSL_GUARDED_BY(mu_);        // reserved, not yet built

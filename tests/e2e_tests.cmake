@@ -18,3 +18,13 @@ add_test(NAME python_proto_client
   COMMAND ${DEBIAN_PYTHON3} -m pytest -q -p no:cacheprovider ${CMAKE_CURRENT_SOURCE_DIR}/e2e/python)
 set_tests_properties(python_proto_client PROPERTIES
   ENVIRONMENT "FISHERD_BIN=$<TARGET_FILE:fisherd>" TIMEOUT 300)
+
+# Durable sessions from the clients' side: fisherd --data-dir on a fixed port is
+# SIGKILLed mid-stream and restarted on the same port and directory; the C++
+# ScoreStreamer (and, in the Python client suite, stream_scores) must resume the worker's
+# sequence so that every row counts exactly once.
+add_executable(durable_resume_test e2e/durable_resume_test.cc)
+target_compile_definitions(durable_resume_test PRIVATE FISHERD_BIN="$<TARGET_FILE:fisherd>")
+target_link_libraries(durable_resume_test PRIVATE fisherd_client Eigen3::Eigen GTest::gtest_main GTest::gmock)
+add_dependencies(durable_resume_test fisherd)
+gtest_discover_tests(durable_resume_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 120)

@@ -14,6 +14,7 @@ grpc::ServerUnaryReactor* HandleCreateSession(const ServiceResources& resources,
         resources.registry->Create(request->session_id(), request->config());
     if (!entry.ok()) return entry.status();
     SessionToProto(entry->name, *entry->session, response);
+    WaitAllDurable(resources);  // its creation record
     return absl::OkStatus();
   });
 }

@@ -9,7 +9,9 @@ grpc::ServerUnaryReactor* HandleDeleteSession(const ServiceResources& resources,
                                               v1::DeleteSessionResponse* /*response*/) {
   // On the pool: dropping the last reference frees dim^2 doubles.
   return RunUnaryOnPool(resources, context, [&resources, request]() -> absl::Status {
-    return resources.registry->Delete(request->name());
+    absl::Status status = resources.registry->Delete(request->name());
+    if (status.ok()) WaitAllDurable(resources);  // its deletion record
+    return status;
   });
 }
 

@@ -35,6 +35,7 @@ grpc::ServerUnaryReactor* HandleFisherVectorProduct(const ServiceResources& reso
     response->mutable_product()->Assign(result->product.data(),
                                         result->product.data() + result->product.size());
     response->set_quadratic_kl(result->quadratic_kl);
+    WaitSessionDurable(resources, **session);
     return absl::OkStatus();
   });
 }

@@ -58,6 +58,7 @@ class GetFisherReactor final : public grpc::ServerWriteReactor<v1::GetFisherResp
     absl::StatusOr<FisherSummary> summary =
         session_->SummarizePart(part_, request_->include_eigenvalues());
     if (!summary.ok()) return summary.status();
+    WaitSessionDurable(resources_, *session_);
     sample_count_ = stats.sample_count;
 
     response_.Clear();

@@ -13,6 +13,7 @@ grpc::ServerUnaryReactor* HandleGetSession(const ServiceResources& resources,
     absl::StatusOr<std::shared_ptr<Session>> session = resources.registry->Get(request->name());
     if (!session.ok()) return session.status();
     SessionToProto(request->name(), **session, response);
+    WaitSessionDurable(resources, **session);
     return absl::OkStatus();
   });
 }

@@ -19,6 +19,7 @@ grpc::ServerUnaryReactor* HandleListSessions(const ServiceResources& resources,
       SessionToProto(entry.name, *entry.session, session);
       session->mutable_config()->clear_blocks();
       session->mutable_stats()->clear_blocks();
+      WaitSessionDurable(resources, *entry.session);
     }
     return absl::OkStatus();
   });

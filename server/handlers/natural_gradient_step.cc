@@ -42,8 +42,10 @@ grpc::ServerUnaryReactor* HandleNaturalGradientStep(const ServiceResources& reso
     const Eigen::VectorXd gradient =
         Eigen::Map<const Eigen::VectorXd>(request->gradient().data(), dim);
     // FAILED_PRECONDITION (no samples yet, or F + lambda I singular) passes through.
-    absl::StatusOr<StepResult> result = (*session)->Step(gradient, options);
+    absl::StatusOr<StepResult> result =
+        (*session)->Step(gradient, options, StepLogger(resources, request->session(), **session));
     if (!result.ok()) return result.status();
+    WaitDurable(resources, result->lsn);  // its decay is on disk before anyone sees it
     StepResultToProto(*result, response);
     return absl::OkStatus();
   });

@@ -162,8 +162,10 @@ class StreamStepReactor final : public grpc::ServerBidiReactor<Request, Response
           "the chunks cover [0, ", filled_, ") of the gradient, but session \"",
           request_header_session(), "\" has dim ", gradient_.size()));
     }
-    absl::StatusOr<StepResult> result = session_->Step(gradient_, options_);
+    absl::StatusOr<StepResult> result = session_->Step(
+        gradient_, options_, StepLogger(resources_, request_header_session(), *session_));
     if (!result.ok()) return result.status();
+    WaitDurable(resources_, result->lsn);  // its decay is on disk before anyone sees it
     result_ = *std::move(result);
     gradient_ = Eigen::VectorXd();  // no longer needed: keep the call at O(dim) doubles
 

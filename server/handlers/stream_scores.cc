@@ -8,10 +8,18 @@
 // eight streams reach). Order is still trivially right: at most one pool task per
 // stream applies batches, in the order they were read, and acks are written one at a
 // time in that same order. At most kMaxUnacked batches are held per stream.
+//
+// Durable sessions (--data-dir): an ack is queued when its batch is applied but written
+// only once the batch's log record is on disk (DurableStore::WhenDurable marks it
+// ready). Acks stay in batch order because only the front of the queue is ever written:
+// a later batch made durable first waits behind an earlier one. The pool thread never
+// waits for a sync, so the next batch is merged while the previous one is being synced.
+#include <algorithm>
 #include <deque>
 #include <memory>
 
 #include "absl/synchronization/mutex.h"
+#include "server/durable_store.h"
 #include "server/handlers/handlers.h"
 #include "server/score_ingest.h"
 
@@ -75,16 +83,17 @@ class StreamScoresReactor final
   bool WriteDoneLocked(bool ok, grpc::Status* status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     writing_ = false;
     to_write_.pop_front();
+    ++front_id_;
     --unacked_;
     if (!ok) {
       // The call is dead: acks queued behind this one can never be written, and
       // waiting for them would keep the call (and server shutdown) open forever.
       Fail(grpc::Status(grpc::StatusCode::CANCELLED, "the client stopped receiving acks"));
       unacked_ -= static_cast<int>(to_write_.size());
+      front_id_ += to_write_.size();
       to_write_.clear();
-    } else if (!to_write_.empty()) {
-      writing_ = true;
-      StartWrite(&to_write_.front());
+    } else {
+      MaybeStartWriteLocked();
     }
     if (!failed_ && !read_closed_ && !reading_ && unacked_ < kMaxUnacked) StartReadLocked();
     return MaybeFinishLocked(status);
@@ -111,21 +120,55 @@ class StreamScoresReactor final
         return;
       }
       v1::ScoreAck ack;
-      auto body = [this, &batch, &ack] {
-        return ApplyScoreBatch(*resources_.registry, *batch, &ack);
+      uint64_t lsn = 0;
+      auto body = [this, &batch, &ack, &lsn] {
+        return ApplyScoreBatch(*resources_.registry, resources_.store, *batch, &ack, &lsn);
       };
       const absl::Status applied = RunGuarded(context_, body);
-      absl::MutexLock lock(&mu_);
-      if (!applied.ok()) {
-        Fail(ToGrpcStatus(applied));
-        continue;  // leaves through the check above
+      uint64_t id = 0, wait_for = 0;
+      {
+        absl::MutexLock lock(&mu_);
+        if (!applied.ok()) {
+          Fail(ToGrpcStatus(applied));
+          continue;  // leaves through the check above
+        }
+        const bool durable = resources_.store == nullptr;
+        to_write_.push_back(PendingAck{std::move(ack), durable});
+        if (durable) {
+          MaybeStartWriteLocked();
+          continue;
+        }
+        id = front_id_ + to_write_.size() - 1;
+        // A duplicate's lsn may be below an earlier batch's (another session's): the
+        // stream's high-water mark keeps every ack behind what precedes it anyway.
+        stream_lsn_ = std::max(stream_lsn_, lsn);
+        wait_for = stream_lsn_;
+        ++awaiting_durable_;
       }
-      to_write_.push_back(std::move(ack));
-      if (!writing_) {
-        writing_ = true;
-        StartWrite(&to_write_.front());
-      }
+      // Outside mu_: the callback may run right here when the record is already durable.
+      resources_.store->WhenDurable(wait_for, [this, id] { OnDurable(id); });
     }
+  }
+
+  // The log record of ack `id` is on disk: it may be written once those before it are.
+  void OnDurable(uint64_t id) {
+    grpc::Status status;
+    {
+      absl::MutexLock lock(&mu_);
+      --awaiting_durable_;
+      if (id >= front_id_ && id - front_id_ < to_write_.size()) {
+        to_write_[id - front_id_].durable = true;
+        MaybeStartWriteLocked();
+      }
+      if (!MaybeFinishLocked(&status)) return;
+    }
+    Finish(status);
+  }
+
+  void MaybeStartWriteLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (writing_ || to_write_.empty() || !to_write_.front().durable) return;
+    writing_ = true;
+    StartWrite(&to_write_.front().ack);
   }
 
   void StartReadLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -145,7 +188,9 @@ class StreamScoresReactor final
   // Finish once nothing is in flight: every applied batch's ack written (so a rejected
   // batch's predecessors are acknowledged first) and no read, apply or write pending.
   bool MaybeFinishLocked(grpc::Status* status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (finished_ || applying_ || writing_ || !to_write_.empty()) return false;
+    if (finished_ || applying_ || writing_ || !to_write_.empty() || awaiting_durable_ > 0) {
+      return false;
+    }
     if (failed_) {
       finished_ = true;
       *status = final_status_;
@@ -165,8 +210,15 @@ class StreamScoresReactor final
   absl::Mutex mu_;
   std::unique_ptr<v1::ScoreBatch> read_buffer_ ABSL_GUARDED_BY(mu_);  // target of StartRead
   std::deque<std::unique_ptr<v1::ScoreBatch>> to_apply_ ABSL_GUARDED_BY(mu_);
+  struct PendingAck {
+    v1::ScoreAck ack;
+    bool durable = false;  // its batch's log record is on disk (always, without a log)
+  };
   // Acks in batch order; the front one is being written (deque keeps it in place).
-  std::deque<v1::ScoreAck> to_write_ ABSL_GUARDED_BY(mu_);
+  std::deque<PendingAck> to_write_ ABSL_GUARDED_BY(mu_);
+  uint64_t front_id_ ABSL_GUARDED_BY(mu_) = 0;  // id of to_write_.front(); ids count acks
+  uint64_t stream_lsn_ ABSL_GUARDED_BY(mu_) = 0;  // highest LSN an ack of this stream waits for
+  int awaiting_durable_ ABSL_GUARDED_BY(mu_) = 0;  // WhenDurable callbacks not yet run
   int unacked_ ABSL_GUARDED_BY(mu_) = 0;  // read, not yet acknowledged or dropped
   bool reading_ ABSL_GUARDED_BY(mu_) = false;
   bool applying_ ABSL_GUARDED_BY(mu_) = false;
