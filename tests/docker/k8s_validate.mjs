@@ -2,7 +2,12 @@
 // OpenAPI schema (the npm package kubernetes-models, whose validate() checks types,
 // required fields and unknown fields), then the structure fisherd relies on: gRPC
 // probes on a declared port, requests and limits, every Secret key the pod reads,
-// the Service selecting the pod and targeting a named port, the kustomization's list.
+// the Services selecting the pod and targeting a named port, the kustomization's list
+// (every listed file present, every manifest listed). With --data-dir (durable
+// sessions): the directory on a persistent volume (a StatefulSet's volumeClaimTemplate
+// or a PersistentVolumeClaim), one replica, a startup probe that covers recovery, and a
+// grace period that outlasts the drain plus the snapshots on drain; a StatefulSet's
+// serviceName must be a headless Service besides the one Service clients use.
 //
 // usage: node k8s_validate.mjs NODE_MODULES_DIR MANIFEST_DIR
 import fs from "node:fs";
@@ -18,7 +23,8 @@ const fail = (where, message) => failures.push(`${where}: ${message}`);
 const objects = [];
 let kustomization = null;
 
-for (const file of fs.readdirSync(manifestDir).filter((f) => /\.ya?ml$/.test(f)).sort()) {
+const manifestFiles = fs.readdirSync(manifestDir).filter((f) => /\.ya?ml$/.test(f)).sort();
+for (const file of manifestFiles) {
   const text = fs.readFileSync(path.join(manifestDir, file), "utf8");
   for (const doc of YAML.parseAllDocuments(text)) {
     if (doc.errors.length) {
@@ -56,6 +62,18 @@ const byKind = (kind) => objects.filter((o) => o.object.kind === kind);
 const workloads = [...byKind("Deployment"), ...byKind("StatefulSet")];
 if (workloads.length !== 1) fail("manifests", `expected one Deployment or StatefulSet, found ${workloads.length}`);
 const secrets = new Map(byKind("Secret").map((o) => [o.object.metadata.name, o.object]));
+const services = byKind("Service");
+const isHeadless = (service) => service.object.spec?.clusterIP === "None";
+// fisherd's own default --drain-seconds; the image passes 5, so this errs long.
+const DEFAULT_DRAIN_SECONDS = 10;
+// What the grace period must leave after the drain for the snapshots on drain.
+const SNAPSHOT_MARGIN_SECONDS = 15;
+const flagValue = (args, name) => {
+  // fisherd takes the last of repeated flags, as arguments after the image's entrypoint
+  // override its defaults.
+  const found = args.filter((a) => a.startsWith(`--${name}=`));
+  return found.length ? found[found.length - 1].slice(name.length + 3) : undefined;
+};
 
 for (const { where, object } of workloads) {
   const pod = object.spec.template;
@@ -64,22 +82,54 @@ for (const { where, object } of workloads) {
     if (labels[k] !== v) fail(where, `selector ${k}=${v} does not match the pod labels`);
   }
   const volumes = new Map((pod.spec.volumes ?? []).map((v) => [v.name, v]));
+  // A StatefulSet's claim templates are volumes of its pod too, each on its own claim.
+  const claimTemplates = new Set((object.spec.volumeClaimTemplates ?? []).map((t) => t.metadata?.name));
   for (const c of pod.spec.containers) {
     const cw = `${where} container ${c.name}`;
     const ports = new Map((c.ports ?? []).map((p) => [p.containerPort, p]));
-    for (const probeName of ["livenessProbe", "readinessProbe"]) {
+    const args = c.args ?? [];
+    const dataDir = flagValue(args, "data-dir");
+    const durable = Boolean(dataDir);
+    const probeNames = ["livenessProbe", "readinessProbe"];
+    // Recovery (snapshots, then the log) runs before fisherd opens any port: without a
+    // startup probe the liveness probe would kill a long recovery, again and again.
+    if (durable || c.startupProbe) probeNames.push("startupProbe");
+    for (const probeName of probeNames) {
       const probe = c[probeName];
       if (!probe?.grpc) { fail(cw, `${probeName} must be a gRPC probe`); continue; }
       if (!ports.has(probe.grpc.port)) fail(cw, `${probeName} port ${probe.grpc.port} is not a declared containerPort`);
     }
     // The probe port must be fisherd's plaintext health listener (kubelet speaks no TLS).
-    const args = c.args ?? [];
     const healthArg = args.find((a) => a.startsWith("--health-listen="));
     const usesTls = args.some((a) => a.startsWith("--tls-cert="));
     if (usesTls) {
       const healthPort = healthArg ? Number(healthArg.split(":").pop()) : NaN;
-      if (c.livenessProbe?.grpc?.port !== healthPort || c.readinessProbe?.grpc?.port !== healthPort) {
+      if (probeNames.some((name) => c[name]?.grpc && c[name].grpc.port !== healthPort)) {
         fail(cw, "with TLS the gRPC probes must target the --health-listen port");
+      }
+    }
+    if (durable) {
+      // The data directory must outlive the pod: a claim, not the container's file system
+      // (read-only here anyway) or an emptyDir.
+      const mount = (c.volumeMounts ?? []).find((m) => m.mountPath.replace(/\/+$/, "") === dataDir.replace(/\/+$/, ""));
+      if (!mount) {
+        fail(cw, `--data-dir=${dataDir} is no volumeMount's mountPath`);
+      } else if (mount.readOnly) {
+        fail(cw, `--data-dir=${dataDir} is mounted read-only`);
+      } else if (!claimTemplates.has(mount.name) && !volumes.get(mount.name)?.persistentVolumeClaim) {
+        fail(cw, `--data-dir=${dataDir} is on volume ${mount.name}, which is no volumeClaimTemplate or PersistentVolumeClaim`);
+      }
+      // Two processes must never share a data directory, and each replica would hold
+      // other sessions.
+      if (object.spec.replicas !== 1) fail(where, `with --data-dir replicas must be 1, not ${object.spec.replicas}`);
+      if (object.kind === "Deployment" && object.spec.strategy?.type !== "Recreate") {
+        fail(where, "with --data-dir a Deployment must use strategy Recreate (no second pod on the volume)");
+      }
+      const drainArg = flagValue(args, "drain-seconds");
+      const drain = drainArg === undefined ? DEFAULT_DRAIN_SECONDS : Number(drainArg);
+      const grace = pod.spec.terminationGracePeriodSeconds ?? 30;
+      if (!(grace >= drain + SNAPSHOT_MARGIN_SECONDS)) {
+        fail(where, `terminationGracePeriodSeconds ${grace} leaves ${grace - drain} s after --drain-seconds ${drain}; the snapshots on drain need at least ${SNAPSHOT_MARGIN_SECONDS} s`);
       }
     }
     for (const kind of ["requests", "limits"]) {
@@ -90,6 +140,7 @@ for (const { where, object } of workloads) {
     // Every file argument under a secret mount must be a key of that Secret.
     for (const mount of c.volumeMounts ?? []) {
       const volume = volumes.get(mount.name);
+      if (!volume && claimTemplates.has(mount.name)) continue;
       if (!volume) { fail(cw, `volumeMount ${mount.name} has no volume`); continue; }
       if (!volume.secret) continue;
       const secret = secrets.get(volume.secret.secretName);
@@ -108,7 +159,14 @@ for (const { where, object } of workloads) {
     }
     if (!args.some((a) => a.startsWith("--auth-token-file="))) fail(cw, "no --auth-token-file");
   }
-  for (const { where: sw, object: service } of byKind("Service")) {
+  if (object.kind === "StatefulSet") {
+    // Its governing Service: headless, so that it names the pod rather than balancing.
+    const governing = services.find((s) => s.object.metadata.name === object.spec.serviceName);
+    if (!object.spec.serviceName) fail(where, "no serviceName (the headless Service naming its pod)");
+    else if (!governing) fail(where, `serviceName ${object.spec.serviceName} is no Service among the manifests`);
+    else if (!isHeadless(governing)) fail(where, `serviceName ${object.spec.serviceName} must be headless (clusterIP: None)`);
+  }
+  for (const { where: sw, object: service } of services) {
     for (const [k, v] of Object.entries(service.spec.selector ?? {})) {
       if (labels[k] !== v) fail(sw, `selector ${k}=${v} matches no pod of ${where}`);
     }
@@ -120,10 +178,17 @@ for (const { where, object } of workloads) {
     }
   }
 }
-if (byKind("Service").length !== 1) fail("manifests", "expected one Service");
+// Clients get one load-balanced address; a headless Service only names pods.
+const clientServices = services.filter((s) => !isHeadless(s));
+if (clientServices.length !== 1) fail("manifests", `expected one Service for clients (not headless), found ${clientServices.length}`);
 if (kustomization) {
-  for (const resource of kustomization.object.resources ?? []) {
+  const listed = new Set(kustomization.object.resources ?? []);
+  for (const resource of listed) {
     if (!fs.existsSync(path.join(manifestDir, resource))) fail(kustomization.file, `missing ${resource}`);
+  }
+  // A manifest left out of the list would be validated here but never applied.
+  for (const file of manifestFiles) {
+    if (file !== kustomization.file && !listed.has(file)) fail(kustomization.file, `does not list ${file}`);
   }
 }
 
