@@ -208,7 +208,9 @@ absl::Status DurableStore::Recover(RecoveryReport* report) {
         absl::StatusOr<std::shared_ptr<Session>> live =
             registry_->Get(SessionName(created.session_id()));
         if (live.ok()) {
-          if ((*live)->incarnation() == lsn) return absl::OkStatus();  // in its snapshot
+          // Its snapshot holds this creation, or a later incarnation's snapshot was
+          // loaded and this one was deleted in between (its records are skipped below).
+          if ((*live)->incarnation() >= lsn) return absl::OkStatus();
           return LogCorrupt(lsn, absl::StrCat("creates session ", created.session_id(),
                                               " which exists since record ",
                                               (*live)->incarnation()));
@@ -308,11 +310,10 @@ absl::Status DurableStore::Recover(RecoveryReport* report) {
   if (!journal.ok()) return journal.status();
   journal_ = std::move(*journal);
   report->sessions = static_cast<int64_t>(registry_->List().size());
-  {
-    absl::MutexLock lock(&round_mu_);
-    RemoveStaleSnapshots();
-  }
-  return absl::OkStatus();
+  // What earlier lives left (stale snapshots, segments no session needs) goes now: a
+  // server restarted more often than it snapshots must not accumulate log.
+  absl::MutexLock lock(&round_mu_);
+  return DropUnneeded();
 }
 
 DurableStore::~DurableStore() {
@@ -390,10 +391,9 @@ absl::StatusOr<uint64_t> DurableStore::LogDeleted(const std::string& session_id,
 
 absl::Status DurableStore::SnapshotAll() {
   absl::MutexLock round(&round_mu_);
-  // Everything logged before this point is in segments that this round's snapshots
-  // make unnecessary, once the round after it has also completed (the older snapshot
-  // of each session stays a fallback until then, and needs its log).
-  const uint64_t round_start = journal_->Rotate();
+  // A new segment from here, so that the segments before it can go once every session's
+  // fallback snapshot is past them (DropUnneeded).
+  journal_->Rotate();
   absl::Status first_error;
   for (const SessionRegistry::Entry& entry : registry_->List()) {
     const std::string id = entry.name.substr(kCollection.size());
@@ -431,21 +431,40 @@ absl::Status DurableStore::SnapshotAll() {
     }
   }
   if (!first_error.ok()) return first_error;  // keep the log: some session needs it
-  if (previous_round_start_ != 0) {
-    journal_->WaitDurable(previous_round_start_);
-    if (absl::Status status = journal_->DropThrough(previous_round_start_); !status.ok()) {
-      return status;
-    }
-  }
-  previous_round_start_ = round_start;
-  RemoveStaleSnapshots();
-  return absl::OkStatus();
+  return DropUnneeded();
 }
 
-void DurableStore::RemoveStaleSnapshots() {
+absl::Status DurableStore::DropUnneeded() {
+  // Under sessions_mu_, one consistent view: the files each live session keeps and the
+  // log it needs. A session deleted after this point keeps its deletion record (its LSN
+  // is above every LSN computed here) until the next round has removed its files.
+  uint64_t needed_from = 0;  // every record <= needed_from - 1 may go
+  std::vector<std::string> stale;
+  {
+    absl::MutexLock lock(&sessions_mu_);
+    needed_from = journal_->last_lsn() + 1;
+    for (const auto& [id, info] : sessions_) {
+      // The oldest state recovery might start this session from: its fallback snapshot,
+      // else its snapshot, else its creation record.
+      const uint64_t start = info.older_snapshot_lsn != 0 ? info.older_snapshot_lsn + 1
+                             : info.snapshot_lsn != 0     ? info.snapshot_lsn + 1
+                                                          : info.incarnation;
+      needed_from = std::min(needed_from, start);
+    }
+    stale = StaleSnapshotsLocked();
+  }
+  // Files first: a snapshot of a deleted session must be gone before its deletion
+  // record can be dropped, or a crash in between would bring the session back.
+  for (const std::string& file : stale) unlink(absl::StrCat(snapshot_dir_, "/", file).c_str());
+  if (needed_from <= 1) return absl::OkStatus();
+  journal_->WaitDurable(needed_from - 1);
+  return journal_->DropThrough(needed_from - 1);
+}
+
+std::vector<std::string> DurableStore::StaleSnapshotsLocked() {
+  std::vector<std::string> stale;
   absl::StatusOr<std::vector<std::string>> files = ListDirectory(snapshot_dir_);
-  if (!files.ok()) return;
-  absl::MutexLock lock(&sessions_mu_);
+  if (!files.ok()) return stale;
   for (const std::string& file : *files) {
     std::string id;
     uint64_t lsn = 0;
@@ -457,8 +476,9 @@ void DurableStore::RemoveStaleSnapshots() {
     }
     // Anything else here is a leftover: a temporary file of an interrupted snapshot, a
     // snapshot superseded twice over, or one of a deleted session.
-    if (!keep) unlink(absl::StrCat(snapshot_dir_, "/", file).c_str());
+    if (!keep) stale.push_back(file);
   }
+  return stale;
 }
 
 void DurableStore::SnapshotLoop() {

@@ -23,6 +23,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
@@ -124,9 +125,12 @@ class DurableStore final : public RegistryLog {
   DurableStore(const DurabilityOptions& options, SessionRegistry* registry);
   absl::Status Recover(RecoveryReport* report);
   void SnapshotLoop();
-  // Removes snapshot files that no live session needs (older than the fallback, or of
-  // sessions that no longer exist).
-  void RemoveStaleSnapshots() ABSL_EXCLUSIVE_LOCKS_REQUIRED(round_mu_);
+  // Removes the snapshot files no live session needs (older than its fallback, of
+  // sessions that no longer exist, temporary files), then the log segments before the
+  // oldest record any live session could need (after its fallback snapshot, or from its
+  // creation when it has none).
+  absl::Status DropUnneeded() ABSL_EXCLUSIVE_LOCKS_REQUIRED(round_mu_);
+  std::vector<std::string> StaleSnapshotsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(sessions_mu_);
 
   const DurabilityOptions options_;
   SessionRegistry* const registry_;
@@ -136,7 +140,6 @@ class DurableStore final : public RegistryLog {
 
   // Serializes snapshot rounds.
   absl::Mutex round_mu_;
-  uint64_t previous_round_start_ ABSL_GUARDED_BY(round_mu_) = 0;  // LSN; 0: no round yet
 
   // Session metadata by id: config and incarnation (for snapshot headers) and files.
   absl::Mutex sessions_mu_;

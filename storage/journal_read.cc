@@ -41,6 +41,12 @@ absl::Status Journal::Read(const std::string& dir, uint64_t from_lsn,
   // The torn tail of the latest segment that continued the LSNs: the log's torn tail,
   // unless a later segment continues from it (a restart superseded it).
   bool torn = false;
+  // Where the latest segment that continued the LSNs ends, so that a gap names the
+  // place the missing record should have been (the damage is there, not in the next
+  // segment).
+  std::string previous_path;
+  uint64_t previous_end = 0;
+  std::string previous_reason;
   auto supersede_torn = [&] {
     if (torn) ++summary->superseded_torn_tails;
     torn = false;
@@ -53,8 +59,11 @@ absl::Status Journal::Read(const std::string& dir, uint64_t from_lsn,
       const SegmentFile& first_bad =
           empty_after_end != nullptr ? *empty_after_end : segment;
       return absl::DataLossError(absl::StrCat(
-          first_bad.path, ": the segment starts at LSN ", first_bad.first_lsn,
-          ", but the segment before it ends at LSN ", next - 1,
+          previous_path, ": offset ", previous_end, ": the records end at LSN ", next - 1,
+          previous_reason.empty() ? std::string()
+                                  : absl::StrCat(" (the record there: ", previous_reason, ")"),
+          ", but the next segment ", first_bad.path, " starts at LSN ", first_bad.first_lsn,
+          ": records ", next, " to ", first_bad.first_lsn - 1, " are missing or damaged",
           empty_after_end != nullptr
               ? absl::StrCat(" (and ", segment.path, " holds records)")
               : std::string()));
@@ -94,6 +103,9 @@ absl::Status Journal::Read(const std::string& dir, uint64_t from_lsn,
       ++summary->empty_segments_after_end;
       continue;
     }
+    previous_path = segment.path;
+    previous_end = (*reader)->valid_end();
+    previous_reason = (*reader)->torn_tail() ? (*reader)->torn_reason() : std::string();
     if ((*reader)->torn_tail()) {
       torn = true;
       summary->torn_tail_file = segment.path;

@@ -407,7 +407,7 @@ TEST(JournalTest, EmptySegmentsAfterTheEndAreIgnoredAndRemovedByOpen) {
   testing_storage::WriteFile(dir.File(SegmentFileName(30)), with_records);
   Replayed gap = ReadJournal(dir.path(), 1);
   EXPECT_EQ(gap.status.code(), absl::StatusCode::kDataLoss);
-  EXPECT_THAT(gap.status.message(), HasSubstr(empty + ": the segment starts at LSN 20"));
+  EXPECT_THAT(gap.status.message(), HasSubstr("the next segment " + empty + " starts at LSN 20"));
   ASSERT_EQ(unlink(dir.File(SegmentFileName(30)).c_str()), 0);
 
   std::unique_ptr<Journal> journal = OpenOrDie(options, 11);
@@ -465,9 +465,16 @@ TEST(JournalTest, DamageOutsideTheTailIsDataLossNamingFileAndOffset) {
   ASSERT_EQ(unlink(dir.File(SegmentFileName(segments[1])).c_str()), 0);
   Replayed gap = ReadJournal(dir.path(), 1);
   EXPECT_EQ(gap.status.code(), absl::StatusCode::kDataLoss);
+  // The message names where the missing records should have been (the end of the
+  // segment before the gap) and the segment after it.
   EXPECT_THAT(gap.status.message(),
-              HasSubstr(absl::StrCat(dir.File(SegmentFileName(segments[2])),
-                                     ": the segment starts at LSN ", segments[2])));
+              HasSubstr(absl::StrCat(first, ": offset ")));
+  EXPECT_THAT(gap.status.message(),
+              HasSubstr(absl::StrCat("the next segment ", dir.File(SegmentFileName(segments[2])),
+                                     " starts at LSN ", segments[2])));
+  EXPECT_THAT(gap.status.message(),
+              HasSubstr(absl::StrCat("records ", segments[1], " to ", segments[2] - 1,
+                                     " are missing")));
 }
 
 TEST(JournalTest, RecordsLargerThanASegmentGetASegmentOfTheirOwn) {
