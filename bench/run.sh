@@ -15,6 +15,9 @@
 #                                     # ResNet-18 steps and memory; about 4-5 minutes)
 #   bash bench/run.sh --layered-repeats=N  # fresh ResNet-18 steps (default 2; each one
 #                                     # re-decomposes every factor, ~45 s per side)
+#   bash bench/run.sh --durability-only  # only bench/durability_bench.sh (fisherd --data-dir:
+#                                     # ingest with vs without the log, snapshot, recovery;
+#                                     # about 2-3 minutes)
 #   bash bench/run.sh --no-build --build-dir=DIR   # the full sizes with DIR's binaries as
 #                                     # they are: no installs, no build
 #
@@ -29,6 +32,7 @@ float32_products=0
 repeats=3
 build_dir=build
 layered_only=0
+durability_only=0
 layered_repeats=2
 no_build=0
 for arg in "$@"; do
@@ -38,10 +42,11 @@ for arg in "$@"; do
     --repeats=*) repeats="${arg#--repeats=}" ;;
     --build-dir=*) build_dir="${arg#--build-dir=}" ;;
     --layered-only) layered_only=1 ;;
+    --durability-only) durability_only=1 ;;
     --layered-repeats=*) layered_repeats="${arg#--layered-repeats=}" ;;
     --no-build) no_build=1 ;;
     *) echo "usage: bench/run.sh [--quick] [--repeats=N] [--build-dir=DIR] [--float32-products]" \
-            "[--layered-only] [--layered-repeats=N] [--no-build]" >&2
+            "[--layered-only] [--layered-repeats=N] [--durability-only] [--no-build]" >&2
        exit 2 ;;
   esac
 done
@@ -51,7 +56,7 @@ if [ "$quick" -eq 0 ] && [ "$no_build" -eq 0 ]; then
   scripts/install-deps.sh
   extra=()
   peers=(iperf3 python3-numpy python3-torch)
-  [ "$layered_only" -eq 0 ] || peers=()
+  [ "$layered_only" -eq 0 ] && [ "$durability_only" -eq 0 ] || peers=()
   for package in "${peers[@]+"${peers[@]}"}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" ||
       extra+=("$package")
@@ -68,6 +73,11 @@ if [ "$quick" -eq 0 ] && [ "$no_build" -eq 0 ]; then
 fi
 
 bin="$build_dir"
+if [ "$durability_only" -eq 1 ]; then
+  durability_flags=(--build-dir="$build_dir" --repeats="$repeats")
+  [ "$quick" -eq 0 ] || durability_flags+=(--quick)
+  exec bash bench/durability_bench.sh "${durability_flags[@]}"
+fi
 for tool in server/fisherd bench/fisherd-bench bench/peer-blas bench/fisherd-layered-bench; do
   [ -x "$bin/$tool" ] || { echo "missing $bin/$tool: build first" >&2; exit 1; }
 done

@@ -97,10 +97,13 @@ absl::Status LogCorrupt(uint64_t lsn, absl::string_view what) {
 }  // namespace
 
 std::string RecoveryReport::Describe() const {
+  constexpr double kMiB = 1024.0 * 1024.0;
   std::string text = absl::StrFormat(
-      "recovered %d session(s) from %d snapshot(s) and %d log record(s) (%.1f MiB) in %.2f s",
+      "recovered %d session(s) from %d snapshot(s) and %d log record(s) (%.1f MiB) in %.2f s; "
+      "the log kept holds %d record(s) (%.1f MiB)",
       sessions, snapshots_loaded, records_replayed,
-      static_cast<double>(log_bytes_replayed) / (1024.0 * 1024.0), seconds);
+      static_cast<double>(log_bytes_replayed) / kMiB, seconds, records_read,
+      static_cast<double>(log_bytes_read) / kMiB);
   if (snapshots_skipped > 0) {
     absl::StrAppend(&text, "; ", snapshots_skipped, " invalid snapshot(s) passed over for older ones");
   }
@@ -293,6 +296,8 @@ absl::Status DurableStore::Recover(RecoveryReport* report) {
   if (absl::Status status = Journal::Read(log_dir_, 0, visit, &summary); !status.ok()) {
     return status;
   }
+  report->records_read = summary.records;
+  report->log_bytes_read = summary.bytes;
   if (summary.torn_tail) {
     report->torn_tail = absl::StrCat("dropped a torn record (never acknowledged: ",
                                      summary.torn_tail_reason, ") at the end of ",

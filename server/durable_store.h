@@ -56,8 +56,10 @@ struct RecoveryReport {
   int64_t sessions = 0;
   int64_t snapshots_loaded = 0;
   int64_t snapshots_skipped = 0;  // invalid, an older one used instead
-  int64_t records_replayed = 0;
+  int64_t records_replayed = 0;    // applied (the rest were in snapshots or of deleted sessions)
   uint64_t log_bytes_replayed = 0;
+  uint64_t records_read = 0;       // every record of the log kept
+  uint64_t log_bytes_read = 0;
   std::string torn_tail;          // "" or which file and offset a torn record was dropped at
   double seconds = 0.0;
   std::string Describe() const;

@@ -280,8 +280,11 @@ class ChunkReader final : public StateVisitor {
         // exact size afterwards (StateVisitor::CheckSize).
         constexpr uint64_t kMaxSide = uint64_t{1} << 31;
         total = chunk.total();
+        // A shape the file cannot hold is corrupt however well it checksums: refuse it
+        // before allocating for it.
         if (chunk.rows() >= kMaxSide || chunk.cols() >= kMaxSide ||
-            chunk.rows() * chunk.cols() != total || chunk.offset() != 0) {
+            chunk.rows() * chunk.cols() != total || chunk.offset() != 0 ||
+            total > file_->file_size() / sizeof(double)) {
           return Corrupt(absl::StrCat(chunk.name(), " has shape ", chunk.rows(), " x ",
                                       chunk.cols(), " but ", total, " values at offset ",
                                       chunk.offset()));
