@@ -184,6 +184,16 @@ absl::Status KroneckerStatistics::ReplayRefresh(const FactorRefresh& refresh) {
   return absl::OkStatus();
 }
 
+void KroneckerStatistics::ForgetRefresh(const FactorRefresh& refresh) {
+  if (refresh.block != -1 ||
+      (refresh.factor != Factor::kActivations && refresh.factor != Factor::kOutputGradients)) {
+    return;
+  }
+  FactorState& factor = State(refresh.factor);
+  factor.decomposed = false;
+  factor.eigensolve_pending = false;
+}
+
 void KroneckerStatistics::VisitFactor(StateVisitor& visitor, FactorState& factor) {
   const int64_t n = factor.statistics.dim();
   factor.statistics.VisitState(visitor);

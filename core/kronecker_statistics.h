@@ -94,6 +94,7 @@ class KroneckerStatistics final : public ScoreStatistics {
   // when that factor has no weighted rows (no solve could have refreshed it: the log
   // does not belong to this state).
   absl::Status ReplayRefresh(const FactorRefresh& refresh) override;
+  void ForgetRefresh(const FactorRefresh& refresh) override;
 
  private:
   // One factor: its running sums, how often it changed, and its eigendecomposition.

@@ -170,6 +170,11 @@ void LayeredStatistics::TakeRefreshes(std::vector<FactorRefresh>* out) {
   }
 }
 
+void LayeredStatistics::ForgetRefresh(const FactorRefresh& refresh) {
+  if (refresh.block < 0 || refresh.block >= layout_.size()) return;
+  blocks_[refresh.block]->ForgetRefresh({-1, refresh.factor});
+}
+
 absl::Status LayeredStatistics::ReplayRefresh(const FactorRefresh& refresh) {
   if (refresh.block < 0 || refresh.block >= layout_.size()) {
     return absl::InvalidArgumentError(absl::StrCat(

@@ -52,6 +52,7 @@ class LayeredStatistics final : public ScoreStatistics {
   // Routes to block refresh.block. INVALID_ARGUMENT naming the index when there is no
   // such block or it is not a Kronecker block; else the block's answer, naming it.
   absl::Status ReplayRefresh(const FactorRefresh& refresh) override;
+  void ForgetRefresh(const FactorRefresh& refresh) override;
 
   const BlockLayout& layout() const { return layout_; }
   const ScoreStatistics& block(int64_t i) const { return *blocks_[i]; }

@@ -102,7 +102,11 @@ absl::StatusOr<StepResult> Session::Step(const Eigen::VectorXd& g, const StepOpt
     // that replay must reproduce.
     if (log && !effect.refreshes.empty()) {
       absl::StatusOr<uint64_t> lsn = log(effect);
-      if (lsn.ok()) last_lsn_ = *lsn;
+      if (lsn.ok()) {
+        last_lsn_ = *lsn;
+      } else {
+        for (const FactorRefresh& refresh : effect.refreshes) statistics_->ForgetRefresh(refresh);
+      }
     }
     return solved.status();
   }
@@ -128,7 +132,11 @@ absl::StatusOr<StepResult> Session::Step(const Eigen::VectorXd& g, const StepOpt
   if (!options.skip_decay && options_.decay < 1.0) effect.decay = options_.decay;
   if (log) {
     absl::StatusOr<uint64_t> lsn = log(effect);
-    if (!lsn.ok()) return lsn.status();
+    if (!lsn.ok()) {
+      // Nothing of the step may stay that the log does not have.
+      for (const FactorRefresh& refresh : effect.refreshes) statistics_->ForgetRefresh(refresh);
+      return lsn.status();
+    }
     last_lsn_ = result.lsn = *lsn;
   }
   statistics_->StepTaken();

@@ -134,8 +134,8 @@ class Session {
   // The same, logging the step's effect when `log` is set: after a successful solve, or
   // after a failed one that refreshed a decomposition (the refresh is state). The
   // decay and step count move only once the record is logged; if logging fails the
-  // step fails with its status (a refresh already made in memory stays: it changes no
-  // sum, only when later steps re-decompose).
+  // step fails with its status and its refreshes are forgotten (ForgetRefresh), so the
+  // next step refreshes those factors again, logged.
   absl::StatusOr<StepResult> Step(const Eigen::VectorXd& g, const StepOptions& options,
                                   const LogStepFn& log) ABSL_LOCKS_EXCLUDED(mu_);
 

@@ -110,6 +110,12 @@ class ScoreStatistics {
   // FAILED_PRECONDITION when the factor has no weighted rows (no solve could have
   // refreshed it, so the log does not belong to this state).
   virtual absl::Status ReplayRefresh(const FactorRefresh& refresh);
+
+  // Undoes a refresh that could not be logged (a full disk): the factor then has no
+  // decomposition, so the next solve refreshes it again and that refresh is logged. The
+  // state a crash would recover (the older decomposition) and the one kept in memory
+  // then agree again from that step on. Ignores refreshes it has no factor for.
+  virtual void ForgetRefresh(const FactorRefresh& refresh) {}
 };
 
 // The statistics of one block of a layered session of `session`'s options (centered,

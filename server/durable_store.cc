@@ -19,6 +19,7 @@
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 #include "server/batch_decoder.h"
 #include "server/snapshot_file.h"
+#include "storage/file_util.h"
 #include "storage/journal.h"
 
 namespace fisherd::server {
@@ -180,8 +181,9 @@ absl::Status DurableStore::Recover(RecoveryReport* report) {
         SessionInfo& info = sessions_[id];
         info.config = header.config();
         info.incarnation = header.incarnation();
-        info.snapshot_lsn = lsns[k];
-        info.older_snapshot_lsn = k + 1 < lsns.size() ? lsns[k + 1] : 0;
+        // Coverage is unknown after a restart: only the snapshots' own LSNs are safe.
+        info.snapshot_lsn = info.covered_lsn = lsns[k];
+        info.older_snapshot_lsn = info.older_covered_lsn = k + 1 < lsns.size() ? lsns[k + 1] : 0;
         return absl::OkStatus();
       }();
       if (status.ok()) {
@@ -226,7 +228,10 @@ absl::Status DurableStore::Recover(RecoveryReport* report) {
                                            " (log record ", lsn, "): ", entry.status().message()));
         }
         absl::MutexLock lock(&sessions_mu_);
-        sessions_[created.session_id()] = SessionInfo{created.config(), lsn, 0, 0};
+        SessionInfo& info = sessions_[created.session_id()];
+        info = SessionInfo();
+        info.config = created.config();
+        info.incarnation = lsn;
         break;
       }
       case dv1::LOG_RECORD_TYPE_SESSION_DELETED: {
@@ -296,6 +301,7 @@ absl::Status DurableStore::Recover(RecoveryReport* report) {
   if (absl::Status status = Journal::Read(log_dir_, 0, visit, &summary); !status.ok()) {
     return status;
   }
+  if (absl::Status status = registry_->CheckTotals(); !status.ok()) return status;
   report->records_read = summary.records;
   report->log_bytes_read = summary.bytes;
   if (summary.torn_tail) {
@@ -370,11 +376,18 @@ absl::StatusOr<uint64_t> DurableStore::LogCreated(const std::string& session_id,
   dv1::SessionCreated created;
   created.set_session_id(session_id);
   *created.mutable_config() = config;
+  // Appended and entered under sessions_mu_ together: DropUnneeded, which computes what
+  // the log must keep under the same lock, can then never see the record without the
+  // session that needs it. Creations are data records: on a full disk they fail rather
+  // than take the reserve that steps and deletions need.
+  absl::MutexLock lock(&sessions_mu_);
   absl::StatusOr<uint64_t> lsn = journal_->Append(
       dv1::LOG_RECORD_TYPE_SESSION_CREATED, created.SerializeAsString(), AppendKind::kData);
   if (!lsn.ok()) return lsn.status();
-  absl::MutexLock lock(&sessions_mu_);
-  sessions_[session_id] = SessionInfo{config, *lsn, 0, 0};
+  SessionInfo& info = sessions_[session_id];
+  info = SessionInfo();
+  info.config = config;
+  info.incarnation = *lsn;
   return lsn;
 }
 
@@ -383,13 +396,13 @@ absl::StatusOr<uint64_t> DurableStore::LogDeleted(const std::string& session_id,
   dv1::SessionDeleted deleted;
   deleted.set_session_id(session_id);
   deleted.set_incarnation(incarnation);
+  absl::MutexLock lock(&sessions_mu_);
   absl::StatusOr<uint64_t> lsn = journal_->Append(
       dv1::LOG_RECORD_TYPE_SESSION_DELETED, deleted.SerializeAsString(),
       AppendKind::kControl);
   if (!lsn.ok()) return lsn.status();
-  // Its snapshot files go at the next round (RemoveStaleSnapshots), after this record is
-  // durable: until then recovery finds the files and then this record.
-  absl::MutexLock lock(&sessions_mu_);
+  // Its snapshot files go at the next round (DropUnneeded), before the log holding this
+  // record can: until then recovery finds the files and then this record.
   sessions_.erase(session_id);
   return lsn;
 }
@@ -411,9 +424,17 @@ absl::Status DurableStore::SnapshotAll() {
     }
     if (info.incarnation != entry.session->incarnation()) continue;
     uint64_t written = 0;
+    uint64_t covered = 0;
+    bool unchanged = false;
     absl::Status status;
     entry.session->SaveState([&](const SessionCounters& counters, ScoreStatistics& statistics) {
-      if (counters.lsn == info.snapshot_lsn) return;  // unchanged since its last snapshot
+      // Read under the session's lock: any later record of this session gets a larger
+      // LSN, so the log up to here holds nothing of it beyond counters.lsn.
+      covered = journal_->last_lsn();
+      if (info.snapshot_lsn != 0 && counters.lsn == info.snapshot_lsn) {
+        unchanged = true;  // its newest snapshot is its state
+        return;
+      }
       // The snapshot must not hold what a crash could take back from the log (a batch
       // whose record is not yet durable would come back without its record).
       journal_->WaitDurable(counters.lsn);
@@ -422,17 +443,29 @@ absl::Status DurableStore::SnapshotAll() {
       status = WriteSnapshot(path, id, info.incarnation, info.config, counters, statistics);
       if (status.ok()) written = counters.lsn;
     });
+    // An unchanged session must not pin the log at its last change forever: once its
+    // newest snapshot file verifies, the fallback before it is no longer needed, and
+    // nothing of the session lies between that snapshot and `covered`.
+    if (unchanged && info.older_snapshot_lsn != 0) {
+      status = VerifySnapshotFile(
+          absl::StrCat(snapshot_dir_, "/", SnapshotFileName(id, info.snapshot_lsn)));
+    }
     if (!status.ok()) {
       if (first_error.ok()) first_error = status;
       continue;
     }
+    absl::MutexLock lock(&sessions_mu_);
+    auto it = sessions_.find(id);
+    if (it == sessions_.end() || it->second.incarnation != info.incarnation) continue;
     if (written != 0) {
-      absl::MutexLock lock(&sessions_mu_);
-      auto it = sessions_.find(id);
-      if (it != sessions_.end() && it->second.incarnation == info.incarnation) {
-        it->second.older_snapshot_lsn = it->second.snapshot_lsn;
-        it->second.snapshot_lsn = written;
-      }
+      it->second.older_snapshot_lsn = it->second.snapshot_lsn;
+      it->second.older_covered_lsn = it->second.covered_lsn;
+      it->second.snapshot_lsn = written;
+      it->second.covered_lsn = covered;
+    } else if (unchanged) {
+      it->second.older_snapshot_lsn = 0;
+      it->second.older_covered_lsn = 0;
+      it->second.covered_lsn = covered;
     }
   }
   if (!first_error.ok()) return first_error;  // keep the log: some session needs it
@@ -450,17 +483,26 @@ absl::Status DurableStore::DropUnneeded() {
     needed_from = journal_->last_lsn() + 1;
     for (const auto& [id, info] : sessions_) {
       // The oldest state recovery might start this session from: its fallback snapshot,
-      // else its snapshot, else its creation record.
-      const uint64_t start = info.older_snapshot_lsn != 0 ? info.older_snapshot_lsn + 1
-                             : info.snapshot_lsn != 0     ? info.snapshot_lsn + 1
+      // else its snapshot, else its creation record; the first record it could need is
+      // after what that snapshot covers (the log holds nothing of the session between
+      // the snapshot's LSN and its covered LSN).
+      const uint64_t start = info.older_snapshot_lsn != 0 ? info.older_covered_lsn + 1
+                             : info.snapshot_lsn != 0     ? info.covered_lsn + 1
                                                           : info.incarnation;
       needed_from = std::min(needed_from, start);
     }
     stale = StaleSnapshotsLocked();
   }
-  // Files first: a snapshot of a deleted session must be gone before its deletion
-  // record can be dropped, or a crash in between would bring the session back.
-  for (const std::string& file : stale) unlink(absl::StrCat(snapshot_dir_, "/", file).c_str());
+  // Files first, and durably: a snapshot of a deleted session must be gone before its
+  // deletion record can be dropped, or a crash in between would bring the session back.
+  // A file that cannot be removed keeps the whole log.
+  for (const std::string& file : stale) {
+    const std::string path = absl::StrCat(snapshot_dir_, "/", file);
+    if (unlink(path.c_str()) != 0 && errno != ENOENT) {
+      return IoErrorStatus("removing the stale snapshot", path, errno);
+    }
+  }
+  if (!stale.empty()) SyncDirectory(snapshot_dir_);
   if (needed_from <= 1) return absl::OkStatus();
   journal_->WaitDurable(needed_from - 1);
   return journal_->DropThrough(needed_from - 1);

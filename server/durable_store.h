@@ -120,8 +120,12 @@ class DurableStore final : public RegistryLog {
   struct SessionInfo {
     v1::SessionConfig config;
     uint64_t incarnation = 0;
-    uint64_t snapshot_lsn = 0;       // of its newest snapshot file (0: none)
-    uint64_t older_snapshot_lsn = 0; // the one kept before it as a fallback (0: none)
+    uint64_t snapshot_lsn = 0;        // of its newest snapshot file (0: none)
+    // The log holds no record of the session in (snapshot_lsn, covered_lsn]: the
+    // journal's last LSN when that snapshot was written or last found unchanged.
+    uint64_t covered_lsn = 0;
+    uint64_t older_snapshot_lsn = 0;  // the one kept before it as a fallback (0: none)
+    uint64_t older_covered_lsn = 0;
   };
 
   DurableStore(const DurabilityOptions& options, SessionRegistry* registry);

@@ -123,12 +123,12 @@ absl::Status SessionRegistry::CheckBlockLimits(const SessionOptions& options) co
 }
 
 absl::Status SessionRegistry::Reserve(const std::string& name, const SessionOptions& options,
-                                      uint64_t bytes) {
+                                      uint64_t bytes, bool count_limits) {
   if (sessions_.count(name) != 0 || creating_.count(name) != 0) {
     return absl::AlreadyExistsError(absl::StrCat("session ", Quote(name), " already exists"));
   }
   const uint64_t live = sessions_.size() + creating_.size();
-  if (static_cast<int64_t>(live) >= limits_.max_sessions) {
+  if (count_limits && static_cast<int64_t>(live) >= limits_.max_sessions) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "the server already holds ", live, " sessions, its --max-sessions=",
         limits_.max_sessions, " limit; delete a session or raise --max-sessions"));
@@ -142,8 +142,8 @@ absl::Status SessionRegistry::Reserve(const std::string& name, const SessionOpti
         "); use REPRESENTATION_DIAGONAL, which needs O(dim) memory, or a smaller dim"));
   }
   // Written as a subtraction so that a saturated estimate cannot wrap the sum.
-  if (bytes > limits_.memory_budget_bytes ||
-      reserved_bytes_ > limits_.memory_budget_bytes - bytes) {
+  if (count_limits && (bytes > limits_.memory_budget_bytes ||
+                       reserved_bytes_ > limits_.memory_budget_bytes - bytes)) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "session ", Quote(name), " needs ", Mebibytes(bytes), " of statistics, but ",
         Mebibytes(reserved_bytes_), " of the --memory-budget-mb=",
@@ -162,18 +162,18 @@ absl::Status SessionRegistry::Reserve(const std::string& name, const SessionOpti
 
 absl::StatusOr<SessionRegistry::Entry> SessionRegistry::Create(absl::string_view session_id,
                                                                const v1::SessionConfig& config) {
-  return CreateSession(session_id, config, /*log=*/log_ != nullptr, 0);
+  return CreateSession(session_id, config, /*log=*/log_ != nullptr, 0, /*recovering=*/false);
 }
 
 absl::StatusOr<SessionRegistry::Entry> SessionRegistry::Recreate(absl::string_view session_id,
                                                                  const v1::SessionConfig& config,
                                                                  uint64_t incarnation) {
-  return CreateSession(session_id, config, /*log=*/false, incarnation);
+  return CreateSession(session_id, config, /*log=*/false, incarnation, /*recovering=*/true);
 }
 
 absl::StatusOr<SessionRegistry::Entry> SessionRegistry::CreateSession(
     absl::string_view session_id, const v1::SessionConfig& config, bool log,
-    uint64_t incarnation) {
+    uint64_t incarnation, bool recovering) {
   if (absl::Status status = ValidateSessionId(session_id); !status.ok()) return status;
   absl::StatusOr<SessionOptions> options = SessionOptionsFromProto(config);
   if (!options.ok()) return options.status();
@@ -182,7 +182,13 @@ absl::StatusOr<SessionRegistry::Entry> SessionRegistry::CreateSession(
   const uint64_t bytes = EstimateSessionBytes(*options);
   {
     absl::MutexLock lock(&mu_);
-    if (absl::Status status = Reserve(name, *options, bytes); !status.ok()) return status;
+    // Recovery counts sessions and bytes only once the log is replayed (CheckTotals): a
+    // snapshot of a session whose deletion comes later in the log must not push the
+    // others over a limit they were within.
+    if (absl::Status status = Reserve(name, *options, bytes, /*count_limits=*/!recovering);
+        !status.ok()) {
+      return status;
+    }
   }
 
   // The O(dim^2) allocation happens here, with the name and bytes reserved but the lock
@@ -250,6 +256,22 @@ absl::Status SessionRegistry::Delete(absl::string_view name) {
   doomed = std::move(it->second.session);
   reserved_bytes_ -= it->second.bytes;
   sessions_.erase(it);
+  return absl::OkStatus();
+}
+
+absl::Status SessionRegistry::CheckTotals() const {
+  absl::MutexLock lock(&mu_);
+  if (static_cast<int64_t>(sessions_.size()) > limits_.max_sessions) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the data directory holds ", sessions_.size(), " sessions, more than --max-sessions=",
+        limits_.max_sessions, "; raise it to start"));
+  }
+  if (reserved_bytes_ > limits_.memory_budget_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the data directory's sessions need ", Mebibytes(reserved_bytes_),
+        ", more than --memory-budget-mb=", limits_.memory_budget_bytes >> 20,
+        "; raise it to start"));
+  }
   return absl::OkStatus();
 }
 

@@ -88,8 +88,9 @@ class SessionRegistry {
   // large session does not stall lookups of the others.
   absl::StatusOr<Entry> Create(absl::string_view session_id, const v1::SessionConfig& config)
       ABSL_LOCKS_EXCLUDED(mu_);
-  // Recovery: the same limits and allocation, without logging, for a session whose
-  // creation is already on disk with the given incarnation.
+  // Recovery: the same allocation, without logging, for a session whose creation is
+  // already on disk with the given incarnation. Its size limits apply; the count and
+  // budget of all sessions are checked once recovery is done (CheckTotals).
   absl::StatusOr<Entry> Recreate(absl::string_view session_id, const v1::SessionConfig& config,
                                  uint64_t incarnation) ABSL_LOCKS_EXCLUDED(mu_);
 
@@ -101,6 +102,10 @@ class SessionRegistry {
 
   // Removes the session; requests already holding it finish normally. Errors as Get.
   absl::Status Delete(absl::string_view name) ABSL_LOCKS_EXCLUDED(mu_);
+
+  // RESOURCE_EXHAUSTED naming the flag when the sessions held exceed --max-sessions or
+  // --memory-budget-mb (after recovery, which does not count them one by one).
+  absl::Status CheckTotals() const ABSL_LOCKS_EXCLUDED(mu_);
 
   // All sessions, sorted by name.
   std::vector<Entry> List() const ABSL_LOCKS_EXCLUDED(mu_);
@@ -126,8 +131,9 @@ class SessionRegistry {
 
   // Checks every limit for a new session of `options` named `name` and, if all pass,
   // reserves its bytes and the name.
-  absl::Status Reserve(const std::string& name, const SessionOptions& options, uint64_t bytes)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // count_limits: also --max-sessions and the memory budget (not during recovery).
+  absl::Status Reserve(const std::string& name, const SessionOptions& options, uint64_t bytes,
+                       bool count_limits) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // RESOURCE_EXHAUSTED naming the first block whose square matrices exceed
   // --max-dense-dim.
   absl::Status CheckBlockLimits(const SessionOptions& options) const;
@@ -136,7 +142,8 @@ class SessionRegistry {
   // allocation.
   absl::StatusOr<Entry> CreateSession(absl::string_view session_id,
                                       const v1::SessionConfig& config, bool log,
-                                      uint64_t incarnation) ABSL_LOCKS_EXCLUDED(mu_);
+                                      uint64_t incarnation, bool recovering)
+      ABSL_LOCKS_EXCLUDED(mu_);
 
   const RegistryLimits limits_;
   RegistryLog* log_ = nullptr;

@@ -373,6 +373,38 @@ absl::Status WriteSnapshot(const std::string& path, const std::string& session_i
   return (*file)->Commit();
 }
 
+absl::Status VerifySnapshotFile(const std::string& path) {
+  absl::StatusOr<std::unique_ptr<RecordFileReader>> file =
+      RecordFileReader::Open(path, TailPolicy::kCleanEndOnly);
+  if (!file.ok()) return file.status();
+  Record record;
+  uint64_t records = 0, chunks = 0;
+  for (;;) {
+    absl::StatusOr<bool> more = (*file)->Next(&record);
+    if (!more.ok()) return more.status();
+    if (!*more) break;
+    const uint8_t expected = records == 0 ? dv1::SNAPSHOT_RECORD_TYPE_HEADER : record.type;
+    if (record.type != expected) {
+      return FileError(path, record.offset, "the first record is not a snapshot header");
+    }
+    if (record.type == dv1::SNAPSHOT_RECORD_TYPE_END) {
+      dv1::SnapshotEnd end;
+      if (!end.ParseFromArray(record.payload.data(), static_cast<int>(record.payload.size())) ||
+          end.chunks() != chunks) {
+        return FileError(path, record.offset,
+                         absl::StrCat("the end record does not count the ", chunks, " chunks"));
+      }
+      if ((*file)->Next(&record).value_or(true)) {
+        return FileError(path, record.offset, "data after the end record");
+      }
+      return absl::OkStatus();
+    }
+    if (record.type == dv1::SNAPSHOT_RECORD_TYPE_CHUNK) ++chunks;
+    ++records;
+  }
+  return FileError(path, (*file)->file_size(), "no end record");
+}
+
 struct SnapshotReader::Impl {
   std::string path;
   std::unique_ptr<RecordFileReader> file;

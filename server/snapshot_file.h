@@ -32,6 +32,11 @@ absl::Status WriteSnapshot(const std::string& path, const std::string& session_i
                            uint64_t incarnation, const v1::SessionConfig& config,
                            const SessionCounters& counters, ScoreStatistics& statistics);
 
+// Reads every record of the snapshot at `path` and checks the frame's checksums, the
+// header and the end record's chunk count, without restoring anything: OK when a
+// restart could load it. DATA_LOSS naming the file and offset otherwise.
+absl::Status VerifySnapshotFile(const std::string& path);
+
 // Reads a snapshot: Open checks and returns the header; Restore then fills a fresh
 // session of the header's config. Every error is DATA_LOSS naming the file, the byte
 // offset and what was wrong (checksum, a value of the wrong name or size, a missing end).

@@ -1,6 +1,6 @@
 // Journal: a write-ahead log of opaque records with group commit (docs/design.md
-// section 5: one writer thread commits the records of many streams together, one write
-// and one fdatasync per group; handler threads never do that I/O).
+// sections 5 and 8: one writer thread commits the records of many streams together, one
+// write and one fdatasync per group; handler threads never do that I/O).
 //
 // Records are numbered by LSN (log sequence number), contiguous from 1. A caller holds
 // its own lock around Append and the change it logs, so that log order is apply order;
@@ -66,7 +66,7 @@ struct JournalOptions {
 
 enum class AppendKind {
   kData,     // batches: may not use the control reserve
-  kControl,  // small records (steps, deletes, creates): may use the whole segment
+  kControl,  // small records that must not fail (steps, deletes): may use the whole segment
 };
 
 // What Read found.

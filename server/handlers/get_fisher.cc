@@ -104,6 +104,7 @@ class GetFisherReactor final : public grpc::ServerWriteReactor<v1::GetFisherResp
       return status;
     }
     next_row_ += count;
+    WaitSessionDurable(resources_, *session_);
     StartWrite(&response_);
     return StageOutcome::kStarted;
   }

@@ -27,6 +27,7 @@
 #include "core/kronecker_statistics.h"
 #include "core/layered_statistics.h"
 #include "core/low_rank_statistics.h"
+#include "core/session.h"
 #include "core/state_visitor.h"
 #include "core/statistics.h"
 #include "gmock/gmock.h"
@@ -1002,6 +1003,69 @@ TEST(StateMismatchTest, InconsistentDenseAndKroneckerStateFails) {
   Find(corrupt, "step_count")->integer = -1;
   KroneckerStatistics negative(block, session);
   EXPECT_EQ(Restore(corrupt, negative).code(), absl::StatusCode::kDataLoss);
+}
+
+}  // namespace
+}  // namespace fisherd
+
+namespace fisherd {
+namespace {
+
+// A step whose log record cannot be written (a full data directory) must leave nothing
+// in memory that a crash would not bring back: the session that failed to log and a
+// replica rebuilt from what was logged answer the next step identically. Steps 0-2 are
+// logged (a refresh at 0, none at 1 and 2 with period 3); step 3 refreshes both factors
+// and its record fails. Without ForgetRefresh the live session would keep that refresh
+// (taken at step 3's data, age 0) while the replica still has step 0's decomposition
+// and refreshes at the next step with newer data: the natural gradients would differ.
+TEST(StateReplayTest, StepWhoseLogFailsLeavesNoUnloggedRefresh) {
+  const BlockOptions block = Kronecker("fc", 5, 4, /*bias=*/true);
+  SessionOptions options = Layered({block}, /*refresh_period=*/3);
+  options.decay = 0.9;
+  Session live(options), replica(options);
+  std::mt19937_64 rng(21);
+  const Eigen::VectorXd g = RandomVector(options.dim, rng);
+  StepOptions step;
+  step.damping = 0.1;
+  uint64_t lsn = 0, sequence = 0;
+  std::vector<StepEffect> logged;
+  bool fail_next = false;
+  const LogStepFn log = [&](const StepEffect& effect) -> absl::StatusOr<uint64_t> {
+    if (fail_next) return absl::ResourceExhaustedError("data directory full");
+    logged.push_back(effect);
+    return ++lsn;
+  };
+  for (int i = 0; i <= 4; ++i) {
+    SCOPED_TRACE(absl::StrCat("step ", i));
+    for (Factor factor : {Factor::kActivations, Factor::kOutputGradients}) {
+      const PreparedBatch batch = BlockBatch(block, 0, factor, 3, rng);
+      ++sequence;
+      live.AddScores("w", sequence, batch);
+      ASSERT_TRUE(replica.ReplayBatch("w", sequence, batch, ++lsn).ok());
+    }
+    if (i == 4) break;  // the step compared below
+    fail_next = i == 3;
+    logged.clear();
+    absl::StatusOr<StepResult> result = live.Step(g, step, log);
+    if (fail_next) {
+      EXPECT_EQ(result.status().code(), absl::StatusCode::kResourceExhausted);
+      continue;
+    }
+    ASSERT_TRUE(result.ok()) << result.status();
+    ASSERT_EQ(logged.size(), 1u);
+    EXPECT_EQ(logged[0].refreshes.size(), i == 0 ? 2u : 0u);
+    ASSERT_TRUE(replica.ReplayStep(logged[0], lsn).ok());
+  }
+  fail_next = false;
+  logged.clear();
+  absl::StatusOr<StepResult> a = live.Step(g, step, log);
+  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_EQ(logged.size(), 1u);
+  EXPECT_EQ(logged[0].refreshes.size(), 2u);  // the forgotten refreshes, made again
+  absl::StatusOr<StepResult> b = replica.Step(g, step);
+  ASSERT_TRUE(b.ok()) << b.status();
+  ExpectSameBits(b->natural_gradient, a->natural_gradient, "natural gradient");
+  EXPECT_EQ(b->solver.factor_age_steps, a->solver.factor_age_steps);
 }
 
 }  // namespace
