@@ -7,7 +7,7 @@
 # helpers are tests/durability/harness.py. The full-disk test mounts a tmpfs (root) and
 # skips where that is not permitted; the read-only test drops privileges with setpriv.
 find_program(DEBIAN_PYTHON3 python3 PATHS /usr/bin NO_DEFAULT_PATH)
-foreach(suite crash faults corruption environment layered_recovery)
+foreach(suite crash faults corruption environment layered_recovery retention)
   add_test(NAME durability_${suite}
     COMMAND ${DEBIAN_PYTHON3} -m pytest -q -s -p no:cacheprovider
             ${CMAKE_CURRENT_SOURCE_DIR}/durability/test_${suite}.py)

@@ -1,0 +1,85 @@
+"""Durable sessions keep a bounded log: snapshot rounds trim it even while a session sits
+idle, and nothing acknowledged is lost by the trimming.
+
+One session gets a batch and then nothing; another is fed steadily while rounds run every
+0.2 s. An idle session's snapshot stays its state, so it must not keep the log from its
+last change alive: after a few rounds the first segment (which holds both sessions'
+creations and the idle session's batch) must be gone, and the segments kept few. A SIGKILL
+and restart then recovers both sessions: counts and W exactly (weights 1), F to 1e-12
+relative against NumPy's float64 sums (only the summation order differs from the
+server's; a lost or doubled batch moves F by far more).
+
+Run: FISHERD_BIN=build/server/fisherd /usr/bin/python3 -m pytest -q tests/durability/test_retention.py
+"""
+import os
+import pathlib
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "client" / "python"))
+import fisherd  # noqa: E402
+
+BIN = os.environ.get("FISHERD_BIN", str(REPO / "build" / "server" / "fisherd"))
+
+
+def start(data_dir):
+    process = subprocess.Popen([BIN, "--listen=127.0.0.1:0", f"--data-dir={data_dir}",
+                                "--snapshot-interval-seconds=0.2"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = process.stdout.readline()
+    found = re.match(r"fisherd listening on (\S+)", line)
+    assert found, f"fisherd did not start: {line!r} {process.stderr.read()}"
+    client = fisherd.Client(found.group(1), options=[("grpc.use_local_subchannel_pool", 1)])
+    return process, client
+
+
+def test_idle_session_does_not_pin_the_log_and_trimming_loses_nothing():
+    data_dir = tempfile.mkdtemp(prefix="fisherd-retention-")
+    process = None
+    try:
+        process, client = start(data_dir)
+        rng = np.random.default_rng(3)
+        idle_rows = rng.standard_normal((5, 8)).astype(np.float32)
+        client.create_session("idle", dim=8)
+        client.stream_scores("sessions/idle", idle_rows, worker_id="w")
+        client.create_session("busy", dim=8, representation="diagonal")
+        busy_rows = []
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            rows = rng.standard_normal((4, 8)).astype(np.float32)
+            client.stream_scores("sessions/busy", rows, worker_id="w")
+            busy_rows.append(rows)
+            time.sleep(0.05)
+        time.sleep(0.5)  # a round after the last batch
+        segments = sorted(os.listdir(os.path.join(data_dir, "log")))
+        assert "00000000000000000001.wal" not in segments, (
+            f"the first segment is still kept after 3 s of rounds: {segments}")
+        assert len(segments) <= 3, f"{len(segments)} segments kept: {segments}"
+
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        client.close()
+        process, client = start(data_dir)
+        idle = client.get_session("sessions/idle")
+        busy = client.get_session("sessions/busy")
+        all_busy = np.concatenate(busy_rows).astype(np.float64)
+        assert (idle.sample_count, idle.weight_sum) == (5, 5.0)
+        assert (busy.sample_count, busy.weight_sum) == (len(all_busy), float(len(all_busy)))
+        x = idle_rows.astype(np.float64)
+        assert np.allclose(np.asarray(client.get_fisher("sessions/idle").matrix),
+                           x.T @ x / 5, rtol=1e-12, atol=1e-15), "idle session's F changed"
+        assert np.allclose(np.asarray(client.get_fisher("sessions/busy").matrix),
+                           (all_busy ** 2).mean(axis=0), rtol=1e-12, atol=0)
+    finally:
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
+        shutil.rmtree(data_dir, ignore_errors=True)
