@@ -76,18 +76,24 @@ v1::Factor FactorToProto(fisherd::Factor factor) {
 // BatchApplied{batch, incarnation} written field by field, so that the batch is
 // serialized once into the payload rather than copied into a wrapper message first.
 std::string EncodeBatchApplied(const v1::ScoreBatch& batch, uint64_t incarnation) {
-  std::string payload;
-  {
-    google::protobuf::io::StringOutputStream raw(&payload);
-    google::protobuf::io::CodedOutputStream out(&raw);
-    constexpr uint32_t kBatchTag = (1 << 3) | 2;        // field 1, length-delimited
-    constexpr uint32_t kIncarnationTag = (2 << 3) | 0;  // field 2, varint
-    out.WriteTag(kBatchTag);
-    out.WriteVarint64(batch.ByteSizeLong());
-    batch.SerializeWithCachedSizes(&out);
-    out.WriteTag(kIncarnationTag);
-    out.WriteVarint64(incarnation);
-  }
+  using google::protobuf::io::CodedOutputStream;
+  constexpr uint32_t kBatchTag = (1 << 3) | 2;        // field 1, length-delimited
+  constexpr uint32_t kIncarnationTag = (2 << 3) | 0;  // field 2, varint
+  // Sized exactly and written in place: one copy of the scores into the payload, where a
+  // growing string copied them again at every doubling (measured in
+  // docs/performance.md's durability profile).
+  const size_t batch_bytes = batch.ByteSizeLong();
+  const size_t size = CodedOutputStream::VarintSize32(kBatchTag) +
+                      CodedOutputStream::VarintSize64(batch_bytes) + batch_bytes +
+                      CodedOutputStream::VarintSize32(kIncarnationTag) +
+                      CodedOutputStream::VarintSize64(incarnation);
+  std::string payload(size, '\0');
+  uint8_t* out = reinterpret_cast<uint8_t*>(payload.data());
+  out = CodedOutputStream::WriteVarint32ToArray(kBatchTag, out);
+  out = CodedOutputStream::WriteVarint64ToArray(batch_bytes, out);
+  out = batch.SerializeWithCachedSizesToArray(out);
+  out = CodedOutputStream::WriteVarint32ToArray(kIncarnationTag, out);
+  CodedOutputStream::WriteVarint64ToArray(incarnation, out);
   return payload;
 }
 
