@@ -1,6 +1,5 @@
 #include "server/durable_store.h"
 
-#include <dirent.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -18,6 +17,7 @@
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 #include "server/batch_decoder.h"
+#include "server/conversions.h"
 #include "server/snapshot_file.h"
 #include "storage/file_util.h"
 #include "storage/journal.h"
@@ -26,8 +26,6 @@ namespace fisherd::server {
 namespace {
 
 namespace dv1 = durable::v1;
-
-constexpr absl::string_view kCollection = "sessions/";
 
 absl::Status MakeDirectory(const std::string& path) {
   if (mkdir(path.c_str(), 0755) == 0 || errno == EEXIST) {
@@ -38,39 +36,6 @@ absl::Status MakeDirectory(const std::string& path) {
   }
   return absl::FailedPreconditionError(absl::StrCat(
       "cannot create data directory ", path, ": ", std::strerror(errno)));
-}
-
-// Names in `dir`, sorted; FAILED_PRECONDITION naming it when it cannot be listed.
-absl::StatusOr<std::vector<std::string>> ListDirectory(const std::string& dir) {
-  DIR* handle = opendir(dir.c_str());
-  if (handle == nullptr) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("cannot list ", dir, ": ", std::strerror(errno)));
-  }
-  std::vector<std::string> names;
-  while (const dirent* entry = readdir(handle)) {
-    const std::string name = entry->d_name;
-    if (name != "." && name != "..") names.push_back(name);
-  }
-  closedir(handle);
-  std::sort(names.begin(), names.end());
-  return names;
-}
-
-fisherd::Factor FactorFromProto(v1::Factor factor) {
-  switch (factor) {
-    case v1::FACTOR_ACTIVATIONS: return fisherd::Factor::kActivations;
-    case v1::FACTOR_OUTPUT_GRADIENTS: return fisherd::Factor::kOutputGradients;
-    default: return fisherd::Factor::kNone;
-  }
-}
-
-v1::Factor FactorToProto(fisherd::Factor factor) {
-  switch (factor) {
-    case fisherd::Factor::kActivations: return v1::FACTOR_ACTIVATIONS;
-    case fisherd::Factor::kOutputGradients: return v1::FACTOR_OUTPUT_GRADIENTS;
-    default: return v1::FACTOR_UNSPECIFIED;
-  }
 }
 
 // BatchApplied{batch, incarnation} written field by field, so that the batch is
@@ -289,8 +254,9 @@ absl::Status DurableStore::Recover(RecoveryReport* report) {
         effect.taken = step.taken();
         effect.decay = step.decay();
         for (const dv1::FactorRefreshed& refresh : step.refreshes()) {
-          effect.refreshes.push_back(
-              FactorRefresh{refresh.block(), FactorFromProto(refresh.factor())});
+          absl::StatusOr<Factor> factor = FactorFromProto(refresh.factor(), "refreshes.factor");
+          if (!factor.ok()) return LogCorrupt(lsn, factor.status().message());
+          effect.refreshes.push_back(FactorRefresh{refresh.block(), *factor});
         }
         if (absl::Status status = (*live)->ReplayStep(effect, lsn); !status.ok()) {
           return LogCorrupt(lsn, status.message());
@@ -420,7 +386,9 @@ absl::Status DurableStore::SnapshotAll() {
   journal_->Rotate();
   absl::Status first_error;
   for (const SessionRegistry::Entry& entry : registry_->List()) {
-    const std::string id = entry.name.substr(kCollection.size());
+    absl::StatusOr<std::string> parsed = ParseSessionName(entry.name, "name");
+    if (!parsed.ok()) continue;  // the registry only holds valid names
+    const std::string& id = *parsed;
     SessionInfo info;
     {
       absl::MutexLock lock(&sessions_mu_);

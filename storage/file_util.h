@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -39,6 +40,10 @@ absl::Status IoErrorStatus(absl::string_view what, absl::string_view path,
 
 // The directory part of a path ("." when there is none).
 std::string DirectoryOf(const std::string& path);
+
+// The names in a directory (without "." and ".."), sorted. FAILED_PRECONDITION naming
+// the directory and the errno text when it cannot be listed.
+absl::StatusOr<std::vector<std::string>> ListDirectory(const std::string& dir);
 
 // fsyncs a directory so that entries created, renamed or removed in it survive a power
 // loss. Fatal (FatalIoError) when the directory cannot be opened or synced: it is only

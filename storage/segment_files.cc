@@ -1,10 +1,7 @@
 #include "storage/segment_files.h"
 
-#include <dirent.h>
-#include <errno.h>
 
 #include <algorithm>
-#include <memory>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -40,26 +37,15 @@ std::optional<uint64_t> ParseSegmentFileName(absl::string_view name) {
 }
 
 absl::StatusOr<std::vector<SegmentFile>> ListSegments(const std::string& dir) {
-  std::unique_ptr<DIR, int (*)(DIR*)> listing(opendir(dir.c_str()), &closedir);
-  if (listing == nullptr) {
+  absl::StatusOr<std::vector<std::string>> names = ListDirectory(dir);
+  if (!names.ok()) {
     return absl::FailedPreconditionError(
-        absl::StrCat("journal directory ", dir, ": ", ErrnoText(errno)));
+        absl::StrCat("journal directory ", dir, ": ", names.status().message()));
   }
   std::vector<SegmentFile> segments;
-  for (;;) {
-    errno = 0;
-    struct dirent* entry = readdir(listing.get());
-    if (entry == nullptr) {
-      if (errno != 0) {
-        return absl::FailedPreconditionError(
-            absl::StrCat("list journal directory ", dir, ": ", ErrnoText(errno)));
-      }
-      break;
-    }
-    std::optional<uint64_t> lsn = ParseSegmentFileName(entry->d_name);
-    if (lsn.has_value()) {
-      segments.push_back({*lsn, absl::StrCat(dir, "/", entry->d_name)});
-    }
+  for (const std::string& name : *names) {
+    std::optional<uint64_t> lsn = ParseSegmentFileName(name);
+    if (lsn.has_value()) segments.push_back({*lsn, absl::StrCat(dir, "/", name)});
   }
   std::sort(segments.begin(), segments.end(),
             [](const SegmentFile& a, const SegmentFile& b) {

@@ -18,30 +18,16 @@ namespace fisherd {
 namespace {
 
 using ::testing::HasSubstr;
+using ::fisherd::testing::Block;
+using ::fisherd::testing::Kronecker;
+using ::fisherd::testing::RandomRows;
+using ::fisherd::testing::RandomWeights;
 using testing::ReferenceFisher;
 using testing::RowMatrixF;
 
 // Round-off of a dense solve of a matrix of condition ~1e3 at these sizes is ~1e-13;
 // 1e-10 leaves room for that and catches any wrong entry, order or scale.
 constexpr double kTolerance = 1e-10;
-
-BlockOptions Block(const std::string& name, BlockKind kind, int64_t dim) {
-  BlockOptions block;
-  block.name = name;
-  block.kind = kind;
-  block.dim = dim;
-  return block;
-}
-
-BlockOptions Kronecker(const std::string& name, int64_t in, int64_t out, bool bias) {
-  BlockOptions block;
-  block.name = name;
-  block.kind = BlockKind::kKronecker;
-  block.in_features = in;
-  block.out_features = out;
-  block.bias = bias;
-  return block;
-}
 
 SessionOptions MixedLayout(double damping, double decay = 1.0) {
   SessionOptions options;
@@ -55,20 +41,6 @@ SessionOptions MixedLayout(double damping, double decay = 1.0) {
   options.damping = damping;
   options.decay = decay;
   return options;
-}
-
-RowMatrixF RandomRows(int rows, int width, std::mt19937_64& rng) {
-  std::normal_distribution<float> normal;
-  RowMatrixF out(rows, width);
-  for (float& x : out.reshaped()) x = normal(rng) + 0.25f;
-  return out;
-}
-
-std::vector<float> RandomWeights(int rows, std::mt19937_64& rng) {
-  std::uniform_real_distribution<float> uniform(0.5f, 2.0f);
-  std::vector<float> weights(rows);
-  for (float& w : weights) w = uniform(rng);
-  return weights;
 }
 
 PreparedBatch ForBlock(const Session& session, int64_t index, Factor factor,

@@ -38,6 +38,10 @@ namespace fisherd {
 namespace {
 
 using ::testing::HasSubstr;
+using ::fisherd::testing::Block;
+using ::fisherd::testing::Kronecker;
+using ::fisherd::testing::RandomRows;
+using ::fisherd::testing::RandomWeights;
 using testing::RowMatrixF;
 
 // --- an in-memory snapshot ---
@@ -408,21 +412,6 @@ std::unique_ptr<ScoreStatistics> RoundTrip(ScoreStatistics& original, const Fact
 
 // --- batches ---
 
-RowMatrixF RandomRows(int64_t rows, int64_t width, std::mt19937_64& rng) {
-  std::normal_distribution<float> normal;
-  RowMatrixF out(rows, width);
-  // Off-center, so that centered and uncentered estimates differ.
-  for (float& x : out.reshaped()) x = normal(rng) + 0.25f;
-  return out;
-}
-
-std::vector<float> RandomWeights(int64_t rows, std::mt19937_64& rng) {
-  std::uniform_real_distribution<float> uniform(0.5f, 2.0f);
-  std::vector<float> weights(rows);
-  for (float& w : weights) w = uniform(rng);
-  return weights;
-}
-
 ScoreBatchView View(const RowMatrixF& rows, const std::vector<float>& weights) {
   ScoreBatchView view;
   view.rows = rows.rows();
@@ -461,24 +450,6 @@ void DecayBoth(ScoreStatistics& a, ScoreStatistics& b, double rho, int times = 1
 void StepBoth(ScoreStatistics& a, ScoreStatistics& b) {
   a.StepTaken();
   b.StepTaken();
-}
-
-BlockOptions Block(const std::string& name, BlockKind kind, int64_t dim) {
-  BlockOptions block;
-  block.name = name;
-  block.kind = kind;
-  block.dim = dim;
-  return block;
-}
-
-BlockOptions Kronecker(const std::string& name, int64_t in, int64_t out, bool bias) {
-  BlockOptions block;
-  block.name = name;
-  block.kind = BlockKind::kKronecker;
-  block.in_features = in;
-  block.out_features = out;
-  block.bias = bias;
-  return block;
 }
 
 BlockOptions LowRank(const std::string& name, int64_t dim, int64_t max_rows) {

@@ -4,6 +4,7 @@
 #define FISHERD_TESTS_CORE_TEST_UTIL_H_
 
 #include <random>
+#include <string>
 #include <vector>
 
 #include "Eigen/Core"
@@ -71,6 +72,41 @@ inline Eigen::MatrixXd DenseEstimate(Session& session) {
 
 inline double RelativeError(const Eigen::MatrixXd& actual, const Eigen::MatrixXd& expected) {
   return (actual - expected).norm() / expected.norm();
+}
+
+// Random float rows, off-center so that centered and uncentered estimates differ.
+inline RowMatrixF RandomRows(int64_t rows, int64_t width, std::mt19937_64& rng) {
+  std::normal_distribution<float> normal;
+  RowMatrixF out(rows, width);
+  for (float& x : out.reshaped()) x = normal(rng) + 0.25f;
+  return out;
+}
+
+// Random weights in [0.5, 2).
+inline std::vector<float> RandomWeights(int64_t rows, std::mt19937_64& rng) {
+  std::uniform_real_distribution<float> uniform(0.5f, 2.0f);
+  std::vector<float> weights(rows);
+  for (float& w : weights) w = uniform(rng);
+  return weights;
+}
+
+// A block of a layered session's options, and a Kronecker one.
+inline BlockOptions Block(const std::string& name, BlockKind kind, int64_t dim) {
+  BlockOptions block;
+  block.name = name;
+  block.kind = kind;
+  block.dim = dim;
+  return block;
+}
+
+inline BlockOptions Kronecker(const std::string& name, int64_t in, int64_t out, bool bias) {
+  BlockOptions block;
+  block.name = name;
+  block.kind = BlockKind::kKronecker;
+  block.in_features = in;
+  block.out_features = out;
+  block.bias = bias;
+  return block;
 }
 
 }  // namespace fisherd::testing

@@ -61,12 +61,12 @@ _start_counter = iter(range(1, 1 << 30))
 
 
 class Fisherd:
-    """One fisherd process on `data_dir`. stdout and stderr go to files under
-    `log_dir` (kept for a failing test's post-mortem); start() returns once the process
-    printed 'fisherd listening on HOST:PORT' (recovery is done by then)."""
+    """One fisherd process on `data_dir` (None: memory only). stdout and stderr go to
+    files under `log_dir` (kept for a failing test's post-mortem); start() returns once
+    the process printed 'fisherd listening on HOST:PORT' (recovery is done by then)."""
 
     def __init__(self, data_dir, log_dir, flags=(), fault=None, wrapper=(), env=None):
-        self.data_dir = pathlib.Path(data_dir)
+        self.data_dir = None if data_dir is None else pathlib.Path(data_dir)
         self.log_dir = pathlib.Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.flags = list(flags)
@@ -80,8 +80,9 @@ class Fisherd:
 
     @property
     def command(self):
-        return [*self.wrapper, fisherd_binary(), "--listen=127.0.0.1:0",
-                f"--data-dir={self.data_dir}", *self.flags]
+        data_dir = [] if self.data_dir is None else [f"--data-dir={self.data_dir}"]
+        return [*self.wrapper, fisherd_binary(), "--listen=127.0.0.1:0", *data_dir,
+                *self.flags]
 
     def _environment(self):
         env = dict(os.environ)

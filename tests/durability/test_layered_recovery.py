@@ -14,21 +14,13 @@ its dense block starts in the low-rank phase (at most dim/16 rows held) and leav
 Run: FISHERD_BIN=build/server/fisherd /usr/bin/python3 -m pytest -q tests/durability/test_layered_recovery.py
 """
 import os
-import pathlib
-import re
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 
 import numpy as np
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "client" / "python"))
-import fisherd  # noqa: E402
-
-BIN = os.environ.get("FISHERD_BIN", str(REPO / "build" / "server" / "fisherd"))
+import harness  # tests/durability/harness.py: the fisherd process and client paths
+import fisherd  # noqa: E402  (harness put client/python on the path)
 
 BLOCKS = [
     {"name": "fc", "kind": "kronecker", "in_features": 6, "out_features": 4, "bias": True},
@@ -44,39 +36,28 @@ DIM = 4 * 7 + 10 + 48 + 7 + 3 * 5
 
 
 class Server:
-    def __init__(self, data_dir=None):
-        self.data_dir = data_dir
-        self.process = None
+    """A fisherd process (harness.Fisherd) and a client of its own: a fresh channel per
+    run, as a restarted worker would have."""
+
+    def __init__(self, data_dir, log_dir):
+        self.fisherd = harness.Fisherd(data_dir, log_dir)
         self.start()
 
     def start(self):
-        args = [BIN, "--listen=127.0.0.1:0"]
-        if self.data_dir:
-            args.append(f"--data-dir={self.data_dir}")
-        self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        text=True)
-        line = self.process.stdout.readline()
-        found = re.match(r"fisherd listening on (\S+)", line)
-        assert found, f"fisherd did not start: {line!r} {self.process.stderr.read()}"
-        # One channel per process run, as a restarted worker would have.
-        self.client = fisherd.Client(found.group(1),
+        self.fisherd.start()
+        self.client = fisherd.Client(self.fisherd.address,
                                      options=[("grpc.use_local_subchannel_pool", 1)])
 
     def kill(self):
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
         self.client.close()
+        self.fisherd.kill()
 
     def drain(self):
-        self.process.send_signal(signal.SIGTERM)
-        _, err = self.process.communicate(timeout=60)
-        assert self.process.returncode == 0, err
         self.client.close()
+        assert self.fisherd.terminate() == 0, self.fisherd.stderr()
 
     def stop(self):
-        if self.process and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+        self.fisherd.cleanup()
 
 
 def feed(server, session, iteration):
@@ -115,9 +96,10 @@ def assert_same_step(a, b, when):
 
 
 def test_layered_session_survives_kill_drain_and_kill_bit_for_bit():
-    data_dir = tempfile.mkdtemp(prefix="fisherd-layered-durable-")
-    twin = Server()
-    durable = Server(data_dir)
+    work = tempfile.mkdtemp(prefix="fisherd-layered-durable-")
+    data_dir = os.path.join(work, "data")
+    twin = Server(None, os.path.join(work, "twin-logs"))
+    durable = Server(data_dir, os.path.join(work, "logs"))
     try:
         session = None
         for server in (twin, durable):
@@ -143,7 +125,7 @@ def test_layered_session_survives_kill_drain_and_kill_bit_for_bit():
     finally:
         twin.stop()
         durable.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

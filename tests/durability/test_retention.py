@@ -12,40 +12,29 @@ server's; a lost or doubled batch moves F by far more).
 Run: FISHERD_BIN=build/server/fisherd /usr/bin/python3 -m pytest -q tests/durability/test_retention.py
 """
 import os
-import pathlib
-import re
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 
 import numpy as np
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "client" / "python"))
-import fisherd  # noqa: E402
-
-BIN = os.environ.get("FISHERD_BIN", str(REPO / "build" / "server" / "fisherd"))
+import harness  # tests/durability/harness.py: the fisherd process and client paths
+import fisherd  # noqa: E402  (harness put client/python on the path)
 
 
-def start(data_dir):
-    process = subprocess.Popen([BIN, "--listen=127.0.0.1:0", f"--data-dir={data_dir}",
-                                "--snapshot-interval-seconds=0.2"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = process.stdout.readline()
-    found = re.match(r"fisherd listening on (\S+)", line)
-    assert found, f"fisherd did not start: {line!r} {process.stderr.read()}"
-    client = fisherd.Client(found.group(1), options=[("grpc.use_local_subchannel_pool", 1)])
-    return process, client
+def start(data_dir, log_dir):
+    server = harness.Fisherd(data_dir, log_dir, flags=["--snapshot-interval-seconds=0.2"])
+    server.start()
+    client = fisherd.Client(server.address, options=[("grpc.use_local_subchannel_pool", 1)])
+    return server, client
 
 
 def test_idle_session_does_not_pin_the_log_and_trimming_loses_nothing():
-    data_dir = tempfile.mkdtemp(prefix="fisherd-retention-")
-    process = None
+    work = tempfile.mkdtemp(prefix="fisherd-retention-")
+    data_dir, log_dir = os.path.join(work, "data"), os.path.join(work, "logs")
+    server = None
     try:
-        process, client = start(data_dir)
+        server, client = start(data_dir, log_dir)
         rng = np.random.default_rng(3)
         idle_rows = rng.standard_normal((5, 8)).astype(np.float32)
         client.create_session("idle", dim=8)
@@ -64,10 +53,9 @@ def test_idle_session_does_not_pin_the_log_and_trimming_loses_nothing():
             f"the first segment is still kept after 3 s of rounds: {segments}")
         assert len(segments) <= 3, f"{len(segments)} segments kept: {segments}"
 
-        process.send_signal(signal.SIGKILL)
-        process.wait()
         client.close()
-        process, client = start(data_dir)
+        server.kill()
+        server, client = start(data_dir, log_dir)
         idle = client.get_session("sessions/idle")
         busy = client.get_session("sessions/busy")
         all_busy = np.concatenate(busy_rows).astype(np.float64)
@@ -79,7 +67,6 @@ def test_idle_session_does_not_pin_the_log_and_trimming_loses_nothing():
         assert np.allclose(np.asarray(client.get_fisher("sessions/busy").matrix),
                            (all_busy ** 2).mean(axis=0), rtol=1e-12, atol=0)
     finally:
-        if process is not None and process.poll() is None:
-            process.kill()
-            process.wait()
-        shutil.rmtree(data_dir, ignore_errors=True)
+        if server is not None:
+            server.cleanup()
+        shutil.rmtree(work, ignore_errors=True)
