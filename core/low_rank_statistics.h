@@ -2,9 +2,10 @@
 // Woodbury identity. Two users share this one implementation:
 //  - a LOW_RANK block of a layered session keeps the latest max_rows rows (a sliding
 //    window: once full, each new row overwrites the oldest);
-//  - a dense session's low-rank start (core/dense_statistics.h) holds its first
+//  - a dense estimate's low-rank start (core/dense_statistics.h) holds its first
 //    dim / kLowRankRowsPerDim rows here and never lets the window fill past them: the
-//    batch that would overflow it goes dense instead (rows(), log_scale()).
+//    batch that would overflow it goes to a DenseMatrixStatistics that takes the rows
+//    over (rows(), coefficients(), log_scale()).
 //
 // Representation. Row i of R is b_i s_i with b_i = sqrt(w_i / scale at its arrival), and
 // one scalar scale = exp(log_scale_), kept in the log domain, so that for the rows held
@@ -100,6 +101,9 @@ class LowRankStatistics final : public ScoreStatistics {
   // dsyrk). scale() may be far below 1 after many decays without an Add, down to 0 once
   // it underflows; log_scale() is its logarithm, which never does.
   Eigen::Ref<const PreparedBatch::RowMajorD> rows() const { return rows_.topRows(count_); }
+  // Their coefficients b (row i is b_i s_i), in the same order: W = scale() |b|^2 and
+  // m = scale() R^T b.
+  Eigen::Ref<const Eigen::VectorXd> coefficients() const { return coefficients_.head(count_); }
   double scale() const;
   double log_scale() const { return log_scale_; }
 

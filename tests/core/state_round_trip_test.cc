@@ -512,6 +512,41 @@ TEST(StateRoundTripTest, DenseInLowRankStart) {
   }
 }
 
+// The dense layout is what snapshots on disk hold (it predates the split into a start and
+// a matrix class): the same names in the same order in both phases, or older snapshots
+// stop loading. In the start, the saved W is that of its rows (|b|^2, what weight_sum()
+// reports without decay, to the bit).
+TEST(StateRoundTripTest, DenseLayoutIsTheSnapshotFormat) {
+  SessionOptions options;
+  options.dim = 32;  // holds up to 2 rows
+  std::unique_ptr<ScoreStatistics> dense = ScoreStatistics::Create(options);
+  std::mt19937_64 rng(3);
+  dense->Add(SessionBatch(2, 32, Representation::kDense, rng));
+  const auto names = [](const Snapshot& snapshot) {
+    std::vector<std::string> out;
+    for (const MemoryStateVisitor::Entry& entry : snapshot) out.push_back(entry.name);
+    return out;
+  };
+  Snapshot start = Save(*dense);
+  const std::vector<std::string> start_names = names(start);
+  ASSERT_GE(start_names.size(), 6u);
+  EXPECT_EQ(std::vector<std::string>(start_names.begin(), start_names.begin() + 5),
+            (std::vector<std::string>{"sample_count", "weight_sum", "log_scale", "mean_sum",
+                                      "holding_rows"}));
+  EXPECT_EQ(start_names[5].rfind("low_rank_start/", 0), 0u) << start_names[5];
+  EXPECT_EQ(Find(start, "holding_rows")->integer, 1);
+  EXPECT_EQ(Find(start, "weight_sum")->values[0], dense->weight_sum());
+  EXPECT_EQ(Find(start, "sample_count")->count, 2u);
+
+  dense->Add(SessionBatch(1, 32, Representation::kDense, rng));  // past the start
+  Snapshot matrix = Save(*dense);
+  EXPECT_EQ(names(matrix), (std::vector<std::string>{"sample_count", "weight_sum", "log_scale",
+                                                     "mean_sum", "holding_rows",
+                                                     "raw_second_moment"}));
+  EXPECT_EQ(Find(matrix, "holding_rows")->integer, 0);
+  EXPECT_EQ(Find(matrix, "weight_sum")->values[0], dense->weight_sum());
+}
+
 // Materialized, centered, float32 and float64 products, decayed past the fold bound:
 // the restored statistics folds at the same Add and stays identical.
 TEST(StateRoundTripTest, DenseMaterializedAndDecayed) {
