@@ -255,6 +255,10 @@ uint64_t Session::SampleCount() {
 
 SessionStatsSnapshot Session::Stats() {
   absl::MutexLock lock(&mu_);
+  return StatsLocked();
+}
+
+SessionStatsSnapshot Session::StatsLocked() {
   SessionStatsSnapshot snapshot;
   snapshot.sample_count = statistics_->sample_count();
   snapshot.weight_sum = statistics_->weight_sum();
@@ -327,15 +331,25 @@ const ScoreStatistics& Session::Part(const EstimatePart& part) const {
   return part.factor == Factor::kNone ? block : *block.FactorStatistics(part.factor);
 }
 
-absl::StatusOr<FisherSummary> Session::SummarizePart(const EstimatePart& part,
-                                                     bool with_eigenvalues) {
+absl::StatusOr<PartReading> Session::ReadPart(const EstimatePart& part, bool with_eigenvalues,
+                                              bool with_entries) {
   if (absl::Status status = CheckPart(part); !status.ok()) return status;
+  PartReading reading;
+  // Allocated outside the lock: ingestion waits only for the copy itself.
+  if (with_entries) {
+    reading.entries.resize(static_cast<size_t>(PartRows(part) * PartEntriesPerRow(part)));
+  }
   absl::MutexLock lock(&mu_);
   const ScoreStatistics& statistics = Part(part);
   if (absl::Status status = CheckHasSamples(statistics, "the estimate"); !status.ok()) {
     return status;
   }
-  return statistics.Summarize(with_eigenvalues);
+  absl::StatusOr<FisherSummary> summary = statistics.Summarize(with_eigenvalues);
+  if (!summary.ok()) return summary.status();
+  reading.summary = *std::move(summary);
+  reading.stats = StatsLocked();
+  if (with_entries) statistics.CopyEntries(0, PartRows(part), reading.entries.data());
+  return reading;
 }
 
 absl::Status Session::CopyPartEntries(const EstimatePart& part, int64_t begin, int64_t count,

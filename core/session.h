@@ -97,6 +97,13 @@ struct EstimatePart {
   Factor factor = Factor::kNone;
 };
 
+// What Session::ReadPart returns: one state of the session, described three ways.
+struct PartReading {
+  SessionStatsSnapshot stats;
+  FisherSummary summary;
+  std::vector<double> entries;  // empty unless asked for
+};
+
 // The step size rule of docs/design.md section 1, pure so that it can be tested alone.
 // natural_norm_sq = g^T n > 0 unless g == 0, in which case eta is the learning rate
 // (or 1) since the update is zero anyway.
@@ -158,8 +165,13 @@ class Session {
   // REQUIRES: CheckPart(part).ok().
   int64_t PartRows(const EstimatePart& part) const;
   int64_t PartEntriesPerRow(const EstimatePart& part) const;
-  absl::StatusOr<FisherSummary> SummarizePart(const EstimatePart& part, bool with_eigenvalues)
-      ABSL_LOCKS_EXCLUDED(mu_);
+  // One consistent reading of a part, for GetFisher: the session's Stats(), the part's
+  // summary and, when `with_entries`, all its entries (PartRows x PartEntriesPerRow,
+  // row-major), taken under one hold of the lock so that a batch merged meanwhile can
+  // never mix two estimates. The entries are allocated before the lock is taken.
+  // Errors as CheckPart, and FAILED_PRECONDITION before the part has weight.
+  absl::StatusOr<PartReading> ReadPart(const EstimatePart& part, bool with_eigenvalues,
+                                       bool with_entries) ABSL_LOCKS_EXCLUDED(mu_);
   absl::Status CopyPartEntries(const EstimatePart& part, int64_t begin, int64_t count,
                                double* out) ABSL_LOCKS_EXCLUDED(mu_);
 
@@ -196,6 +208,7 @@ class Session {
   uint64_t SampleCount() ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
+  SessionStatsSnapshot StatsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The statistics of `part`. REQUIRES: CheckPart(part).ok().
   const ScoreStatistics& Part(const EstimatePart& part) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 

@@ -1,18 +1,18 @@
 // GetFisher: the summary first, then (on request) consecutive blocks of rows of F, each
 // at most about 1 MiB of doubles so that dense dim 4096 (128 MiB) fits the default
-// 4 MiB message limit of every client. The next block is copied and written only
-// after the previous write completed (OnWriteDone), which is how gRPC exposes flow
-// control: a slow reader costs one block here plus what gRPC's window buffers, never
-// a copy of the whole matrix.
+// 4 MiB receive limit of every gRPC client. The next block is written only after the
+// previous write completed (OnWriteDone), which is how gRPC exposes flow control.
 //
-// Consistency: blocks are copied under the session lock one at a time, so scores
-// merged between two blocks would tear the matrix. The stream checks the session's
-// sample_count before every block and ends with ABORTED (retryable) if it moved since
-// the summary was taken, rather than hand out rows of two different estimates. Steps
-// only rescale W, m and M together, which leaves F unchanged, so they do not abort it.
+// Consistency: the summary, the session's counters and every entry the stream will send
+// are read under one hold of the session lock (Session::ReadPart), so a client polling
+// while workers stream scores always gets one estimate and never has to retry. The
+// price is a copy of the requested part for the life of the stream, counted against
+// --memory-budget-mb as working memory (RESOURCE_EXHAUSTED when it does not fit); a
+// slow reader costs that copy plus what gRPC's window buffers.
 #include <algorithm>
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
@@ -40,7 +40,10 @@ class GetFisherReactor final : public grpc::ServerWriteReactor<v1::GetFisherResp
         [this] { RunStage(context_, this, &GetFisherReactor::WriteNextBlockOrFinish); });
   }
 
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    if (reserved_bytes_ > 0) resources_.registry->ReleaseWorkingMemory(reserved_bytes_);
+    delete this;
+  }
 
  private:
   absl::StatusOr<StageOutcome> WriteSummary() {
@@ -49,62 +52,60 @@ class GetFisherReactor final : public grpc::ServerWriteReactor<v1::GetFisherResp
     if (!session.ok()) return session.status();
     session_ = std::move(*session);
 
-    absl::StatusOr<EstimatePart> part = ResolvePart();
-    if (!part.ok()) return part.status();
-    part_ = *part;
+    absl::StatusOr<EstimatePart> resolved = ResolvePart();
+    if (!resolved.ok()) return resolved.status();
+    const EstimatePart part = *resolved;
 
-    const SessionStatsSnapshot stats = session_->Stats();
-    // FAILED_PRECONDITION before any sample: F = M / W is undefined at W = 0.
-    absl::StatusOr<FisherSummary> summary =
-        session_->SummarizePart(part_, request_->include_eigenvalues());
-    if (!summary.ok()) return summary.status();
-    WaitSessionDurable(resources_, *session_);
-    sample_count_ = stats.sample_count;
-
-    response_.Clear();
-    FisherSummaryToProto(*summary, *session_, part_, stats, response_.mutable_summary());
-    rows_ = request_->include_matrix() ? session_->PartRows(part_) : 0;
+    rows_ = request_->include_matrix() ? session_->PartRows(part) : 0;
+    entries_per_row_ = session_->PartEntriesPerRow(part);
     // About 1 MiB of doubles per message (resources_.max_block_bytes): large enough that
     // per-message overhead is negligible (1 MiB messages move at about 1.7 GB/s on
     // loopback, docs/design.md 5), far below the default 4 MiB client receive limit. At
     // least one row, whatever its size.
     const int64_t block_values = resources_.max_block_bytes / static_cast<int64_t>(sizeof(double));
-    const int64_t entries_per_row = session_->PartEntriesPerRow(part_);
-    if (rows_ > 0 && entries_per_row > block_values) {
+    if (rows_ > 0 && entries_per_row_ > block_values) {
       // Only a low-rank block can get here (its dim is not bounded by --max-dense-dim):
       // one of its rows would not fit a message.
       return absl::ResourceExhaustedError(absl::StrCat(
           "one row of ", request_->block().empty() ? "the estimate" : "block \"" + request_->block() + "\"",
-          " has ", entries_per_row, " values, more than one message carries (",
+          " has ", entries_per_row_, " values, more than one message carries (",
           block_values, "); ask for the summary only, or use FisherVectorProduct"));
     }
-    rows_per_block_ = std::max<int64_t>(1, block_values / entries_per_row);
+    rows_per_block_ = std::max<int64_t>(1, block_values / entries_per_row_);
+    if (rows_ > 0) {
+      const uint64_t bytes = static_cast<uint64_t>(rows_) *
+                             static_cast<uint64_t>(entries_per_row_) * sizeof(double);
+      if (absl::Status status = resources_.registry->ReserveWorkingMemory(
+              bytes, absl::StrCat("a copy of the estimate of session \"", request_->session(),
+                                  "\" for GetFisher")); !status.ok()) {
+        return status;
+      }
+      reserved_bytes_ = bytes;
+    }
+
+    // FAILED_PRECONDITION before any sample: F = M / W is undefined at W = 0.
+    absl::StatusOr<PartReading> reading =
+        session_->ReadPart(part, request_->include_eigenvalues(), rows_ > 0);
+    if (!reading.ok()) return reading.status();
+    WaitSessionDurable(resources_, *session_);
+    entries_ = std::move(reading->entries);
+
+    response_.Clear();
+    FisherSummaryToProto(reading->summary, *session_, part, reading->stats,
+                         response_.mutable_summary());
     StartWrite(&response_);
     return StageOutcome::kStarted;
   }
 
   absl::StatusOr<StageOutcome> WriteNextBlockOrFinish() {
     if (next_row_ >= rows_) return StageOutcome::kDone;
-    const uint64_t now = session_->SampleCount();
-    if (now != sample_count_) {
-      return absl::AbortedError(absl::StrCat(
-          "the estimate changed while its rows were being streamed (sample_count went from ",
-          sample_count_, " to ", now, " after ", next_row_,
-          " rows); retry GetFisher, ideally while no scores are being added"));
-    }
     const int64_t count = std::min(rows_per_block_, rows_ - next_row_);
     response_.Clear();
     response_.set_row_offset(static_cast<uint64_t>(next_row_));
     response_.set_row_count(static_cast<uint32_t>(count));
-    response_.mutable_values()->Resize(
-        static_cast<int>(count * session_->PartEntriesPerRow(part_)), 0.0);
-    if (absl::Status status = session_->CopyPartEntries(
-            part_, next_row_, count, response_.mutable_values()->mutable_data());
-        !status.ok()) {
-      return status;
-    }
+    const double* first = entries_.data() + next_row_ * entries_per_row_;
+    response_.mutable_values()->Add(first, first + count * entries_per_row_);
     next_row_ += count;
-    WaitSessionDurable(resources_, *session_);
     StartWrite(&response_);
     return StageOutcome::kStarted;
   }
@@ -148,11 +149,13 @@ class GetFisherReactor final : public grpc::ServerWriteReactor<v1::GetFisherResp
   const ServiceResources& resources_;
   grpc::CallbackServerContext* const context_;
   const v1::GetFisherRequest* const request_;
-  EstimatePart part_;
   // Touched only by the stage running on the pool; stages are serialized by the write
-  // cycle (a stage is posted only from the constructor or from OnWriteDone).
+  // cycle (a stage is posted only from the constructor or from OnWriteDone). OnDone
+  // runs after the last stage.
   std::shared_ptr<Session> session_;
-  uint64_t sample_count_ = 0;
+  uint64_t reserved_bytes_ = 0;  // working memory held for entries_
+  std::vector<double> entries_;  // the part's rows, read with the summary
+  int64_t entries_per_row_ = 1;
   int64_t rows_ = 0;
   int64_t rows_per_block_ = 1;
   int64_t next_row_ = 0;

@@ -1,7 +1,11 @@
 // GetFisher: the summary message, the row blocks (consecutive, under the default 4 MiB
-// client limit, equal to F), eigenvalues, the diagonal form, and errors.
+// client limit, equal to F), one consistent estimate while scores arrive, eigenvalues,
+// the diagonal form, and errors.
+#include <algorithm>
+#include <atomic>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "gmock/gmock.h"
@@ -99,15 +103,14 @@ TEST_F(ServiceTest, GetFisherDiagonalStreamsTheDiagonal) {
   EXPECT_THAT(messages[1].values(), ::testing::ElementsAre(1.0, 2.0, 5.0, 10.0, 13.0));
 }
 
-// Dense dim 4096 (128 MiB) streams under default limits; scores merged while the rows
-// are on their way must not produce a torn matrix: the stream ends with ABORTED
-// (retryable) once the server notices. 128 MiB is far more than gRPC's flow-control
-// windows can hold, so the server is certainly still streaming when the batch lands.
-TEST_F(ServiceTest, GetFisherAbortsWhenTheEstimateChangesMidStream) {
+// Dense dim 4096 (128 MiB) streams under default limits, and a batch merged while the
+// rows are on their way changes none of them: every row is of the estimate the summary
+// describes. 128 MiB is far more than gRPC's flow-control windows hold, so the server is
+// certainly still streaming when the batch lands. (The old stream ended with ABORTED.)
+TEST_F(ServiceTest, GetFisherStreamsOneEstimateWhileScoresArrive) {
   constexpr int kDim = 4096;
   const std::string name = MustCreate("huge", DenseConfig(kDim));
-  const RowMatrixF rows = RowMatrixF::Ones(2, kDim);
-  ASSERT_TRUE(AddScores(MakeBatch(name, "w", 1, rows)).ok());
+  ASSERT_TRUE(AddScores(MakeBatch(name, "w", 1, RowMatrixF::Ones(2, kDim))).ok());  // F = 1
 
   v1::GetFisherRequest request;
   request.set_session(name);
@@ -116,16 +119,90 @@ TEST_F(ServiceTest, GetFisherAbortsWhenTheEstimateChangesMidStream) {
   auto reader = stub_->GetFisher(&context, request);
   v1::GetFisherResponse response;
   ASSERT_TRUE(reader->Read(&response));  // summary
+  EXPECT_EQ(response.summary().sample_count(), 2u);
+  EXPECT_EQ(response.summary().trace(), kDim);
   ASSERT_TRUE(reader->Read(&response));  // first block
   EXPECT_EQ(response.row_offset(), 0u);
   EXPECT_EQ(response.row_count(), 32u);  // 1 MiB / (4096 * 8 bytes)
-  ASSERT_TRUE(AddScores(MakeBatch(name, "w", 2, rows)).ok());
+  // Rows of 3: F would become (2 * 1 + 2 * 9) / 4 = 5 everywhere.
+  ASSERT_TRUE(AddScores(MakeBatch(name, "w", 2, RowMatrixF::Constant(2, kDim, 3.0f))).ok());
   uint64_t rows_seen = response.row_count();
-  while (reader->Read(&response)) rows_seen += response.row_count();
+  double min_entry = 1.0, max_entry = 1.0;
+  while (reader->Read(&response)) {
+    rows_seen += response.row_count();
+    for (double v : response.values()) {
+      min_entry = std::min(min_entry, v);
+      max_entry = std::max(max_entry, v);
+    }
+  }
   const grpc::Status status = reader->Finish();
-  EXPECT_EQ(status.error_code(), grpc::StatusCode::ABORTED) << status.error_message();
-  EXPECT_THAT(status.error_message(), HasSubstr("changed"));
-  EXPECT_LT(rows_seen, static_cast<uint64_t>(kDim));
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(rows_seen, static_cast<uint64_t>(kDim));
+  EXPECT_EQ(min_entry, 1.0);  // products of 1s summed and divided exactly
+  EXPECT_EQ(max_entry, 1.0);
+
+  // The next reading sees the new batch.
+  std::vector<v1::GetFisherResponse> messages;
+  ASSERT_TRUE(GetFisher(name, false, false, &messages).ok());
+  EXPECT_EQ(messages[0].summary().sample_count(), 4u);
+  EXPECT_EQ(messages[0].summary().trace(), 5.0 * kDim);
+}
+
+// A summary's counts and its numbers describe one state even while a worker streams:
+// batch k holds the single row k e_1, so after n batches trace(F) = sum k^2 / n =
+// (n + 1)(2n + 1) / 6 for the n the same summary reports. The old handler read the counts
+// and the trace under two holds of the lock, so a batch in between broke the identity.
+// Sums of squared integers are exact in float64; 1e-12 covers the one division.
+TEST_F(ServiceTest, GetFisherSummaryCountsMatchItsNumbersDuringIngestion) {
+  constexpr int kBatches = 400;
+  const std::string name = MustCreate("polled", DenseConfig(2));
+  ASSERT_TRUE(AddScores(MakeBatch(name, "w", 1, RowMatrixF{{1.0f, 0.0f}})).ok());
+  std::atomic<bool> done{false};
+  std::thread worker([&] {
+    for (int k = 2; k <= kBatches; ++k) {
+      RowMatrixF row(1, 2);
+      row << static_cast<float>(k), 0.0f;
+      EXPECT_TRUE(AddScores(MakeBatch(name, "w", k, row)).ok());
+    }
+    done = true;
+  });
+  int polls = 0;
+  while (!done || polls == 0) {
+    std::vector<v1::GetFisherResponse> messages;
+    const grpc::Status status = GetFisher(name, false, false, &messages);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    const v1::FisherSummary& summary = messages[0].summary();
+    const double n = static_cast<double>(summary.sample_count());
+    EXPECT_EQ(summary.weight_sum(), n);
+    EXPECT_NEAR(summary.trace(), (n + 1) * (2 * n + 1) / 6, 1e-12 * n * n)
+        << "sample_count " << summary.sample_count() << " after " << polls << " polls";
+    ++polls;
+  }
+  worker.join();
+}
+
+// The copy a matrix stream holds is working memory under --memory-budget-mb: when it
+// does not fit, the call says so and changes nothing; the summary alone still works.
+TEST_F(ServiceTest, GetFisherCopyCountsAgainstTheMemoryBudget) {
+  constexpr int kDim = 2048;  // F is 32 MiB
+  v1::SessionConfig config = DenseConfig(kDim);
+  server::ServerOptions options = TestServerOptions();
+  SessionOptions session_options;
+  session_options.dim = kDim;
+  options.limits.memory_budget_bytes = EstimateSessionBytes(session_options) + (16u << 20);
+  StartServer(options);
+  const std::string name = MustCreate("tight", config);
+  ASSERT_TRUE(AddScores(MakeBatch(name, "w", 1, RowMatrixF::Ones(1, kDim))).ok());
+
+  std::vector<v1::GetFisherResponse> messages;
+  grpc::Status status = GetFisher(name, true, false, &messages);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(status.error_message(), HasSubstr("GetFisher"));
+  EXPECT_THAT(status.error_message(), HasSubstr("memory-budget-mb"));
+  messages.clear();
+  status = GetFisher(name, false, false, &messages);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(messages[0].summary().trace(), kDim);
 }
 
 TEST_F(ServiceTest, GetFisherSurvivesAClientThatLeaves) {
