@@ -32,6 +32,7 @@
 #include <cstdio>
 #include <cstring>
 #include <iostream>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <random>
@@ -42,7 +43,9 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "client/cli_flags.h"
+#include "common/defaults.h"
+#include "common/flag_set.h"
+#include "common/grpc_status.h"
 #include "fisherd/v1/fisher.grpc.pb.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
@@ -55,7 +58,7 @@ using fisherd::v1::FisherService;
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
 struct Config {
-  std::string target = "127.0.0.1:50051";
+  std::string target = fisherd::common::kDefaultAddress;
   std::string mode = "ingest";
   std::string representation = "dense";
   std::string session_id;
@@ -92,12 +95,6 @@ std::string RandomPayload(int64_t rows, int64_t dim, uint64_t seed) {
   return bytes;
 }
 
-absl::Status ToStatus(const grpc::Status& status, const std::string& what) {
-  if (status.ok()) return absl::OkStatus();
-  return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
-                      absl::StrCat(what, ": ", status.error_message()));
-}
-
 absl::Status CreateSession(FisherService::Stub* stub, const Config& config, bool dense) {
   grpc::ClientContext context;
   context.set_wait_for_ready(true);
@@ -110,7 +107,7 @@ absl::Status CreateSession(FisherService::Stub* stub, const Config& config, bool
   request.mutable_config()->set_damping(config.damping);
   request.mutable_config()->set_float32_products(config.float32_products);
   fisherd::v1::Session session;
-  return ToStatus(stub->CreateSession(&context, request, &session), "CreateSession");
+  return fisherd::common::FromGrpcStatus(stub->CreateSession(&context, request, &session), "CreateSession");
 }
 
 void DeleteSession(FisherService::Stub* stub, const std::string& name) {
@@ -179,7 +176,7 @@ void RunWorker(const Config& config, std::shared_ptr<grpc::Channel> channel, int
   }
   stream->WritesDone();
   reader.join();
-  result->status = ToStatus(stream->Finish(), absl::StrCat("worker ", index, " StreamScores"));
+  result->status = fisherd::common::FromGrpcStatus(stream->Finish(), absl::StrCat("worker ", index, " StreamScores"));
 }
 
 int RunIngest(const Config& config) {
@@ -290,11 +287,11 @@ int RunStep(const Config& config) {
     grpc::ClientContext context;
     batch.set_sequence(++sequence);
     fisherd::v1::ScoreAck ack;
-    return ToStatus(stub->AddScores(&context, batch, &ack), "AddScores");
+    return fisherd::common::FromGrpcStatus(stub->AddScores(&context, batch, &ack), "AddScores");
   };
   auto take_step = [&](fisherd::v1::NaturalGradientStepResponse* response) -> absl::Status {
     grpc::ClientContext context;
-    return ToStatus(stub->NaturalGradientStep(&context, step, response), "NaturalGradientStep");
+    return fisherd::common::FromGrpcStatus(stub->NaturalGradientStep(&context, step, response), "NaturalGradientStep");
   };
 
   std::vector<double> ingest, first, cached, end_to_end, first_server, cached_server;
@@ -407,7 +404,7 @@ int RunAccuracy(const Config& config) {
   int64_t acked = 0;
   while (stream->Read(&ack)) ++acked;
   writer.join();
-  absl::Status status = ToStatus(stream->Finish(), "StreamScores");
+  absl::Status status = fisherd::common::FromGrpcStatus(stream->Finish(), "StreamScores");
   if (status.ok() && acked != batches) {
     status = absl::InternalError(absl::StrCat(acked, " of ", batches, " batches acknowledged"));
   }
@@ -426,7 +423,7 @@ int RunAccuracy(const Config& config) {
       if (offset + static_cast<size_t>(response.values_size()) > f.size()) break;
       std::copy(response.values().begin(), response.values().end(), f.begin() + offset);
     }
-    status = ToStatus(reader->Finish(), "GetFisher");
+    status = fisherd::common::FromGrpcStatus(reader->Finish(), "GetFisher");
   }
   if (config.delete_session) DeleteSession(stub.get(), name);
   if (!status.ok()) {
@@ -485,12 +482,12 @@ int RunFreshStep(const Config& config) {
     const auto t0 = Clock::now();
     grpc::ClientContext add_context;
     fisherd::v1::ScoreAck ack;
-    status = ToStatus(stub->AddScores(&add_context, batch, &ack), "AddScores");
+    status = fisherd::common::FromGrpcStatus(stub->AddScores(&add_context, batch, &ack), "AddScores");
     const auto t1 = Clock::now();
     fisherd::v1::NaturalGradientStepResponse response;
     if (status.ok()) {
       grpc::ClientContext step_context;
-      status = ToStatus(stub->NaturalGradientStep(&step_context, step, &response),
+      status = fisherd::common::FromGrpcStatus(stub->NaturalGradientStep(&step_context, step, &response),
                         "NaturalGradientStep");
     }
     const auto t2 = Clock::now();
@@ -521,77 +518,51 @@ int RunFreshStep(const Config& config) {
   return 0;
 }
 
-const char kUsage[] =
-    "Usage: fisherd-bench --target=HOST:PORT [--mode=ingest|step|fresh-step|accuracy]\n"
-    "         [--dim=N] [--batch=B] [--workers=W] [--seconds=S]\n"
-    "         [--representation=dense|diagonal]\n"
-    "  --mode=ingest (default): create a session, stream random float32 scores from W\n"
-    "      workers for S seconds (after --warmup-seconds, default 0.5), print a table and\n"
-    "      a last line of JSON: session, scores_per_second, payload_bytes_per_second,\n"
-    "      workers, dim, batch, ...\n"
-    "  --mode=step: --repeats=R rounds of AddScores(one batch), a step, a cached step;\n"
-    "      JSON: step_seconds, cached_step_seconds, batch_and_step_seconds (medians);\n"
-    "      the session first gets more than dim/16 samples, so the steps are Cholesky\n"
-    "  --mode=accuracy: stream --samples=S (1000000) samples, read F back, print its\n"
-    "      relative Frobenius error vs long-double sums of the same scores; JSON: relative_error\n"
-    "  --mode=fresh-step: --repeats=R rounds of a new session, one batch, one step (F from\n"
-    "      that batch alone, as in the PyTorch peer); JSON: batch_and_step_seconds, method\n"
-    "  --in-flight=K unacknowledged batches per worker (8); --damping=L (1e-3);\n"
-    "  --float32-products  the session multiplies large batches in float32 (faster, ~1e-7 in F);\n"
-    "  --session=ID (default bench-<pid>-<time>); --delete-session: delete it at the end;\n"
-    "  --channel-per-worker: one connection per worker instead of one shared\n";
+const char kDescription[] =
+    "A load generator for a running fisherd. Modes:\n"
+    "  ingest (default): create a session, stream random float32 scores from --workers\n"
+    "      workers for --seconds (after --warmup-seconds), print a table and a last line of\n"
+    "      JSON: session, scores_per_second, payload_bytes_per_second, workers, dim, batch, ...\n"
+    "  step: --repeats rounds of AddScores(one batch), a step, a cached step; JSON:\n"
+    "      step_seconds, cached_step_seconds, batch_and_step_seconds (medians); the session\n"
+    "      first gets more than dim/16 samples, so the steps are Cholesky\n"
+    "  accuracy: stream --samples samples, read F back, print its relative Frobenius error\n"
+    "      vs long-double sums of the same scores; JSON: relative_error\n"
+    "  fresh-step: --repeats rounds of a new session, one batch, one step (F from that batch\n"
+    "      alone, as in the PyTorch peer); JSON: batch_and_step_seconds, method";
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::StatusOr<fisherd::client::CliFlags> flags = fisherd::client::CliFlags::Parse(argc, argv);
-  if (!flags.ok()) {
-    std::cerr << "fisherd-bench: " << flags.status().message() << "\n" << kUsage;
-    return 2;
-  }
-  if (flags->Has("help")) {
-    std::cout << kUsage;
-    return 0;
-  }
   Config config;
-  absl::Status status;
-  auto get_int = [&](const char* name, int64_t* out) {
-    absl::StatusOr<int64_t> v = flags->GetInt(name, *out);
-    if (!v.ok()) status.Update(v.status()); else *out = *v;
-  };
-  auto get_double = [&](const char* name, double* out) {
-    absl::StatusOr<double> v = flags->GetDouble(name, *out);
-    if (!v.ok()) status.Update(v.status()); else *out = *v;
-  };
-  auto get_bool = [&](const char* name, bool* out) {
-    absl::StatusOr<bool> v = flags->GetBool(name, *out);
-    if (!v.ok()) status.Update(v.status()); else *out = *v;
-  };
-  config.target = flags->GetString("target", config.target);
-  config.mode = flags->GetString("mode", config.mode);
-  config.representation = flags->GetString("representation", config.representation);
-  config.session_id = flags->GetString(
-      "session", absl::StrCat("bench-", getpid(), "-",
-                              std::chrono::system_clock::now().time_since_epoch().count() %
-                                  1000000007));
-  get_int("dim", &config.dim);
-  get_int("batch", &config.batch);
-  get_int("workers", &config.workers);
-  get_int("in-flight", &config.in_flight);
-  get_int("repeats", &config.repeats);
-  get_int("samples", &config.samples);
-  get_double("seconds", &config.seconds);
-  get_double("warmup-seconds", &config.warmup_seconds);
-  get_double("damping", &config.damping);
-  get_bool("delete-session", &config.delete_session);
-  get_bool("float32-products", &config.float32_products);
-  get_bool("channel-per-worker", &config.channel_per_worker);
-  status.Update(flags->CheckNoUnknownFlags());
-  if (status.ok() && (config.dim < 1 || config.batch < 1 || config.workers < 1 ||
-                      config.in_flight < 1 || config.repeats < 1 || config.seconds <= 0 ||
-                      config.warmup_seconds < 0)) {
-    status = absl::InvalidArgumentError(
-        "dim, batch, workers, in-flight and repeats must be >= 1 and seconds > 0");
+  config.session_id = absl::StrCat(
+      "bench-", getpid(), "-", std::chrono::system_clock::now().time_since_epoch().count() % 1000000007);
+  constexpr int64_t kMost = std::numeric_limits<int64_t>::max();
+  fisherd::common::FlagSet flags("fisherd-bench", kDescription);
+  flags.AddString("target", &config.target, "HOST:PORT of the server");
+  flags.AddString("mode", &config.mode, "ingest, step, fresh-step or accuracy");
+  flags.AddString("representation", &config.representation, "dense or diagonal");
+  flags.AddString("session", &config.session_id, "session id (default bench-<pid>-<time>)");
+  flags.AddInt("dim", &config.dim, 1, kMost, "parameters");
+  flags.AddInt("batch", &config.batch, 1, kMost, "rows per batch");
+  flags.AddInt("workers", &config.workers, 1, kMost, "concurrent workers (ingest)");
+  flags.AddInt("in-flight", &config.in_flight, 1, kMost,
+               "unacknowledged batches per worker");
+  flags.AddInt("repeats", &config.repeats, 1, kMost, "rounds (step, fresh-step)");
+  flags.AddInt("samples", &config.samples, 1, kMost, "samples (accuracy)");
+  flags.AddDouble("seconds", &config.seconds, 1e-9, 1e9, "measured time (ingest)");
+  flags.AddDouble("warmup-seconds", &config.warmup_seconds, 0, 1e9, "untimed start (ingest)");
+  flags.AddDouble("damping", &config.damping, 0, 1e300, "damping of the session");
+  flags.AddBool("delete-session", &config.delete_session, "delete the session at the end");
+  flags.AddBool("float32-products", &config.float32_products,
+                "the session multiplies large batches in float32 (faster, ~1e-7 in F)");
+  flags.AddBool("channel-per-worker", &config.channel_per_worker,
+                "one connection per worker instead of one shared");
+  bool help = false;
+  absl::Status status = flags.Parse(argc, argv, &help);
+  if (help) {
+    std::cout << flags.Help();
+    return 0;
   }
   if (status.ok() && config.representation != "dense" && config.representation != "diagonal") {
     status = absl::InvalidArgumentError("--representation must be dense or diagonal");
@@ -600,11 +571,8 @@ int main(int argc, char** argv) {
       config.mode != "fresh-step" && config.mode != "accuracy") {
     status = absl::InvalidArgumentError("--mode must be ingest, step, fresh-step or accuracy");
   }
-  if (status.ok() && config.samples < 1) {
-    status = absl::InvalidArgumentError("--samples must be >= 1");
-  }
   if (!status.ok()) {
-    std::cerr << "fisherd-bench: " << status.message() << "\n" << kUsage;
+    std::cerr << "fisherd-bench: " << status.message() << "\n(run fisherd-bench --help)\n";
     return 2;
   }
   if (config.mode == "step") return RunStep(config);

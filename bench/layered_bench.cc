@@ -49,6 +49,7 @@
 #include <fstream>
 #include <functional>
 #include <iostream>
+#include <limits>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -61,6 +62,9 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "common/defaults.h"
+#include "common/flag_set.h"
+#include "common/grpc_status.h"
 #include "fisherd/v1/fisher.grpc.pb.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
@@ -89,7 +93,7 @@ std::string JsonArray(const std::vector<double>& v) {
 }
 
 struct Config {
-  std::string target = "127.0.0.1:50051";
+  std::string target = fisherd::common::kDefaultAddress;
   std::string mode;
   std::string session_id;
   int64_t dim = 1024;          // kronecker-ingest: in = out
@@ -116,12 +120,6 @@ std::shared_ptr<grpc::Channel> MakeChannel(const Config& config) {
   // (256 x 4608 floats, 4.5 MiB) are within the server's --max-message-mb.
   grpc::ChannelArguments args;
   return grpc::CreateCustomChannel(config.target, grpc::InsecureChannelCredentials(), args);
-}
-
-absl::Status ToStatus(const grpc::Status& status, const std::string& what) {
-  if (status.ok()) return absl::OkStatus();
-  return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
-                      absl::StrCat(what, ": ", status.error_message()));
 }
 
 // Uniform floats in [-1, 1) from splitmix64: fast enough to generate the hundreds of
@@ -210,7 +208,7 @@ absl::Status CreateLayeredSession(FisherService::Stub* stub, const Config& confi
     block->set_bias(layer.bias);
   }
   fisherd::v1::Session created;
-  absl::Status status = ToStatus(stub->CreateSession(&context, request, &created), "CreateSession");
+  absl::Status status = fisherd::common::FromGrpcStatus(stub->CreateSession(&context, request, &created), "CreateSession");
   if (status.ok()) *dim = static_cast<int64_t>(created.config().dim());
   return status;
 }
@@ -257,7 +255,7 @@ absl::Status StreamRows(FisherService::Stub* stub, const std::string& session,
   int64_t acked = 0;
   while (stream->Read(&ack)) ++acked;
   writer.join();
-  absl::Status status = ToStatus(stream->Finish(), "StreamScores");
+  absl::Status status = fisherd::common::FromGrpcStatus(stream->Finish(), "StreamScores");
   if (status.ok() && acked != batches) {
     status = absl::InternalError(absl::StrCat(acked, " of ", batches, " batches acknowledged"));
   }
@@ -314,7 +312,7 @@ absl::StatusOr<int64_t> IngestWindow(FisherService::Stub* stub, const Config& co
   }
   stream->WritesDone();
   reader.join();
-  absl::Status status = ToStatus(stream->Finish(), "StreamScores");
+  absl::Status status = fisherd::common::FromGrpcStatus(stream->Finish(), "StreamScores");
   if (!status.ok()) return status;
   return rows_in_window;
 }
@@ -448,7 +446,7 @@ absl::Status ReadFactor(FisherService::Stub* stub, const std::string& session,
     std::copy(response.values().begin(), response.values().end(), out->begin() + offset);
     rows += response.row_count();
   }
-  absl::Status status = ToStatus(reader->Finish(), "GetFisher");
+  absl::Status status = fisherd::common::FromGrpcStatus(reader->Finish(), "GetFisher");
   if (status.ok() && rows != n) {
     status = absl::InternalError(absl::StrCat("GetFisher of ", block, " sent ", rows, " of ", n,
                                               " rows"));
@@ -519,7 +517,7 @@ absl::Status StreamStep(FisherService::Stub* stub, const Config& config,
       if (covered == dim) t1 = Clock::now();
     }
   }
-  absl::Status status = ToStatus(stream->Finish(), "StreamNaturalGradientStep");
+  absl::Status status = fisherd::common::FromGrpcStatus(stream->Finish(), "StreamNaturalGradientStep");
   if (!status.ok()) return status;
   if (!have_header || covered != dim) {
     return absl::InternalError(absl::StrCat("the step's chunks covered ", covered, " of ", dim,
@@ -868,104 +866,71 @@ int RunResNet18Step(const Config& config) {
 
 // --- flags -----------------------------------------------------------------------------
 
-const char kUsage[] =
-    "Usage: fisherd-layered-bench --mode=kronecker-ingest|resnet18-step --target=HOST:PORT\n"
-    "  kronecker-ingest: --dim=N (1024) --batch=B (256) --seconds=S (4) --repeats=R (3)\n"
-    "      [--warmup-seconds=0.5] [--in-flight=8]\n"
-    "  resnet18-step: --repeats=R (3) --cached-repeats=C (3) --fill=F (2: rows per factor\n"
-    "      in units of its dim) --new-rows=K (16) [--server-pid=PID] [--width-divisor=D]\n"
-    "      [--chunk-values=262144] [--batch=256]\n"
-    "      [--only-blocks=NAME,NAME]  only these blocks of the layout (for profiles)\n"
-    "  both: --threads=T (2, the peer's OpenBLAS threads) --damping=L (1e-3)\n"
-    "      --session=ID --delete-session\n";
+const char kDescription[] =
+    "Layered sessions (Kronecker blocks) against in-process OpenBLAS / LAPACK doing the same\n"
+    "arithmetic, in the same run. --mode=kronecker-ingest: --dim, --batch, --seconds,\n"
+    "--repeats, --warmup-seconds, --in-flight. --mode=resnet18-step: --repeats,\n"
+    "--cached-repeats, --fill, --new-rows, --server-pid, --width-divisor, --chunk-values,\n"
+    "--batch, --only-blocks. Both: --threads, --damping, --session, --delete-session.";
 
-absl::Status ParseFlags(int argc, char** argv, Config* config) {
-  std::map<std::string, std::function<bool(const std::string&)>> flags;
-  auto integer = [](int64_t* out) {
-    return [out](const std::string& v) {
-      char* end = nullptr;
-      *out = std::strtoll(v.c_str(), &end, 10);
-      return !v.empty() && *end == '\0';
-    };
-  };
-  auto real = [](double* out) {
-    return [out](const std::string& v) {
-      char* end = nullptr;
-      *out = std::strtod(v.c_str(), &end);
-      return !v.empty() && *end == '\0' && std::isfinite(*out);
-    };
-  };
-  auto text = [](std::string* out) {
-    return [out](const std::string& v) {
-      *out = v;
-      return true;
-    };
-  };
-  flags["target"] = text(&config->target);
-  flags["mode"] = text(&config->mode);
-  flags["session"] = text(&config->session_id);
-  flags["only-blocks"] = text(&config->only_blocks);
-  flags["dim"] = integer(&config->dim);
-  flags["batch"] = integer(&config->batch);
-  flags["in-flight"] = integer(&config->in_flight);
-  flags["repeats"] = integer(&config->repeats);
-  flags["cached-repeats"] = integer(&config->cached_repeats);
-  flags["new-rows"] = integer(&config->new_rows);
-  flags["width-divisor"] = integer(&config->width_divisor);
-  flags["chunk-values"] = integer(&config->chunk_values);
-  flags["server-pid"] = integer(&config->server_pid);
-  flags["threads"] = integer(&config->threads);
-  flags["seconds"] = real(&config->seconds);
-  flags["warmup-seconds"] = real(&config->warmup_seconds);
-  flags["fill"] = real(&config->fill);
-  flags["damping"] = real(&config->damping);
-  flags["delete-session"] = [config](const std::string& v) {
-    config->delete_session = v.empty() || v == "true" || v == "1";
-    return v.empty() || v == "true" || v == "1" || v == "false" || v == "0";
-  };
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    if (arg == "--help" || arg == "-h") return absl::CancelledError();
-    if (arg.rfind("--", 0) != 0) return absl::InvalidArgumentError("unexpected argument " + arg);
-    const size_t equals = arg.find('=');
-    const std::string name = arg.substr(2, equals == std::string::npos ? std::string::npos : equals - 2);
-    const std::string value = equals == std::string::npos ? "" : arg.substr(equals + 1);
-    auto it = flags.find(name);
-    if (it == flags.end()) return absl::InvalidArgumentError("unknown flag --" + name);
-    if (equals == std::string::npos && name != "delete-session") {
-      return absl::InvalidArgumentError("--" + name + " needs a value");
-    }
-    if (!it->second(value)) return absl::InvalidArgumentError("bad value in " + arg);
-  }
-  if (config->mode != "kronecker-ingest" && config->mode != "resnet18-step") {
-    return absl::InvalidArgumentError("--mode must be kronecker-ingest or resnet18-step");
-  }
-  if (config->dim < 1 || config->batch < 1 || config->in_flight < 1 || config->repeats < 1 ||
-      config->cached_repeats < 0 || config->new_rows < 1 || config->width_divisor < 1 ||
-      config->chunk_values < 1 || config->threads < 1 || config->seconds <= 0 ||
-      config->warmup_seconds < 0 || !(config->fill > 0) || config->damping < 0) {
-    return absl::InvalidArgumentError("a size, count or time is out of range");
-  }
-  if (config->session_id.empty()) {
-    config->session_id = absl::StrCat(
-        "layered-bench-", getpid(), "-",
-        std::chrono::system_clock::now().time_since_epoch().count() % 1000000007);
-  }
-  return absl::OkStatus();
+// The flags on *flags, bound to *config. REQUIRES: config outlives flags.
+void DefineFlags(Config* config, fisherd::common::FlagSet* flags) {
+  constexpr int64_t kMost = std::numeric_limits<int64_t>::max();
+  flags->AddString("target", &config->target, "HOST:PORT of the server");
+  flags->AddString("mode", &config->mode, "kronecker-ingest or resnet18-step");
+  flags->AddString("session", &config->session_id, "session id (default: unique)");
+  flags->AddString("only-blocks", &config->only_blocks,
+                   "resnet18-step: only these blocks of the layout, NAME,NAME (for profiles)");
+  flags->AddInt("dim", &config->dim, 1, kMost, "kronecker-ingest: in = out");
+  flags->AddInt("batch", &config->batch, 1, kMost, "rows per ScoreBatch (ingest and fills)");
+  flags->AddInt("in-flight", &config->in_flight, 1, kMost, "unacknowledged batches");
+  flags->AddInt("repeats", &config->repeats, 1, kMost, "repeats");
+  flags->AddInt("cached-repeats", &config->cached_repeats, 0, kMost,
+                "resnet18-step: cached steps per repeat");
+  flags->AddInt("new-rows", &config->new_rows, 1, kMost,
+                "resnet18-step: rows added to every factor per repeat");
+  flags->AddInt("width-divisor", &config->width_divisor, 1, kMost,
+                "divides every channel count (and fc's 1000): a tiny layout, same structure");
+  flags->AddInt("chunk-values", &config->chunk_values, 1, kMost,
+                "doubles per request message of the gradient");
+  flags->AddInt("server-pid", &config->server_pid, 0, kMost,
+                "read the server's memory from /proc/PID/status (0: do not)");
+  flags->AddInt("threads", &config->threads, 1, kMost, "the peer's OpenBLAS threads");
+  flags->AddDouble("seconds", &config->seconds, 1e-9, 1e9, "measured time per repeat");
+  flags->AddDouble("warmup-seconds", &config->warmup_seconds, 0, 1e9, "untimed start");
+  flags->AddDouble("fill", &config->fill, 1e-9, 1e9,
+                   "resnet18-step: rows per factor first, in units of its dim");
+  flags->AddDouble("damping", &config->damping, 0, 1e300, "damping of the session");
+  flags->AddBool("delete-session", &config->delete_session, "delete the session at the end");
+  flags->AddStringCheck("mode", [](absl::string_view mode) {
+    if (mode == "kronecker-ingest" || mode == "resnet18-step") return absl::OkStatus();
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--mode=", mode, ": must be kronecker-ingest or resnet18-step"));
+  });
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   Config config;
-  const absl::Status status = ParseFlags(argc, argv, &config);
-  if (absl::IsCancelled(status)) {
-    std::cout << kUsage;
+  fisherd::common::FlagSet flags("fisherd-layered-bench", kDescription);
+  DefineFlags(&config, &flags);
+  bool help = false;
+  absl::Status status = flags.Parse(argc, argv, &help);
+  if (help) {
+    std::cout << flags.Help();
     return 0;
   }
+  if (status.ok() && config.mode.empty()) status = absl::InvalidArgumentError("--mode is required");
   if (!status.ok()) {
-    std::cerr << "fisherd-layered-bench: " << status.message() << "\n" << kUsage;
+    std::cerr << "fisherd-layered-bench: " << status.message()
+              << "\n(run fisherd-layered-bench --help)\n";
     return 2;
+  }
+  if (config.session_id.empty()) {
+    config.session_id = absl::StrCat(
+        "layered-bench-", getpid(), "-",
+        std::chrono::system_clock::now().time_since_epoch().count() % 1000000007);
   }
   openblas_set_num_threads(static_cast<int>(config.threads));
   if (config.mode == "kronecker-ingest") return RunKroneckerIngest(config);

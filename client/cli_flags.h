@@ -1,58 +1,20 @@
-// A tiny command-line parser shared by fisherctl and fisherd-demo.
-//
-// Accepts `--name=value` and bare `--name` (a boolean true), anywhere on the line;
-// everything else is a positional argument; `--` ends the flags. Names are
-// hyphenated (`--timeout-seconds`). Each getter marks its flag as known, so after all
-// lookups CheckNoUnknownFlags() reports typos instead of silently ignoring them.
-// A flag may be given more than once only when Parse was told it repeats
-// (fisherctl's --block); GetAll reads every value.
-//
-// Also the command-line form of a layered session's blocks (ParseBlockSpec).
+// The command line of the client tools (fisherctl, fisherd-demo, fisherd-bench): their
+// flags are declared on the shared FlagSet (common/flag_set.h, CLI11), here named
+// CliFlags. Also the command-line form of a layered session's blocks (ParseBlockSpec).
 #ifndef FISHERD_CLIENT_CLI_FLAGS_H_
 #define FISHERD_CLIENT_CLI_FLAGS_H_
 
-#include <cstdint>
-#include <map>
-#include <set>
 #include <string>
 #include <vector>
 
-#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "common/flag_set.h"
 #include "fisherd/v1/fisher.pb.h"
 
 namespace fisherd::client {
 
-class CliFlags {
- public:
-  // INVALID_ARGUMENT for a malformed flag (`--`, `--=x`) or one given twice that is
-  // not in `repeatable`.
-  static absl::StatusOr<CliFlags> Parse(int argc, char** argv,
-                                        const std::set<std::string>& repeatable = {});
-
-  const std::vector<std::string>& positional() const { return positional_; }
-
-  bool Has(absl::string_view name) const;
-  std::string GetString(absl::string_view name, absl::string_view fallback);
-  // INVALID_ARGUMENT naming the flag when the value does not parse.
-  absl::StatusOr<double> GetDouble(absl::string_view name, double fallback);
-  absl::StatusOr<int64_t> GetInt(absl::string_view name, int64_t fallback);
-  // Bare `--name`, `--name=true|1|yes`, `--name=false|0|no`.
-  absl::StatusOr<bool> GetBool(absl::string_view name, bool fallback);
-  // Every value of the flag, in command-line order (empty when not given). The single
-  // getters above read the last one.
-  std::vector<std::string> GetAll(absl::string_view name);
-
-  // INVALID_ARGUMENT listing the flags that no getter asked for.
-  absl::Status CheckNoUnknownFlags() const;
-
- private:
-  std::vector<std::string> positional_;
-  std::map<std::string, std::string, std::less<>> values_;  // the last value of each
-  std::map<std::string, std::vector<std::string>, std::less<>> all_values_;
-  std::set<std::string, std::less<>> known_;
-};
+using CliFlags = ::fisherd::common::FlagSet;
 
 // One block of a layered session from its command-line spec NAME:KIND:SHAPE, KIND
 // case-insensitive (the inverse of FormatBlockSpec in client/describe.h):

@@ -11,8 +11,8 @@
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/notification.h"
 #include "client/grpc_status.h"
-#include "client/read_file.h"
 #include "client/score_encoding.h"
+#include "common/read_file.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/support/byte_buffer.h"
@@ -28,7 +28,7 @@ constexpr char kHealthCheckMethod[] = "/grpc.health.v1.Health/Check";
 // `pem` if set, else the contents of `file` (empty when both are).
 absl::StatusOr<std::string> PemOrFile(const std::string& pem, const std::string& file) {
   if (!pem.empty() || file.empty()) return pem;
-  return ReadWholeFile(file);
+  return common::ReadFileToString(file);
 }
 
 absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> MakeCredentials(

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <iostream>
 #include <limits>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -18,39 +19,18 @@
 #include "client/connection_flags.h"
 #include "client/describe.h"
 #include "client/fisher_client.h"
-#include "client/read_file.h"
+#include "common/read_file.h"
 
 namespace fisherd::client {
 namespace {
 namespace v1 = ::fisherd::v1;
 
-constexpr char kUsage[] =
-    R"(usage: fisherctl [--target=HOST:PORT] [--timeout-seconds=S] COMMAND [ARGS]
+constexpr char kDescription[] =
+    "Operates a fisherd server: health probes, session admin, inspecting an estimate.\n"
+    "Exit status: 0 success, 1 the server or the call failed, 2 usage error.";
 
-commands:
-  health [--service=NAME]      print SERVING or NOT_SERVING; exit 0 iff SERVING.
-                               Waits up to --timeout-seconds for the server to come up.
-  create ID --dim=N [--representation=dense|diagonal] [--centered]
-            [--decay=RHO] [--damping=LAMBDA]
-                               create sessions/ID
-  create ID --block=SPEC [--block=SPEC ...] | --layout=FILE
-            [--kronecker-damping=exact|factored] [--factor-refresh-period=N]
-            [--decay=RHO] [--damping=LAMBDA] [--dim=N]
-                               create a layered session: F is block-diagonal, one block
-                               per SPEC, the parameters concatenated in the order given
-                               (--dim, if given, must equal their total)
-  get NAME | describe NAME     show a session (NAME: sessions/ID or ID); a layered one
-                               adds a line per block: spec, parameters, and the rows
-                               and W applied (to A and to G for a Kronecker block)
-  list                         list sessions
-  delete NAME                  delete a session
-  fisher NAME [--block=NAME [--factor=activations|output_gradients]]
-              [--eigenvalues] [--matrix]
-                               summary of the Fisher estimate; --matrix also prints it.
-                               Layered sessions: --block describes one block (--matrix
-                               needs one); a Kronecker block's --factor selects A or G
-
-block SPEC, NAME:KIND:SHAPE (NAME: 1-128 of [a-zA-Z0-9_.-], e.g. "features.0"):
+constexpr char kFooter[] =
+    R"(block SPEC, NAME:KIND:SHAPE (NAME: 1-128 of [a-zA-Z0-9_.-], e.g. "features.0"):
   NAME:dense:DIM               a dense DIM x DIM block
   NAME:diagonal:DIM            its diagonal only
   NAME:low_rank:DIM/ROWS       the latest ROWS score rows (exact Woodbury steps)
@@ -62,14 +42,9 @@ block SPEC, NAME:KIND:SHAPE (NAME: 1-128 of [a-zA-Z0-9_.-], e.g. "features.0"):
     fisherctl create mlp --block=fc1:kronecker:784x1000+bias \
         --block=fc2:kronecker:1000x10+bias --block=conv1:kronecker:27x16+bias \
         --block=bn1:diagonal:64 --block=emb:low_rank:5000/16 --damping=1e-3
-  --layout=FILE                one SPEC a line instead; blank lines and '#...' ignored
-  --kronecker-damping=exact    (default) solve with (G (x) A + lambda I) exactly;
-                   =factored   with (G + sqrt(lambda)/pi I) (x) (A + pi sqrt(lambda) I)
-  --factor-refresh-period=N    recompute a factor's eigenbasis at most every N steps
-                               (default 1: whenever it changed)
+  --layout=FILE: one SPEC a line instead; blank lines and '#...' ignored
 
-flags:
-  --timeout-seconds=S          deadline of the call (default 5 for health, 60 otherwise)
+`fisherctl COMMAND --help` lists the flags of a command.
 )";
 
 // Exit codes.
@@ -78,7 +53,7 @@ constexpr int kFailed = 1;
 constexpr int kUsageError = 2;
 
 int UsageError(absl::string_view message) {
-  std::cerr << "fisherctl: " << message << "\n\n" << kUsage << kConnectionFlagsHelp;
+  std::cerr << "fisherctl: " << message << "\n(run fisherctl --help for the commands and flags)\n";
   return kUsageError;
 }
 
@@ -88,49 +63,61 @@ int Failed(const absl::Status& status) {
   return kFailed;
 }
 
+// Every flag of every command; a command reads those it declared (DefineFlags).
+struct CtlFlags {
+  ConnectionFlags connection;
+  double timeout_seconds = 0;  // 0: 5 for health, 60 otherwise
+  std::vector<std::string> args;  // positional arguments after the command name
+  // health
+  std::string service;
+  // create
+  int64_t dim = 0;
+  std::string representation;
+  bool centered = false;
+  double decay = 0;
+  double damping = 0;
+  std::vector<std::string> blocks;
+  std::string layout;
+  std::string kronecker_damping;
+  int64_t factor_refresh_period = 0;
+  // fisher
+  std::string block;
+  std::string factor;
+  bool eigenvalues = false;
+  bool matrix = false;
+};
+
 // A command after flags are read: a usage problem returns kUsageError before any RPC.
 struct Command {
-  std::vector<std::string> args;  // positional arguments after the command name
-  CliFlags* flags;
+  const CtlFlags& flags;
+  const CliFlags& given;  // the command's flag set, to ask which flags were given
   FisherClient* client = nullptr;
   absl::Duration timeout;
 };
 
 int RunHealth(Command& cmd) {
-  const std::string service = cmd.flags->GetString("service", "");
-  if (absl::Status s = cmd.flags->CheckNoUnknownFlags(); !s.ok()) return UsageError(s.message());
-  if (!cmd.args.empty()) return UsageError("health takes no arguments");
-  absl::StatusOr<ServingStatus> health = cmd.client->CheckHealth(cmd.timeout, service);
+  if (!cmd.flags.args.empty()) return UsageError("health takes no arguments");
+  absl::StatusOr<ServingStatus> health = cmd.client->CheckHealth(cmd.timeout, cmd.flags.service);
   if (!health.ok()) return Failed(health.status());
   std::cout << ServingStatusName(*health) << "\n";
   return *health == ServingStatus::kServing ? kOk : kFailed;
 }
 
 int RunCreate(Command& cmd) {
-  CliFlags& f = *cmd.flags;
-  absl::StatusOr<int64_t> dim = f.GetInt("dim", 0);
-  const std::string representation = absl::AsciiStrToLower(f.GetString("representation", ""));
-  absl::StatusOr<bool> centered = f.GetBool("centered", false);
-  absl::StatusOr<double> decay = f.GetDouble("decay", 0.0);
-  absl::StatusOr<double> damping = f.GetDouble("damping", 0.0);
-  const std::vector<std::string> block_specs = f.GetAll("block");
-  const std::string layout = f.GetString("layout", "");
-  const std::string kronecker_damping =
-      absl::AsciiStrToLower(f.GetString("kronecker-damping", ""));
-  absl::StatusOr<int64_t> refresh = f.GetInt("factor-refresh-period", 0);
-  for (const absl::Status& s : {dim.status(), centered.status(), decay.status(), damping.status(),
-                                refresh.status(), f.CheckNoUnknownFlags()}) {
-    if (!s.ok()) return UsageError(s.message());
-  }
-  if (cmd.args.size() != 1) return UsageError("create takes one session id");
+  const CtlFlags& f = cmd.flags;
+  const std::string representation = absl::AsciiStrToLower(f.representation);
+  const std::string kronecker_damping = absl::AsciiStrToLower(f.kronecker_damping);
+  const std::vector<std::string>& block_specs = f.blocks;
+  const std::string& layout = f.layout;
+  if (f.args.size() != 1) return UsageError("create takes one session id");
   v1::SessionConfig config;
 
   // The layout: --block flags or a --layout file, not both.
-  if (!block_specs.empty() && f.Has("layout")) {
+  if (!block_specs.empty() && cmd.given.Given("layout")) {
     return UsageError("give the blocks as --block flags or as a --layout file, not both");
   }
-  if (f.Has("layout")) {
-    absl::StatusOr<std::string> text = ReadWholeFile(layout);
+  if (cmd.given.Given("layout")) {
+    absl::StatusOr<std::string> text = common::ReadFileToString(layout);
     if (!text.ok()) return Failed(text.status());
     absl::StatusOr<std::vector<v1::BlockConfig>> blocks = ParseLayoutText(*text);
     if (!blocks.ok()) return UsageError(absl::StrCat(layout, ": ", blocks.status().message()));
@@ -145,8 +132,7 @@ int RunCreate(Command& cmd) {
 
   if (layered) {
     // The server fills in dim from the blocks; one given here is checked against them.
-    if (f.Has("dim") && *dim < 1) return UsageError("--dim must be >= 1 (or left out)");
-    config.set_dim(f.Has("dim") ? static_cast<uint64_t>(*dim) : 0);
+    config.set_dim(static_cast<uint64_t>(f.dim));
     if (!representation.empty() && representation != "layered") {
       return UsageError("a session with --block or --layout is layered; leave out --representation");
     }
@@ -158,20 +144,17 @@ int RunCreate(Command& cmd) {
     } else {
       return UsageError("--kronecker-damping must be exact or factored");
     }
-    if (*refresh < 0 || *refresh > std::numeric_limits<uint32_t>::max()) {
-      return UsageError("--factor-refresh-period must be in [1, 2^32)");
-    }
-    config.set_factor_refresh_period(static_cast<uint32_t>(*refresh));
+    config.set_factor_refresh_period(static_cast<uint32_t>(f.factor_refresh_period));
   } else {
-    if (!f.Has("dim") || *dim < 1) {
+    if (!cmd.given.Given("dim")) {
       return UsageError("create needs --dim=N with N >= 1, or a layout (--block or --layout)");
     }
-    if (f.Has("kronecker-damping") || f.Has("factor-refresh-period")) {
+    if (cmd.given.Given("kronecker-damping") || cmd.given.Given("factor-refresh-period")) {
       return UsageError(
           "--kronecker-damping and --factor-refresh-period are for layered sessions "
           "(--block or --layout)");
     }
-    config.set_dim(static_cast<uint64_t>(*dim));
+    config.set_dim(static_cast<uint64_t>(f.dim));
     if (representation.empty() || representation == "dense") {
       config.set_representation(v1::REPRESENTATION_DENSE);
     } else if (representation == "diagonal") {
@@ -182,29 +165,27 @@ int RunCreate(Command& cmd) {
       return UsageError("--representation must be dense or diagonal");
     }
   }
-  config.set_centered(*centered);
+  config.set_centered(f.centered);
   // Range checks (decay in (0, 1], damping >= 0, block sizes) are the server's: one
   // source of truth.
-  config.set_decay(*decay);
-  config.set_damping(*damping);
-  absl::StatusOr<v1::Session> session = cmd.client->CreateSession(cmd.args[0], config);
+  config.set_decay(f.decay);
+  config.set_damping(f.damping);
+  absl::StatusOr<v1::Session> session = cmd.client->CreateSession(f.args[0], config);
   if (!session.ok()) return Failed(session.status());
   std::cout << DescribeSession(*session);
   return kOk;
 }
 
 int RunGet(Command& cmd) {
-  if (absl::Status s = cmd.flags->CheckNoUnknownFlags(); !s.ok()) return UsageError(s.message());
-  if (cmd.args.size() != 1) return UsageError("get and describe take one session name");
-  absl::StatusOr<v1::Session> session = cmd.client->GetSession(cmd.args[0]);
+  if (cmd.flags.args.size() != 1) return UsageError("get and describe take one session name");
+  absl::StatusOr<v1::Session> session = cmd.client->GetSession(cmd.flags.args[0]);
   if (!session.ok()) return Failed(session.status());
   std::cout << DescribeSession(*session);
   return kOk;
 }
 
 int RunList(Command& cmd) {
-  if (absl::Status s = cmd.flags->CheckNoUnknownFlags(); !s.ok()) return UsageError(s.message());
-  if (!cmd.args.empty()) return UsageError("list takes no arguments");
+  if (!cmd.flags.args.empty()) return UsageError("list takes no arguments");
   absl::StatusOr<std::vector<v1::Session>> sessions = cmd.client->ListSessions();
   if (!sessions.ok()) return Failed(sessions.status());
   for (const v1::Session& session : *sessions) std::cout << DescribeSessionBrief(session) << "\n";
@@ -213,24 +194,18 @@ int RunList(Command& cmd) {
 }
 
 int RunDelete(Command& cmd) {
-  if (absl::Status s = cmd.flags->CheckNoUnknownFlags(); !s.ok()) return UsageError(s.message());
-  if (cmd.args.size() != 1) return UsageError("delete takes one session name");
-  if (absl::Status s = cmd.client->DeleteSession(cmd.args[0]); !s.ok()) return Failed(s);
-  std::cout << "deleted " << SessionName(cmd.args[0]) << "\n";
+  if (cmd.flags.args.size() != 1) return UsageError("delete takes one session name");
+  if (absl::Status s = cmd.client->DeleteSession(cmd.flags.args[0]); !s.ok()) return Failed(s);
+  std::cout << "deleted " << SessionName(cmd.flags.args[0]) << "\n";
   return kOk;
 }
 
 int RunFisher(Command& cmd) {
-  CliFlags& f = *cmd.flags;
-  absl::StatusOr<bool> eigenvalues = f.GetBool("eigenvalues", false);
-  absl::StatusOr<bool> matrix = f.GetBool("matrix", false);
+  const CtlFlags& f = cmd.flags;
   FisherQuery query;
-  query.block = f.GetString("block", "");
-  const std::string factor = absl::AsciiStrToLower(f.GetString("factor", ""));
-  for (const absl::Status& s : {eigenvalues.status(), matrix.status(), f.CheckNoUnknownFlags()}) {
-    if (!s.ok()) return UsageError(s.message());
-  }
-  if (cmd.args.size() != 1) return UsageError("fisher takes one session name");
+  query.block = f.block;
+  const std::string factor = absl::AsciiStrToLower(f.factor);
+  if (f.args.size() != 1) return UsageError("fisher takes one session name");
   if (factor.empty()) {
     query.factor = v1::FACTOR_UNSPECIFIED;
   } else if (factor == "activations" || factor == "a") {
@@ -244,12 +219,12 @@ int RunFisher(Command& cmd) {
     return UsageError("--factor needs --block (the Kronecker block whose factor to show)");
   }
   // Whether a block exists, and whether it has factors, is the server's to say.
-  query.include_matrix = *matrix;
-  query.include_eigenvalues = *eigenvalues;
-  absl::StatusOr<FisherEstimate> fisher = cmd.client->GetFisher(cmd.args[0], query);
+  query.include_matrix = f.matrix;
+  query.include_eigenvalues = f.eigenvalues;
+  absl::StatusOr<FisherEstimate> fisher = cmd.client->GetFisher(f.args[0], query);
   if (!fisher.ok()) return Failed(fisher.status());
   std::cout << DescribeFisherSummary(fisher->summary);
-  if (*matrix) {
+  if (f.matrix) {
     const uint64_t dim = fisher->summary.dim();
     std::cout << (fisher->diagonal ? "diagonal:\n" : "matrix:\n");
     // Full rows: one matrix row per line. Diagonal: the diagonal on one line.
@@ -261,29 +236,90 @@ int RunFisher(Command& cmd) {
   return kOk;
 }
 
+// The commands, each with its flags; returns them by name.
+std::map<std::string, CliFlags*> DefineFlags(CtlFlags* f, CliFlags* set) {
+  DefineConnectionFlags(&f->connection, set);
+  set->AddDouble("timeout-seconds", &f->timeout_seconds, 0, 1e9,
+                 "deadline of the call (default 5 for health, 60 otherwise)");
+  constexpr double kAny = std::numeric_limits<double>::max();
+  std::map<std::string, CliFlags*> commands;
+  auto command = [&](const char* name, const char* help, const char* args) {
+    CliFlags* c = set->AddCommand(name, help);
+    if (*args != '\0') c->AddPositionals("args", &f->args, args);
+    return commands[name] = c;
+  };
+  CliFlags* health = command(
+      "health", "print SERVING or NOT_SERVING; exit 0 iff SERVING. Waits up to "
+      "--timeout-seconds for the server to come up.", "");
+  health->AddString("service", &f->service, "the service to ask about (default: the server)");
+
+  CliFlags* create = command(
+      "create", "create sessions/ID: --dim=N for a dense or diagonal session, or the blocks "
+      "of a layered one (--block or --layout; F is block-diagonal, one block per SPEC, the "
+      "parameters concatenated in the order given)", "ID");
+  create->AddInt("dim", &f->dim, 1, std::numeric_limits<int64_t>::max(),
+                 "parameters; with blocks, if given, must equal their total");
+  create->AddString("representation", &f->representation, "dense (default) or diagonal");
+  create->AddBool("centered", &f->centered, "subtract the running mean of the scores");
+  create->AddDouble("decay", &f->decay, -kAny, kAny,
+                    "RHO in (0, 1]: weight of the old statistics per batch (default: none)");
+  create->AddDouble("damping", &f->damping, -kAny, kAny, "LAMBDA added to F's diagonal");
+  create->AddRepeated("block", &f->blocks, "a block SPEC of a layered session (below)");
+  create->AddString("layout", &f->layout, "a FILE of block SPECs, one a line");
+  create->AddString("kronecker-damping", &f->kronecker_damping,
+                    "exact (default): solve with (G (x) A + lambda I) exactly; factored: with "
+                    "(G + sqrt(lambda)/pi I) (x) (A + pi sqrt(lambda) I)");
+  create->AddInt("factor-refresh-period", &f->factor_refresh_period, 0,
+                 std::numeric_limits<uint32_t>::max(),
+                 "recompute a factor's eigenbasis at most every N steps (default 1: "
+                 "whenever it changed)");
+
+  command("get", "show a session (NAME: sessions/ID or ID); a layered one adds a line per "
+          "block: spec, parameters, and the rows and W applied", "NAME");
+  command("describe", "the same as get", "NAME");
+  command("list", "list sessions", "");
+  command("delete", "delete a session", "NAME");
+  CliFlags* fisher = command(
+      "fisher", "summary of the Fisher estimate; --matrix also prints it", "NAME");
+  fisher->AddString("block", &f->block,
+                    "layered sessions: describe this block (--matrix needs one)");
+  fisher->AddString("factor", &f->factor,
+                    "activations (A) or output_gradients (G) of a Kronecker --block");
+  fisher->AddBool("eigenvalues", &f->eigenvalues, "also its eigenvalues");
+  fisher->AddBool("matrix", &f->matrix, "also the matrix (a diagonal: its diagonal)");
+  command("help", "print this help", "");
+  return commands;
+}
+
 int Main(int argc, char** argv) {
-  absl::StatusOr<CliFlags> parsed = CliFlags::Parse(argc, argv, /*repeatable=*/{"block"});
-  if (!parsed.ok()) return UsageError(parsed.status().message());
-  CliFlags& flags = *parsed;
-  const bool help_command = !flags.positional().empty() &&
-                            (flags.positional()[0] == "help" || flags.positional()[0] == "-h");
-  if (flags.Has("help") || help_command) {
-    std::cout << kUsage << kConnectionFlagsHelp;
+  CtlFlags f;
+  CliFlags set("fisherctl", kDescription);
+  set.SetFooter(kFooter);
+  const std::map<std::string, CliFlags*> commands = DefineFlags(&f, &set);
+  bool help = false;
+  const absl::Status parsed = set.Parse(argc, argv, &help);
+  if (help || commands.at("help")->Chosen()) {
+    std::cout << set.Help();
     return kOk;
   }
-  if (flags.positional().empty()) return UsageError("missing command");
-  const std::string name = flags.positional()[0];
+  if (!parsed.ok()) return UsageError(parsed.message());
+  std::string name;
+  for (const auto& [command_name, command] : commands) {
+    if (command->Chosen()) name = command_name;
+  }
+  if (name.empty()) return UsageError("missing command");
 
   ClientOptions options;
-  if (absl::Status s = ReadConnectionFlags(flags, &options); !s.ok()) {
+  if (absl::Status s = ReadConnectionFlags(f.connection, &options); !s.ok()) {
     if (s.code() == absl::StatusCode::kInvalidArgument) return UsageError(s.message());
     return Failed(s);
   }
-  absl::StatusOr<double> timeout_seconds =
-      flags.GetDouble("timeout-seconds", name == "health" ? 5.0 : 60.0);
-  if (!timeout_seconds.ok()) return UsageError(timeout_seconds.status().message());
-  if (!(*timeout_seconds > 0)) return UsageError("--timeout-seconds must be > 0");
-  options.call_timeout = absl::Seconds(*timeout_seconds);
+  if (set.Given("timeout-seconds") && !(f.timeout_seconds > 0)) {
+    return UsageError("--timeout-seconds must be > 0");
+  }
+  const double timeout_seconds =
+      set.Given("timeout-seconds") ? f.timeout_seconds : name == "health" ? 5.0 : 60.0;
+  options.call_timeout = absl::Seconds(timeout_seconds);
 
   absl::StatusOr<std::unique_ptr<FisherClient>> client = FisherClient::Create(options);
   if (!client.ok()) {
@@ -293,15 +329,13 @@ int Main(int argc, char** argv) {
     return Failed(client.status());
   }
 
-  Command cmd{std::vector<std::string>(flags.positional().begin() + 1, flags.positional().end()),
-              &flags, client->get(), options.call_timeout};
+  Command cmd{f, *commands.at(name), client->get(), options.call_timeout};
   if (name == "health") return RunHealth(cmd);
   if (name == "create") return RunCreate(cmd);
   if (name == "get" || name == "describe") return RunGet(cmd);
   if (name == "list") return RunList(cmd);
   if (name == "delete") return RunDelete(cmd);
-  if (name == "fisher") return RunFisher(cmd);
-  return UsageError(absl::StrCat("unknown command '", name, "'"));
+  return RunFisher(cmd);
 }
 
 }  // namespace

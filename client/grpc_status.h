@@ -1,18 +1,18 @@
-// The one place where grpc::Status becomes absl::Status for the client layer.
-//
-// The two code spaces are numerically identical (both follow google.rpc.Code), so the
-// conversion is a cast; the server's message is kept verbatim because it names the
-// field, worker and sequence that a caller needs to act on (docs/design.md section 4).
+// How the client layer reads a failed call: grpc::Status becomes absl::Status through
+// the one conversion the server and clients share (common/grpc_status.h; the server's
+// message is kept verbatim because it names the field, worker and sequence that a
+// caller needs to act on, docs/design.md section 4), and IsTransient says which
+// failures are worth a retry.
 #ifndef FISHERD_CLIENT_GRPC_STATUS_H_
 #define FISHERD_CLIENT_GRPC_STATUS_H_
 
 #include "absl/status/status.h"
-#include "grpcpp/support/status.h"
+#include "common/grpc_status.h"
 
 namespace fisherd::client {
 
 // Same code, same message. grpc::Status::OK maps to absl::OkStatus().
-absl::Status FromGrpcStatus(const grpc::Status& status);
+using ::fisherd::common::FromGrpcStatus;
 
 // True for failures of the transport or of the server process rather than of the
 // request: the same request may succeed if sent again (after a reconnect). Requests

@@ -5,7 +5,7 @@ set -euo pipefail
 packages=(
   build-essential cmake ninja-build pkg-config ccache
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
-  libeigen3-dev libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev
+  libeigen3-dev libabsl-dev libcli11-dev libgtest-dev libgmock-dev libbenchmark-dev
   libopenblas-dev liblapacke-dev zlib1g-dev libxxhash-dev
   python3-grpcio python3-protobuf python3-numpy python3-pytest
   python3-torch python3-matplotlib dataset-fashion-mnist

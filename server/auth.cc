@@ -1,17 +1,15 @@
 #include "server/auth.h"
 
-#include <cerrno>
-#include <cstring>
-#include <fstream>
-#include <sstream>
-
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "common/read_file.h"
 
 namespace fisherd::server {
 namespace {
+
+using ::fisherd::common::ReadFileToString;
 
 constexpr absl::string_view kAuthorizationKey = "authorization";
 constexpr absl::string_view kBearer = "bearer ";
@@ -26,19 +24,6 @@ absl::Status CheckPem(const std::string& text, const std::string& path,
 }
 
 }  // namespace
-
-absl::StatusOr<std::string> ReadFileToString(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    const int error = errno;
-    const std::string message = absl::StrCat("cannot read ", path, ": ", std::strerror(error));
-    if (error == EACCES) return absl::PermissionDeniedError(message);
-    return absl::NotFoundError(message);
-  }
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
 
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
     const TlsFiles& files) {

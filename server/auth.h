@@ -32,9 +32,6 @@ struct TlsFiles {
   std::string client_ca_file;  // PEM CA bundle; set: clients must present a cert it signed
 };
 
-// The whole file. NOT_FOUND / PERMISSION_DENIED naming the path when it cannot be read.
-absl::StatusOr<std::string> ReadFileToString(const std::string& path);
-
 // Plaintext when files is all empty; TLS with the given key pair otherwise, and mutual
 // TLS (client certificate required and verified) when client_ca_file is set.
 // INVALID_ARGUMENT for an incomplete combination (a cert without a key, a client CA

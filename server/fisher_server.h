@@ -11,6 +11,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "grpcpp/server.h"
+#include "common/defaults.h"
 #include "server/auth.h"
 #include "server/durable_store.h"
 #include "server/service.h"
@@ -21,7 +22,7 @@ namespace fisherd::server {
 
 struct ServerOptions {
   // HOST:PORT to listen on; port 0 picks a free port (see FisherServer::address()).
-  std::string listen = "127.0.0.1:50051";
+  std::string listen = common::kDefaultAddress;
   RegistryLimits limits;
   // Largest message the server receives or sends (--max-message-mb).
   int max_message_bytes = 64 << 20;

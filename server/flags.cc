@@ -1,132 +1,36 @@
 #include "server/flags.h"
 
 #include <algorithm>
-#include <cmath>
 #include <thread>
-#include <utility>
 
-#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 
 namespace fisherd::server {
 
-void FlagSet::AddString(std::string name, std::string* target, std::string help) {
-  flags_.push_back(Flag{std::move(name), std::move(help), *target,
-                        [target](absl::string_view value) {
-                          *target = std::string(value);
-                          return absl::OkStatus();
-                        }});
-}
+namespace {
 
-void FlagSet::AddInt(std::string name, int64_t* target, int64_t min, int64_t max,
-                     std::string help) {
-  const std::string flag = name;
-  flags_.push_back(Flag{std::move(name), std::move(help), absl::StrCat(*target),
-                        [flag, target, min, max](absl::string_view value) {
-                          int64_t parsed = 0;
-                          if (!absl::SimpleAtoi(value, &parsed)) {
-                            return absl::InvalidArgumentError(absl::StrCat(
-                                "--", flag, "=", value, ": not an integer"));
-                          }
-                          if (parsed < min || parsed > max) {
-                            return absl::InvalidArgumentError(
-                                absl::StrCat("--", flag, "=", value, ": must be in [", min,
-                                             ", ", max, "]"));
-                          }
-                          *target = parsed;
-                          return absl::OkStatus();
-                        }});
-}
-
-void FlagSet::AddDouble(std::string name, double* target, double min, double max,
-                        std::string help) {
-  const std::string flag = name;
-  flags_.push_back(Flag{std::move(name), std::move(help), absl::StrCat(*target),
-                        [flag, target, min, max](absl::string_view value) {
-                          double parsed = 0;
-                          if (!absl::SimpleAtod(value, &parsed) || !std::isfinite(parsed)) {
-                            return absl::InvalidArgumentError(absl::StrCat(
-                                "--", flag, "=", value, ": not a finite number"));
-                          }
-                          if (parsed < min || parsed > max) {
-                            return absl::InvalidArgumentError(
-                                absl::StrCat("--", flag, "=", value, ": must be in [", min,
-                                             ", ", max, "]"));
-                          }
-                          *target = parsed;
-                          return absl::OkStatus();
-                        }});
-}
-
-void FlagSet::AddStringCheck(const std::string& name,
-                             std::function<absl::Status(absl::string_view)> check) {
-  Flag* flag = Find(name);
-  if (flag == nullptr) return;
-  flag->set = [set = std::move(flag->set), check = std::move(check)](absl::string_view value) {
-    if (absl::Status status = check(value); !status.ok()) return status;
-    return set(value);
-  };
-}
-
-FlagSet::Flag* FlagSet::Find(absl::string_view name) {
-  for (Flag& flag : flags_) {
-    if (flag.name == name) return &flag;
-  }
-  return nullptr;
-}
-
-absl::Status FlagSet::Parse(const std::vector<std::string>& args, bool* help) {
-  *help = false;
-  for (const std::string& arg : args) {
-    if (arg == "--help" || arg == "-h") {
-      *help = true;
-      return absl::OkStatus();
-    }
-  }
-  for (const std::string& arg : args) {
-    if (!absl::StartsWith(arg, "--")) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("unexpected argument \"", arg, "\"; flags look like --name=value"));
-    }
-    const absl::string_view body = absl::string_view(arg).substr(2);
-    const size_t equals = body.find('=');
-    const absl::string_view name = body.substr(0, equals);
-    Flag* flag = Find(name);
-    if (flag == nullptr) {
-      return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name));
-    }
-    if (equals == absl::string_view::npos) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("flag --", name, " needs a value: --", name, "=VALUE"));
-    }
-    if (absl::Status status = flag->set(body.substr(equals + 1)); !status.ok()) return status;
-  }
-  return absl::OkStatus();
-}
-
-std::string FlagSet::Help() const {
-  std::string text = "Flags:\n";
-  for (const Flag& flag : flags_) {
-    absl::StrAppend(&text, "  --", flag.name, "=", flag.default_value, "\n      ", flag.help,
-                    "\n");
-  }
-  absl::StrAppend(&text, "  --help\n      Print this help and exit.\n");
-  return text;
-}
-
-absl::Status CheckListenAddress(absl::string_view listen) {
-  const size_t colon = listen.rfind(':');
+// OK if `address` is HOST:PORT with a port in [0, 65535]; the error names `flag`.
+absl::Status CheckAddress(absl::string_view flag, absl::string_view address) {
+  const size_t colon = address.rfind(':');
   int port = -1;
   if (colon == absl::string_view::npos || colon == 0 ||
-      !absl::SimpleAtoi(listen.substr(colon + 1), &port) || port < 0 || port > 65535) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--listen=", listen, ": expected HOST:PORT with a port in [0, 65535] (0 picks a free port)"));
+      !absl::SimpleAtoi(address.substr(colon + 1), &port) || port < 0 || port > 65535) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--", flag, "=", address,
+                     ": expected HOST:PORT with a port in [0, 65535] (0 picks a free port)"));
   }
   return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status CheckListenAddress(absl::string_view listen) {
+  return CheckAddress("listen", listen);
 }
 
 void DefineServerFlags(ServerFlags* flags, FlagSet* set) {
+  set->LastValueWins();
   if (flags->math_threads <= 0) {
     flags->math_threads = std::max(1u, std::thread::hardware_concurrency());
   }
@@ -162,7 +66,7 @@ void DefineServerFlags(ServerFlags* flags, FlagSet* set) {
                  "HOST:PORT of an extra plaintext listener serving only grpc.health.v1, for "
                  "probes that cannot use TLS (Kubernetes gRPC probes). Empty: none.");
   set->AddStringCheck("health-listen", [](absl::string_view value) {
-    return value.empty() ? absl::OkStatus() : CheckListenAddress(value);
+    return value.empty() ? absl::OkStatus() : CheckAddress("health-listen", value);
   });
   set->AddString("data-dir", &flags->data_dir,
                  "Directory for durable sessions: every change is logged and fdatasync'd "
@@ -176,6 +80,22 @@ void DefineServerFlags(ServerFlags* flags, FlagSet* set) {
               "With --data-dir: snapshot every session when the log has grown this many MiB "
               "since the last snapshots.");
 }
+
+ServerFlags::ServerFlags(const ServerOptions& defaults)
+    : listen(defaults.listen),
+      max_sessions(defaults.limits.max_sessions),
+      max_dense_dim(defaults.limits.max_dense_dim),
+      memory_budget_mb(static_cast<int64_t>(defaults.limits.memory_budget_bytes >> 20)),
+      max_message_mb(defaults.max_message_bytes >> 20),
+      math_threads(defaults.math_threads),
+      tls_cert(defaults.tls.cert_file),
+      tls_key(defaults.tls.key_file),
+      tls_client_ca(defaults.tls.client_ca_file),
+      auth_token_file(defaults.auth_token_file),
+      health_listen(defaults.health_listen),
+      data_dir(defaults.durability.data_dir),
+      snapshot_interval_seconds(absl::ToDoubleSeconds(defaults.durability.snapshot_interval)),
+      snapshot_log_mb(static_cast<int64_t>(defaults.durability.snapshot_log_bytes >> 20)) {}
 
 ServerOptions ServerFlags::ToServerOptions() const {
   ServerOptions options;

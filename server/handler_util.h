@@ -10,13 +10,16 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "common/grpc_status.h"
 #include "grpcpp/server_context.h"
 #include "grpcpp/support/server_callback.h"
 #include "server/session_registry.h"
-#include "server/status_mapping.h"
 #include "server/work_pool.h"
 
 namespace fisherd::server {
+
+// Every handler finishes through ToGrpcStatus (common/grpc_status.h).
+using ::fisherd::common::ToGrpcStatus;
 
 class DurableStore;
 

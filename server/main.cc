@@ -9,8 +9,6 @@
 
 #include <cstring>
 #include <iostream>
-#include <string>
-#include <vector>
 
 #include "absl/time/time.h"
 #include "server/fisher_server.h"
@@ -32,16 +30,15 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
 
   fisherd::server::ServerFlags flags;
-  fisherd::server::FlagSet flag_set;
+  fisherd::server::FlagSet flag_set(
+      "fisherd",
+      "Serves fisherd.v1.FisherService (natural-gradient steps from streamed score vectors) "
+      "over gRPC.");
   fisherd::server::DefineServerFlags(&flags, &flag_set);
   bool help = false;
-  const absl::Status parsed =
-      flag_set.Parse(std::vector<std::string>(argv + 1, argv + argc), &help);
+  const absl::Status parsed = flag_set.Parse(argc, argv, &help);
   if (help) {
-    std::cout << "Usage: fisherd [--name=value ...]\n"
-              << "Serves fisherd.v1.FisherService (natural-gradient steps from streamed "
-                 "score vectors) over gRPC.\n\n"
-              << flag_set.Help();
+    std::cout << flag_set.Help();
     return 0;
   }
   if (!parsed.ok()) {

@@ -9,6 +9,7 @@
 
 #include <cstdio>
 #include <iostream>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -30,30 +31,15 @@
 namespace fisherd::demo {
 namespace {
 
-constexpr char kUsage[] =
-    R"(usage: fisherd-demo [flags]
-
-Trains softmax regression on the handwritten digits twice: natural gradient through a
-fisherd server, and tuned full-batch gradient descent in-process; prints a comparison.
-
-flags:
-  --data=PATH          digits.csv.gz (default: the repository's data/digits.csv.gz)
-  --max-steps=N        natural-gradient steps (default 12)
-  --gd-max-steps=N     gradient-descent budget (default 2000)
-  --kl-budget=C        KL budget per natural-gradient step, nats (default 0.5)
-  --damping=LAMBDA     damping of F (default 1e-4)
-  --worker-id=ID       worker id of the score stream (default demo-worker)
-  --session=ID         session to create (default fisherd-demo-PID-MICROS, unique)
-  --quiet              no progress lines, only the summary
-
-connection flags:
-)";
+constexpr char kDescription[] =
+    "Trains softmax regression on the handwritten digits twice: natural gradient through a\n"
+    "fisherd server, and tuned full-batch gradient descent in-process; prints a comparison.";
 
 constexpr double kTargetAccuracy = 0.95;
 constexpr int kRequiredSpeedup = 5;
 
 int UsageError(absl::string_view message) {
-  std::cerr << "fisherd-demo: " << message << "\n\n" << kUsage << client::kConnectionFlagsHelp;
+  std::cerr << "fisherd-demo: " << message << "\n(run fisherd-demo --help for the flags)\n";
   return 2;
 }
 
@@ -64,43 +50,41 @@ int Failed(const absl::Status& status) {
 }
 
 int Main(int argc, char** argv) {
-  absl::StatusOr<client::CliFlags> parsed = client::CliFlags::Parse(argc, argv);
-  if (!parsed.ok()) return UsageError(parsed.status().message());
-  client::CliFlags& flags = *parsed;
-  if (flags.Has("help")) {
-    std::cout << kUsage << client::kConnectionFlagsHelp;
+  NgOptions ng;
+  client::ConnectionFlags connection;
+  std::string data_path = FISHERD_DEMO_DATA;
+  int64_t max_steps = ng.max_steps;
+  int64_t gd_max_steps = 2000;
+  std::string session_flag;
+  bool quiet = false;
+  client::CliFlags flags("fisherd-demo", kDescription);
+  flags.AddString("data", &data_path, "digits.csv.gz (default: the repository's copy)");
+  flags.AddInt("max-steps", &max_steps, 1, 1 << 20, "natural-gradient steps");
+  flags.AddInt("gd-max-steps", &gd_max_steps, 1, 1 << 30, "gradient-descent budget");
+  constexpr double kAny = std::numeric_limits<double>::max();
+  flags.AddDouble("kl-budget", &ng.kl_budget, 0, kAny,
+                  "KL budget per natural-gradient step, nats (> 0)");
+  flags.AddDouble("damping", &ng.damping, 0, kAny, "damping of F");
+  flags.AddString("worker-id", &ng.worker_id, "worker id of the score stream");
+  flags.AddString("session", &session_flag,
+                  "session to create (default fisherd-demo-PID-MICROS, unique)");
+  flags.AddBool("quiet", &quiet, "no progress lines, only the summary");
+  client::DefineConnectionFlags(&connection, &flags);
+  bool help = false;
+  const absl::Status parsed = flags.Parse(argc, argv, &help);
+  if (help) {
+    std::cout << flags.Help();
     return 0;
   }
-  NgOptions ng;
+  if (!parsed.ok()) return UsageError(parsed.message());
   client::ClientOptions options;
-  const absl::Status connection = client::ReadConnectionFlags(flags, &options);
+  if (absl::Status s = client::ReadConnectionFlags(connection, &options); !s.ok()) {
+    if (s.code() == absl::StatusCode::kInvalidArgument) return UsageError(s.message());
+    return Failed(s);
+  }
   const std::string target = options.target;
-  const std::string data_path = flags.GetString("data", FISHERD_DEMO_DATA);
-  absl::StatusOr<int64_t> max_steps = flags.GetInt("max-steps", ng.max_steps);
-  absl::StatusOr<int64_t> gd_max_steps = flags.GetInt("gd-max-steps", 2000);
-  absl::StatusOr<double> kl_budget = flags.GetDouble("kl-budget", ng.kl_budget);
-  absl::StatusOr<double> damping = flags.GetDouble("damping", ng.damping);
-  ng.worker_id = flags.GetString("worker-id", ng.worker_id);
-  const std::string session_flag = flags.GetString("session", "");
-  absl::StatusOr<bool> quiet = flags.GetBool("quiet", false);
-  if (!connection.ok()) {
-    if (connection.code() == absl::StatusCode::kInvalidArgument) {
-      return UsageError(connection.message());
-    }
-    return Failed(connection);
-  }
-  for (const absl::Status& s : {max_steps.status(), gd_max_steps.status(), kl_budget.status(),
-                                damping.status(), quiet.status(), flags.CheckNoUnknownFlags()}) {
-    if (!s.ok()) return UsageError(s.message());
-  }
-  if (!flags.positional().empty()) return UsageError("no positional arguments expected");
-  if (*max_steps < 1 || *gd_max_steps < 1) return UsageError("step counts must be >= 1");
-  if (!(*kl_budget > 0) || !(*damping >= 0)) {
-    return UsageError("need --kl-budget > 0 and --damping >= 0");
-  }
-  ng.max_steps = static_cast<int>(*max_steps);
-  ng.kl_budget = *kl_budget;
-  ng.damping = *damping;
+  if (!(ng.kl_budget > 0)) return UsageError("--kl-budget must be > 0");
+  ng.max_steps = static_cast<int>(max_steps);
   // Unique per process so that concurrent demos against one server do not collide.
   ng.session_id = !session_flag.empty() ? session_flag
                                         : absl::StrFormat("fisherd-demo-%d-%d", getpid(),
@@ -134,7 +118,7 @@ int Main(int argc, char** argv) {
   // 1. Natural gradient through the server.
   absl::StatusOr<NgRun> ng_run =
       RunNaturalGradient(fisher->get(), *data, ng, [&](const NgStepRecord& r) {
-        if (*quiet) return;
+        if (quiet) return;
         absl::PrintF("[ng] step %3d  loss %.6f  acc %6.2f%%  eta %.3f  kl %.3f  %6.2fs\n", r.step,
                     r.loss, 100 * r.accuracy, r.eta, r.predicted_kl, r.seconds);
         std::fflush(stdout);
@@ -157,7 +141,7 @@ int Main(int argc, char** argv) {
   const std::vector<double> grid = {0.1, 0.3, 1.0, 3.0, 10.0};
   const int tune_steps = 100;
   const RateTuning tuning = TuneLearningRate(*data, grid, tune_steps);
-  if (!*quiet) {
+  if (!quiet) {
     for (const GdRun& trial : tuning.trials) {
       absl::PrintF("[gd] tuning: rate %-6g loss after %d steps %s\n", trial.learning_rate,
                    tune_steps,
@@ -168,10 +152,10 @@ int Main(int argc, char** argv) {
   absl::PrintF("[gd] chosen learning rate %g (lowest loss after %d steps of %d rates tried)\n",
                tuning.best_rate, tune_steps, tuning.trials.size());
   const double gd_target = ng_steps_to_target >= 0 ? target_loss : 0.0;
-  const int gd_budget = static_cast<int>(*gd_max_steps);
+  const int gd_budget = static_cast<int>(gd_max_steps);
   const GdRun gd = RunGradientDescent(
       *data, tuning.best_rate, gd_budget, gd_target, [&](int step, double loss, double accuracy) {
-        if (*quiet || step % 200 != 0) return;
+        if (quiet || step % 200 != 0) return;
         absl::PrintF("[gd] step %4d  loss %.6f  acc %6.2f%%\n", step, loss, 100 * accuracy);
         std::fflush(stdout);
       });

@@ -1,0 +1,36 @@
+// The one conversion each way between absl::Status and grpc::Status.
+#include "common/grpc_status.h"
+
+#include "gtest/gtest.h"
+
+namespace fisherd::common {
+namespace {
+
+TEST(GrpcStatusTest, EveryCodeAndItsMessageCrossBothWays) {
+  for (int code = 1; code <= 16; ++code) {
+    const absl::Status status(static_cast<absl::StatusCode>(code), "why");
+    const grpc::Status wire = ToGrpcStatus(status);
+    EXPECT_EQ(static_cast<int>(wire.error_code()), code);
+    EXPECT_EQ(wire.error_message(), "why");
+    EXPECT_EQ(FromGrpcStatus(wire), status);
+  }
+  EXPECT_TRUE(ToGrpcStatus(absl::OkStatus()).ok());
+  EXPECT_TRUE(FromGrpcStatus(grpc::Status::OK).ok());
+  EXPECT_TRUE(FromGrpcStatus(grpc::Status::OK, "Call").ok());
+}
+
+TEST(GrpcStatusTest, ContextPrefixesTheMessage) {
+  const absl::Status status =
+      FromGrpcStatus(grpc::Status(grpc::StatusCode::NOT_FOUND, "no session"), "GetSession");
+  EXPECT_EQ(status, absl::NotFoundError("GetSession: no session"));
+}
+
+TEST(GrpcStatusTest, UnknownCodesBecomeUnknown) {
+  EXPECT_EQ(ToGrpcStatus(absl::Status(static_cast<absl::StatusCode>(99), "m")).error_code(),
+            grpc::StatusCode::UNKNOWN);
+  EXPECT_EQ(FromGrpcStatus(grpc::Status(static_cast<grpc::StatusCode>(99), "m")).code(),
+            absl::StatusCode::kUnknown);
+}
+
+}  // namespace
+}  // namespace fisherd::common
