@@ -9,21 +9,17 @@
 #include <utility>
 
 #include "absl/strings/str_format.h"
-#include "absl/synchronization/notification.h"
 #include "client/grpc_status.h"
 #include "client/score_encoding.h"
 #include "common/read_file.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/create_channel.h"
-#include "grpcpp/generic/generic_stub.h"
-#include "grpcpp/support/byte_buffer.h"
 #include "grpcpp/support/channel_arguments.h"
 
 namespace fisherd::client {
 namespace v1 = ::fisherd::v1;
 
 namespace {
-
-constexpr char kHealthCheckMethod[] = "/grpc.health.v1.Health/Check";
 
 // `pem` if set, else the contents of `file` (empty when both are).
 absl::StatusOr<std::string> PemOrFile(const std::string& pem, const std::string& file) {
@@ -411,25 +407,14 @@ absl::StatusOr<FisherEstimate> FisherClient::GetFisher(absl::string_view session
 
 absl::StatusOr<ServingStatus> FisherClient::CheckHealth(absl::Duration timeout,
                                                         absl::string_view service) {
-  // Generic call with hand-encoded messages: see client/health_wire.h for why.
-  grpc::GenericStub generic(channel_);
-  const std::string request_bytes = EncodeHealthCheckRequest(service);
-  grpc::Slice slice(request_bytes);
-  grpc::ByteBuffer request(&slice, 1);
-  grpc::ByteBuffer response;
+  grpc::health::v1::HealthCheckRequest request;
+  request.set_service(std::string(service));
+  HealthCheckResponse response;
   grpc::ClientContext context;
   context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
   context.set_wait_for_ready(true);
-  grpc::Status status;
-  absl::Notification done;
-  generic.UnaryCall(&context, kHealthCheckMethod, grpc::StubOptions(), &request, &response,
-                    [&status, &done](grpc::Status s) {
-                      status = std::move(s);
-                      done.Notify();
-                    });
-  // The deadline bounds the call, so this wait ends; the callback must have run before
-  // the stack objects it refers to go away.
-  done.WaitForNotification();
+  const grpc::Status status =
+      grpc::health::v1::Health::NewStub(channel_)->Check(&context, request, &response);
   if (!status.ok()) {
     absl::Status result = FromGrpcStatus(status);
     if (result.code() == absl::StatusCode::kDeadlineExceeded) {
@@ -439,15 +424,11 @@ absl::StatusOr<ServingStatus> FisherClient::CheckHealth(absl::Duration timeout,
     }
     return result;
   }
-  std::vector<grpc::Slice> slices;
-  if (!response.Dump(&slices).ok()) {
-    return absl::DataLossError("health: cannot read the response bytes");
+  // proto3 enums are open: a value this client does not know arrives as its number.
+  if (!HealthCheckResponse::ServingStatus_IsValid(response.status())) {
+    return HealthCheckResponse::UNKNOWN;
   }
-  std::string bytes;
-  for (const grpc::Slice& s : slices) {
-    bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
-  }
-  return DecodeHealthCheckResponse(bytes);
+  return response.status();
 }
 
 }  // namespace fisherd::client

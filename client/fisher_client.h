@@ -25,14 +25,20 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
-#include "client/health_wire.h"
 #include "client/session_name.h"
 #include "fisherd/v1/fisher.grpc.pb.h"
+#include "grpc/health/v1/health.pb.h"
 #include "grpcpp/channel.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/security/credentials.h"
 
 namespace fisherd::client {
+
+// grpc.health.v1 (proto/grpc/health/v1/health.proto): CheckHealth's answer is a
+// HealthCheckResponse::ServingStatus (SERVING, NOT_SERVING, ...);
+// HealthCheckResponse::ServingStatus_Name spells it.
+using HealthCheckResponse = ::grpc::health::v1::HealthCheckResponse;
+using ServingStatus = HealthCheckResponse::ServingStatus;
 
 // TLS towards the server (used when ClientOptions::credentials is null). Each PEM may
 // be given inline or as a file path (the inline text wins when both are set).
@@ -60,7 +66,8 @@ struct ClientOptions {
   // Largest message the client sends or accepts. A dense NaturalGradientStep response
   // at dim d carries 2 d doubles and GetFisher streams its rows in small blocks, so the
   // default covers dim in the millions; score batches should stay far below it (and
-  // below the server's own limit, 4 MiB unless the server raises it).
+  // below the server's own limit: 64 MiB unless fisherd runs with another
+  // --max-message-mb).
   int max_message_bytes = 64 << 20;
 
   // Deadline of every unary call and of GetFisher's whole stream.
@@ -202,7 +209,8 @@ class FisherClient {
   // `timeout` for the server to become reachable (wait-for-ready), so it doubles as
   // "wait until the server is up". DEADLINE_EXCEEDED when it is not reachable in time,
   // NOT_FOUND for a service the server does not know, UNIMPLEMENTED when the server has
-  // no health service.
+  // no health service. A status value newer than this client's copy of the protocol is
+  // reported as UNKNOWN, never as SERVING.
   absl::StatusOr<ServingStatus> CheckHealth(absl::Duration timeout,
                                             absl::string_view service = "");
 

@@ -99,8 +99,8 @@ int RunHealth(Command& cmd) {
   if (!cmd.flags.args.empty()) return UsageError("health takes no arguments");
   absl::StatusOr<ServingStatus> health = cmd.client->CheckHealth(cmd.timeout, cmd.flags.service);
   if (!health.ok()) return Failed(health.status());
-  std::cout << ServingStatusName(*health) << "\n";
-  return *health == ServingStatus::kServing ? kOk : kFailed;
+  std::cout << HealthCheckResponse::ServingStatus_Name(*health) << "\n";
+  return *health == HealthCheckResponse::SERVING ? kOk : kFailed;
 }
 
 int RunCreate(Command& cmd) {

@@ -92,12 +92,14 @@ struct ScoreStreamerOptions {
 
   // Rows per ScoreBatch. Larger batches amortize per-message cost (the server does one
   // rank-k update per batch); keep rows_per_batch * dim * 4 bytes well under the
-  // server's message limit (4 MiB by default): 256 rows at dim 1024 is 1 MiB.
+  // server's message limit (64 MiB by default, fisherd --max-message-mb) and the
+  // client's max_message_bytes: 256 rows at dim 1024 is 1 MiB.
   int rows_per_batch = 256;
 
   // Upper bound on one batch's score bytes (rows * width * 4): wide rows go in fewer
   // rows per batch (at least one), so that batches of every target of a layered session
-  // stay under gRPC's default 4 MiB message limit. 0: no bound but rows_per_batch.
+  // stay under 4 MiB, gRPC's default message limit, which fisherd applies when started
+  // with --max-message-mb=4 (its own default is 64 MiB). 0: no bound but rows_per_batch.
   // A single row larger than the client's max_message_bytes is INVALID_ARGUMENT.
   uint64_t max_batch_bytes = uint64_t{2} << 20;
 

@@ -14,7 +14,6 @@ namespace fisherd {
 
 struct SolverSummary {
   std::string method;                // "cholesky", "woodbury" or "diagonal"
-  int iterations = 0;                // 0 for direct methods
   double residual = 0.0;             // ||F_lambda n - g|| / ||g||, measured
   double seconds = 0.0;              // wall time of factorization (if any) and solve
   bool factorization_cached = false;  // the factor of an earlier step was reused

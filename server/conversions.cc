@@ -242,7 +242,6 @@ void SessionToProto(const std::string& name, Session& session, v1::Session* out)
 
 void SolverSummaryToProto(const SolverSummary& summary, v1::SolverSummary* out) {
   out->set_method(summary.method);
-  out->set_iterations(summary.iterations < 0 ? 0 : static_cast<uint32_t>(summary.iterations));
   out->set_residual(summary.residual);
   out->set_seconds(summary.seconds);
   out->set_factorization_cached(summary.factorization_cached);

@@ -103,9 +103,9 @@ int Main(int argc, char** argv) {
   // Waits briefly for a server that is still starting; fails clearly if there is none.
   absl::StatusOr<client::ServingStatus> health = (*fisher)->CheckHealth(absl::Seconds(5));
   if (!health.ok()) return Failed(health.status());
-  if (*health != client::ServingStatus::kServing) {
-    return Failed(absl::UnavailableError(
-        absl::StrFormat("server at %s is %s", target, client::ServingStatusName(*health))));
+  if (*health != client::HealthCheckResponse::SERVING) {
+    return Failed(absl::UnavailableError(absl::StrFormat(
+        "server at %s is %s", target, client::HealthCheckResponse::ServingStatus_Name(*health))));
   }
 
   absl::PrintF("digits: %d images, %d classes, %d parameters; server %s\n",

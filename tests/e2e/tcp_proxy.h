@@ -21,7 +21,6 @@ class TcpProxy {
   std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
   // Closes every relayed connection now.
   void Cut();
-  int cuts() const { return cuts_; }
 
  private:
   void AcceptLoop();
@@ -31,7 +30,6 @@ class TcpProxy {
   int port_ = 0;
   const int target_port_;
   std::atomic<bool> stopping_{false};
-  std::atomic<int> cuts_{0};
   std::mutex mu_;
   std::vector<int> open_fds_;  // guarded by mu_
   std::vector<std::thread> threads_;  // guarded by mu_

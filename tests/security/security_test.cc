@@ -223,7 +223,7 @@ TEST_F(SecurityTest, TokenOverPlaintext) {
   ASSERT_TRUE(probe.ok());
   absl::StatusOr<client::ServingStatus> health = (*probe)->CheckHealth(absl::Seconds(5));
   ASSERT_TRUE(health.ok()) << health.status();
-  EXPECT_EQ(*health, client::ServingStatus::kServing);
+  EXPECT_EQ(*health, client::HealthCheckResponse::SERVING);
 
   // The streaming RPCs are gated like the unary ones.
   absl::StatusOr<client::FisherEstimate> fisher =
@@ -301,7 +301,7 @@ TEST_F(SecurityTest, HealthListenerServesOnlyHealthInPlaintext) {
   ASSERT_TRUE(client.ok());
   absl::StatusOr<client::ServingStatus> health = (*client)->CheckHealth(absl::Seconds(5));
   ASSERT_TRUE(health.ok()) << health.status();
-  EXPECT_EQ(*health, client::ServingStatus::kServing);
+  EXPECT_EQ(*health, client::HealthCheckResponse::SERVING);
   // Only health: the service itself is not there.
   EXPECT_EQ((*client)->ListSessions().status().code(), absl::StatusCode::kUnimplemented);
   EXPECT_EQ(server.Terminate(), 0);

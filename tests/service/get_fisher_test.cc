@@ -1,4 +1,4 @@
-// GetFisher: the summary message, the row blocks (consecutive, under the default 4 MiB
+// GetFisher: the summary message, the row blocks (consecutive, under gRPC's default 4 MiB
 // client limit, equal to F), one consistent estimate while scores arrive, eigenvalues,
 // the diagonal form, and errors.
 #include <algorithm>

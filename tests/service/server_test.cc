@@ -3,6 +3,7 @@
 #include <string>
 
 #include "gmock/gmock.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/completion_queue.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/support/byte_buffer.h"
@@ -11,41 +12,27 @@
 namespace fisherd::testing {
 namespace {
 
-// grpc.health.v1.Health/Check through the generic stub: the request
-// HealthCheckRequest{service} and the reply HealthCheckResponse{status} are tiny
-// enough to encode by hand, which spares the tests the health proto.
-grpc::Status HealthCheck(grpc::Channel* channel, const std::string& service, int* serving_status) {
-  std::string request;
-  if (!service.empty()) {
-    request.push_back(0x0a);  // field 1, length-delimited
-    request.push_back(static_cast<char>(service.size()));
-    request += service;
-  }
-  grpc::Slice slice(request);
-  grpc::ByteBuffer request_buffer(&slice, 1);
-  grpc::ByteBuffer response_buffer;
-  grpc::GenericStub stub(channel->shared_from_this());
+using ::grpc::health::v1::HealthCheckRequest;
+using ::grpc::health::v1::HealthCheckResponse;
+
+// grpc.health.v1.Health/Check through the generated stub (proto/grpc/health/v1).
+grpc::Status HealthCheck(const std::shared_ptr<grpc::Channel>& channel,
+                         const std::string& service, HealthCheckResponse* response) {
+  HealthCheckRequest request;
+  request.set_service(service);
   grpc::ClientContext context;
-  std::promise<grpc::Status> done;
-  stub.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request_buffer,
-                 &response_buffer, [&done](grpc::Status status) { done.set_value(status); });
-  const grpc::Status status = done.get_future().get();
-  if (!status.ok()) return status;
-  std::vector<grpc::Slice> slices;
-  (void)response_buffer.Dump(&slices);
-  std::string response;
-  for (const grpc::Slice& s : slices) response.append(reinterpret_cast<const char*>(s.begin()), s.size());
-  // HealthCheckResponse{status = 1: SERVING, 2: NOT_SERVING} is 0x08 <status>.
-  *serving_status = response.size() == 2 && response[0] == 0x08 ? response[1] : -1;
-  return status;
+  return grpc::health::v1::Health::NewStub(channel)->Check(&context, request, response);
 }
 
 TEST_F(ServiceTest, HealthServiceReportsServing) {
-  int serving = 0;
-  ASSERT_TRUE(HealthCheck(channel_.get(), "", &serving).ok());
-  EXPECT_EQ(serving, 1);
-  ASSERT_TRUE(HealthCheck(channel_.get(), "fisherd.v1.FisherService", &serving).ok());
-  EXPECT_EQ(serving, 1);
+  HealthCheckResponse response;
+  ASSERT_TRUE(HealthCheck(channel_, "", &response).ok());
+  EXPECT_EQ(response.status(), HealthCheckResponse::SERVING);
+  ASSERT_TRUE(HealthCheck(channel_, "fisherd.v1.FisherService", &response).ok());
+  EXPECT_EQ(response.status(), HealthCheckResponse::SERVING);
+  // A service the server does not serve is NOT_FOUND, not some serving status.
+  EXPECT_EQ(HealthCheck(channel_, "no.such.Service", &response).error_code(),
+            grpc::StatusCode::NOT_FOUND);
 }
 
 // grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo, list_services, over the

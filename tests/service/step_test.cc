@@ -120,6 +120,9 @@ TEST_F(StepTest, MatchesDenseSolve) {
   EXPECT_LT(response.solver().residual(), 1e-10);
   EXPECT_GE(response.solver().seconds(), 0.0);
   EXPECT_FALSE(response.solver().factorization_cached());
+  // Every method is direct: SolverSummary carries no iteration count (field 2 reserved).
+  EXPECT_EQ(v1::SolverSummary::descriptor()->FindFieldByName("iterations"), nullptr);
+  EXPECT_TRUE(v1::SolverSummary::descriptor()->IsReservedNumber(2));
 
   // No new samples: the same factor serves the second step.
   status = Step(request, &response);

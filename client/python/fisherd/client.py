@@ -8,8 +8,10 @@ after a broken stream a reconnect that resends every unacknowledged batch (the s
 counts a batch once per (worker_id, sequence), so resending is always safe).
 Layered sessions (create_session(blocks=...)) take rows per block (stream_scores' block
 and factor, or stream_blocks() for several blocks and factors over one stream); step()
-takes gradients of any size, streaming large ones in chunks that stay far below gRPC's
-default 4 MiB message limit.
+takes gradients of any size, streaming large ones in chunks that stay far below 4 MiB,
+gRPC's default message limit (fisherd's own is 64 MiB unless --max-message-mb says
+otherwise; this client's is max_message_bytes, 64 MiB by default), so they pass any of
+them.
 """
 import collections
 import dataclasses
@@ -49,7 +51,8 @@ _KRONECKER_DAMPING_NAMES = {pb.KRONECKER_DAMPING_UNSPECIFIED: "exact",
                             pb.KRONECKER_DAMPING_EXACT: "exact",
                             pb.KRONECKER_DAMPING_FACTORED: "factored"}
 # A gradient of up to this many values goes in one NaturalGradientStep call: its answer
-# carries two vectors of dim doubles (2 MiB here), well under gRPC's default 4 MiB limit.
+# carries two vectors of dim doubles (2 MiB here), well under even gRPC's default 4 MiB
+# limit (fisherd --max-message-mb=4; fisherd's own default is 64 MiB).
 # Larger gradients take StreamNaturalGradientStep.
 _UNARY_STEP_VALUES = 1 << 17
 # Bytes of gradient per StreamNaturalGradientStep message: 256k doubles or 512k floats.
@@ -528,7 +531,7 @@ class Client:
 
         A gradient of up to 131072 values goes in one NaturalGradientStep call, a larger
         one through StreamNaturalGradientStep in chunks of 2 MiB (each message well under
-        gRPC's default 4 MiB limit), the answer reassembled into float64 arrays. stream:
+        even gRPC's default 4 MiB limit), the answer reassembled into float64 arrays. stream:
         True or False forces one form. gradient_dtype "float32" sends the gradient rounded
         to float32 (half the bytes when streamed). chunk_values: values per streamed chunk
         (default 262144 doubles or 524288 floats)."""
@@ -630,32 +633,7 @@ class Client:
                                                  wait_for_ready=self._wait_for_ready))
         except grpc.RpcError as error:
             raise FisherdError.from_rpc_error(error) from None
-        if not messages or not messages[0].HasField("summary"):
-            raise _protocol_error("GetFisher", "the first message carries no summary")
-        summary = messages[0].summary
-        if not include_matrix:
-            return Fisher(summary=summary, matrix=None)
-        dim = summary.dim
-        if summary.block:
-            vector = (summary.factor == pb.FACTOR_UNSPECIFIED and
-                      summary.block_kind == pb.BLOCK_KIND_DIAGONAL)
-        else:
-            vector = summary.representation == pb.REPRESENTATION_DIAGONAL
-        parts, rows = [], 0
-        for message in messages:
-            if not message.values:
-                continue
-            if message.row_offset != rows:
-                raise _protocol_error("GetFisher", f"rows at {message.row_offset} follow "
-                                      f"{rows} rows")
-            parts.append(np.array(message.values, dtype=np.float64))
-            rows += message.row_count
-        values = np.concatenate(parts) if parts else np.empty(0)
-        expected = dim if vector else dim * dim
-        if rows != dim or values.shape[0] != expected:
-            raise _protocol_error("GetFisher", f"{rows} rows, {values.shape[0]} values for "
-                                  f"dim {dim}")
-        return Fisher(summary=summary, matrix=values if vector else values.reshape(dim, dim))
+        return _assemble_fisher(messages, include_matrix)
 
     # --- scores -----------------------------------------------------------------------
     def stream_scores(self, session, scores, weights=None, worker_id=None, rows_per_batch=None,
@@ -1088,9 +1066,49 @@ def _parse_step_response(data):
     return header, block, offset, natural, update
 
 
-def _protocol_error(method, message):
-    return FisherdError(grpc.StatusCode.INTERNAL,
-                        f"{method} answer does not follow fisherd.v1: {message}")
+def _assemble_fisher(messages, include_matrix):
+    """The Fisher of a GetFisher answer, checked as the C++ client checks it: a summary
+    first, then row blocks that follow each other from row 0, each with row_count rows
+    of the width the summary implies (dim values, or one for a diagonal), none past dim,
+    and (when the matrix was asked for) together exactly dim rows. A violation is a
+    FisherdError(DATA_LOSS) naming it."""
+    def violation(message):
+        return _protocol_error("GetFisher", message, grpc.StatusCode.DATA_LOSS)
+    if not messages:
+        raise violation("empty response stream")
+    if not messages[0].HasField("summary"):
+        raise violation("the first message carries no summary")
+    summary = messages[0].summary
+    dim = summary.dim
+    if summary.block:
+        vector = (summary.factor == pb.FACTOR_UNSPECIFIED and
+                  summary.block_kind == pb.BLOCK_KIND_DIAGONAL)
+    else:
+        vector = summary.representation == pb.REPRESENTATION_DIAGONAL
+    width = 1 if vector else dim
+    parts, rows = [], 0
+    for message in messages:
+        if message.row_count == 0 and not message.values:
+            continue
+        if message.row_offset != rows:
+            raise violation(f"block starts at row {message.row_offset}, expected {rows}")
+        if len(message.values) != message.row_count * width:
+            raise violation(f"block at row {message.row_offset} has {len(message.values)} "
+                            f"values for {message.row_count} rows of {width}")
+        if rows + message.row_count > dim:
+            raise violation(f"rows [{rows}, {rows + message.row_count}) exceed dim {dim}")
+        parts.append(np.array(message.values, dtype=np.float64))
+        rows += message.row_count
+    if not include_matrix:
+        return Fisher(summary=summary, matrix=None)
+    if rows != dim:
+        raise violation(f"stream ended after {rows} of {dim} rows")
+    values = np.concatenate(parts) if parts else np.empty(0)
+    return Fisher(summary=summary, matrix=values if vector else values.reshape(dim, dim))
+
+
+def _protocol_error(method, message, code=grpc.StatusCode.INTERNAL):
+    return FisherdError(code, f"{method} answer does not follow fisherd.v1: {message}")
 
 
 def _block_name(block):

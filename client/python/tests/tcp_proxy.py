@@ -14,15 +14,22 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._connections = []
         self._cut_after = None     # cut when this many more upstream bytes have passed
+        self._cut_every = None     # and then again after every this many
         self.cuts = 0
         self.forwarded = 0         # client -> server bytes, all connections
         self._closed = False
         threading.Thread(target=self._accept, daemon=True).start()
 
-    def cut_after(self, upstream_bytes):
-        """Cuts every connection once `upstream_bytes` more bytes went to the server."""
+    def cut_after(self, upstream_bytes, repeat=False):
+        """Cuts every connection once `upstream_bytes` more bytes went to the server; with
+        repeat, again after every `upstream_bytes` more, until stop_cutting()."""
         with self._lock:
             self._cut_after = self.forwarded + upstream_bytes
+            self._cut_every = upstream_bytes if repeat else None
+
+    def stop_cutting(self):
+        with self._lock:
+            self._cut_after = self._cut_every = None
 
     def cut(self):
         with self._lock:
@@ -71,7 +78,8 @@ class TcpProxy:
                         with self._lock:
                             self.forwarded += len(data)
                             if self._cut_after is not None and self.forwarded >= self._cut_after:
-                                self._cut_after = None
+                                self._cut_after = (None if self._cut_every is None
+                                                   else self._cut_after + self._cut_every)
                                 cut = True
                         if cut:
                             self.cut()

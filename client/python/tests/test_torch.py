@@ -27,7 +27,7 @@ Tolerances (relative, norm-wise, see assert_close):
                      sums n^T F n in the factors' eigenbases instead, equal in exact
                      arithmetic; the subtraction may cancel a few digits of 1e-16.
 
-Needs PyTorch (Debian: python3-torch); the whole module is skipped without it. Run as a
+Needs PyTorch (Debian: python3-torch); without it the module fails to import. Run as a
 script (python3 test_torch.py --worker ...) it is one rank of the data-parallel test.
 """
 import math
@@ -204,8 +204,9 @@ if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "--worker":
 
 
 # --- the tests ------------------------------------------------------------------------------
-torch = pytest.importorskip("torch", reason="fisherd.torch needs PyTorch (Debian: "
-                            "apt install python3-torch)")
+# PyTorch is a test dependency (Debian: python3-torch, scripts/install-deps.sh): without
+# it this module fails to import, loudly, rather than vanishing from the run.
+import torch  # noqa: E402
 import fisherd  # noqa: E402  (conftest put client/python on sys.path)
 import fisherd.torch as fisherd_torch  # noqa: E402
 from torch import nn  # noqa: E402
