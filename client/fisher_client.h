@@ -26,6 +26,7 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "client/session_name.h"
+#include "common/defaults.h"
 #include "fisherd/v1/fisher.grpc.pb.h"
 #include "grpc/health/v1/health.pb.h"
 #include "grpcpp/channel.h"
@@ -61,7 +62,7 @@ struct ClientTlsOptions {
 
 struct ClientOptions {
   // "host:port", or any gRPC target URI ("dns:///host:port", "unix:/path").
-  std::string target = "127.0.0.1:50051";
+  std::string target = common::kDefaultAddress;
 
   // Largest message the client sends or accepts. A dense NaturalGradientStep response
   // at dim d carries 2 d doubles and GetFisher streams its rows in small blocks, so the
