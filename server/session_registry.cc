@@ -141,9 +141,12 @@ absl::Status SessionRegistry::Reserve(const std::string& name, const SessionOpti
         " (a dense estimate needs ", Mebibytes(bytes),
         "); use REPRESENTATION_DIAGONAL, which needs O(dim) memory, or a smaller dim"));
   }
-  // Written as a subtraction so that a saturated estimate cannot wrap the sum.
-  if (count_limits && (bytes > limits_.memory_budget_bytes ||
-                       reserved_bytes_ > limits_.memory_budget_bytes - bytes)) {
+  // Written as a subtraction so that a saturated estimate cannot wrap the sum. A session
+  // larger than the whole budget is refused in recovery too (CheckTotals would refuse it
+  // anyway, but only after allocating it: a damaged data directory naming a diagonal
+  // session of 10^12 parameters must be an error, not an allocation that kills us).
+  if (bytes > limits_.memory_budget_bytes ||
+      (count_limits && reserved_bytes_ > limits_.memory_budget_bytes - bytes)) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "session ", Quote(name), " needs ", Mebibytes(bytes), " of statistics, but ",
         Mebibytes(reserved_bytes_), " of the --memory-budget-mb=",

@@ -68,6 +68,15 @@ absl::Status Journal::Read(const std::string& dir, uint64_t from_lsn,
               ? absl::StrCat(" (and ", segment.path, " holds records)")
               : std::string()));
     };
+    // A segment that starts inside the records already read was not created by Append
+    // (it numbers a new segment after the records before it): damage, not a crash. Found
+    // by fuzz/journal_fuzzer.cc: Read accepted such an empty segment as one "after the
+    // end", Open left it (it is below next_lsn), and the next Read failed on it.
+    if (!continues && segment.first_lsn < next) {
+      return absl::DataLossError(absl::StrCat(
+          segment.path, ": the segment starts at LSN ", segment.first_lsn, ", but ",
+          previous_path, " already holds records up to LSN ", next - 1));
+    }
     if (continues) supersede_torn();
     if (continues && !last && segments[i + 1].first_lsn <= from) {
       next = segments[i + 1].first_lsn;  // nothing needed in this one

@@ -1,8 +1,12 @@
 // CreateSession / GetSession / ListSessions / DeleteSession, their defaults, their
 // input errors and the server limits checked before a session is allocated.
+#include <cstdio>
+#include <fstream>
 #include <string>
 
 #include "gmock/gmock.h"
+#include "server/snapshot_file.h"
+#include "storage/record_format.h"
 #include "tests/service/test_server.h"
 
 namespace fisherd::testing {
@@ -202,6 +206,48 @@ TEST_F(ServiceTest, MemoryBudgetIsResourceExhausted) {
   grpc::ClientContext context;
   ASSERT_TRUE(stub_->DeleteSession(&context, request, &response).ok());
   EXPECT_TRUE(CreateSession("second", DenseConfig(2048)).ok());
+}
+
+// Found by fuzz/durable_recovery_fuzzer.cc: recovery (Recreate) skipped the memory
+// budget for each session, so a damaged data directory naming a huge diagonal session
+// made the server allocate it before CheckTotals could refuse it.
+TEST(SessionRegistryRecovery, RecreateRefusesASessionLargerThanTheWholeBudget) {
+  server::RegistryLimits limits;
+  limits.memory_budget_bytes = uint64_t{1} << 20;
+  server::SessionRegistry registry(limits);
+  v1::SessionConfig config;
+  config.set_dim(uint64_t{1} << 40);
+  config.set_representation(v1::REPRESENTATION_DIAGONAL);
+  const auto entry = registry.Recreate("huge", config, /*incarnation=*/1);
+  ASSERT_FALSE(entry.ok());
+  EXPECT_EQ(entry.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(entry.status().message()), HasSubstr("--memory-budget-mb"));
+  EXPECT_EQ(registry.ReservedBytes(), 0u);
+  // Within the budget, recovery still creates it.
+  config.set_dim(1000);
+  EXPECT_TRUE(registry.Recreate("small", config, /*incarnation=*/2).ok());
+}
+
+// Found by fuzz/snapshot_fuzzer.cc: VerifySnapshotFile accepted a header that
+// SnapshotReader::Open refuses (another format), so "verified" did not mean "loadable".
+TEST(SnapshotFileVerify, RefusesAHeaderOfAnotherFormat) {
+  durable::v1::SnapshotHeader header;
+  header.set_format(2);
+  header.set_session_id("s");
+  std::string file;
+  AppendRecord(durable::v1::SNAPSHOT_RECORD_TYPE_HEADER, 0, header.SerializeAsString(), &file);
+  AppendRecord(durable::v1::SNAPSHOT_RECORD_TYPE_END, 1, durable::v1::SnapshotEnd().SerializeAsString(),
+               &file);
+  const std::string path = ::testing::TempDir() + "/verify-format.snap";
+  {
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out << file;
+  }
+  const absl::Status verified = server::VerifySnapshotFile(path);
+  EXPECT_EQ(verified.code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(std::string(verified.message()), HasSubstr("snapshot format 2"));
+  EXPECT_FALSE(server::SnapshotReader::Open(path).ok());
+  std::remove(path.c_str());
 }
 
 }  // namespace

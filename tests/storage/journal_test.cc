@@ -421,6 +421,25 @@ TEST(JournalTest, EmptySegmentsAfterTheEndAreIgnoredAndRemovedByOpen) {
   EXPECT_EQ(replayed.summary.empty_segments_after_end, 0u);
 }
 
+// Found by fuzz/journal_fuzzer.cc: an empty segment named inside the records already
+// read (Append never creates one) was accepted as one "after the end"; Open kept it,
+// being below next_lsn, so the log recovered once and failed on the next restart.
+TEST(JournalTest, EmptySegmentStartingInsideTheRecordsIsDataLoss) {
+  ScratchDir dir;
+  const JournalOptions options = SmallSegments(dir.path());
+  {
+    std::unique_ptr<Journal> journal = OpenOrDie(options, 1);
+    for (int i = 0; i < 10; ++i) AppendOrDie(*journal, 1, "r");
+  }
+  const std::string overlapping = dir.File(SegmentFileName(5));
+  testing_storage::WriteFile(overlapping, std::string(4096, '\0'));
+  Replayed replayed = ReadJournal(dir.path(), 1);
+  EXPECT_EQ(replayed.status.code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(replayed.status.message(),
+              HasSubstr(overlapping + ": the segment starts at LSN 5"));
+  EXPECT_THAT(replayed.status.message(), HasSubstr("already holds records up to LSN 10"));
+}
+
 TEST(JournalTest, DamageOutsideTheTailIsDataLossNamingFileAndOffset) {
   ScratchDir dir;
   {
