@@ -122,7 +122,11 @@ absl::Status DurableStore::Recover(RecoveryReport* report) {
     if (ParseSnapshotFileName(file, &id, &lsn)) snapshots[id].push_back(lsn);
   }
   uint64_t next_lsn = 1;
-  for (auto& [id, lsns] : snapshots) {
+  for (auto& snapshot : snapshots) {
+    // Named references, not a structured binding: the lambda below captures them, which
+    // C++17 does not allow for bindings (clang rejects it).
+    const std::string& id = snapshot.first;
+    std::vector<uint64_t>& lsns = snapshot.second;
     std::sort(lsns.rbegin(), lsns.rend());
     absl::Status first_error;
     bool loaded = false;
@@ -516,7 +520,7 @@ void DurableStore::SnapshotLoop() {
     const double elapsed =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - last_round).count();
     const bool by_time = options_.snapshot_interval > absl::ZeroDuration() &&
-                         elapsed >= absl::ToDoubleSeconds(options_.snapshot_interval) &&
+                         absl::Seconds(elapsed) >= options_.snapshot_interval &&
                          bytes != bytes_at_last_round;
     const bool by_size = bytes - bytes_at_last_round >= options_.snapshot_log_bytes;
     if (!by_time && !by_size) continue;

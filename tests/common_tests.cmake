@@ -7,9 +7,9 @@ add_executable(common_test
   common/read_file_test.cc)
 target_link_libraries(common_test PRIVATE
   fisherd_common fisherd_grpc_status GTest::gtest_main GTest::gmock)
-gtest_discover_tests(common_test DISCOVERY_TIMEOUT 60)
+gtest_discover_tests(common_test DISCOVERY_TIMEOUT 60 PROPERTIES LABELS unit)
 
 add_executable(client_flags_test common/connection_flags_test.cc)
 target_link_libraries(client_flags_test PRIVATE
   fisherd_cli_flags GTest::gtest_main GTest::gmock)
-gtest_discover_tests(client_flags_test DISCOVERY_TIMEOUT 60)
+gtest_discover_tests(client_flags_test DISCOVERY_TIMEOUT 60 PROPERTIES LABELS unit)

@@ -11,4 +11,4 @@ add_executable(core_test
   core/decay_underflow_test.cc
   core/state_round_trip_test.cc)
 target_link_libraries(core_test PRIVATE fisherd_core GTest::gtest_main GTest::gmock)
-gtest_discover_tests(core_test DISCOVERY_TIMEOUT 60)
+gtest_discover_tests(core_test DISCOVERY_TIMEOUT 60 PROPERTIES LABELS unit)

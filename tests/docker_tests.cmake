@@ -6,7 +6,7 @@
 add_test(NAME docker_smoke
   COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/docker/docker_smoke.sh ${CMAKE_SOURCE_DIR}
           $<TARGET_FILE:fisherctl>)
-set_tests_properties(docker_smoke PROPERTIES TIMEOUT 1500 PROCESSORS 2)
+set_tests_properties(docker_smoke PROPERTIES TIMEOUT 1500 PROCESSORS 2 LABELS "docker;slow")
 add_test(NAME k8s_manifests
   COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/docker/k8s_validate.sh ${CMAKE_SOURCE_DIR})
-set_tests_properties(k8s_manifests PROPERTIES TIMEOUT 300)
+set_tests_properties(k8s_manifests PROPERTIES TIMEOUT 300 LABELS docker)

@@ -13,6 +13,8 @@ foreach(suite crash faults corruption environment layered_recovery retention)
             ${CMAKE_CURRENT_SOURCE_DIR}/durability/test_${suite}.py)
   set_tests_properties(durability_${suite} PROPERTIES
     ENVIRONMENT "FISHERD_BIN=$<TARGET_FILE:fisherd>;PYTHONDONTWRITEBYTECODE=1"
-    LABELS "e2e;durability"
+    LABELS "e2e;durability;python"
     TIMEOUT 300)
 endforeach()
+# The two that kill fisherd hundreds of times take about 40 s each.
+set_property(TEST durability_crash durability_corruption APPEND PROPERTY LABELS slow)

@@ -11,13 +11,13 @@ target_compile_definitions(e2e_test PRIVATE
   FISHERCTL_BIN="$<TARGET_FILE:fisherctl>")
 target_link_libraries(e2e_test PRIVATE fisherd_client Eigen3::Eigen GTest::gtest_main GTest::gmock)
 add_dependencies(e2e_test fisherd fisherctl)
-gtest_discover_tests(e2e_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 300)
+gtest_discover_tests(e2e_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 300 LABELS e2e)
 
 find_program(DEBIAN_PYTHON3 python3 PATHS /usr/bin NO_DEFAULT_PATH)
 add_test(NAME python_proto_client
   COMMAND ${DEBIAN_PYTHON3} -m pytest -q -p no:cacheprovider ${CMAKE_CURRENT_SOURCE_DIR}/e2e/python)
 set_tests_properties(python_proto_client PROPERTIES
-  ENVIRONMENT "FISHERD_BIN=$<TARGET_FILE:fisherd>" TIMEOUT 300)
+  ENVIRONMENT "FISHERD_BIN=$<TARGET_FILE:fisherd>" TIMEOUT 300 LABELS "e2e;python")
 
 # Durable sessions from the clients' side: fisherd --data-dir on a fixed port is
 # SIGKILLed mid-stream and restarted on the same port and directory; the C++
@@ -27,4 +27,4 @@ add_executable(durable_resume_test e2e/durable_resume_test.cc)
 target_compile_definitions(durable_resume_test PRIVATE FISHERD_BIN="$<TARGET_FILE:fisherd>")
 target_link_libraries(durable_resume_test PRIVATE fisherd_client Eigen3::Eigen GTest::gtest_main GTest::gmock)
 add_dependencies(durable_resume_test fisherd)
-gtest_discover_tests(durable_resume_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 120)
+gtest_discover_tests(durable_resume_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 120 LABELS e2e)

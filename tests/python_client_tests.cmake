@@ -8,7 +8,7 @@ add_test(NAME python_client
           ${CMAKE_SOURCE_DIR}/client/python/tests)
 set_tests_properties(python_client PROPERTIES
   ENVIRONMENT "FISHERD_BIN=$<TARGET_FILE:fisherd>;PYTHONDONTWRITEBYTECODE=1"
-  TIMEOUT 600)
+  TIMEOUT 600 LABELS "e2e;python")
 
 # The Fashion-MNIST example (issue: K-FAC through fisherd against SGD and Adam), one epoch
 # on 2048 images for both models and all three methods: it must run end to end against a
@@ -20,4 +20,4 @@ add_test(NAME fashion_mnist_smoke
           --fisherd-bin=$<TARGET_FILE:fisherd>
           --plot=${CMAKE_CURRENT_BINARY_DIR}/fashion_mnist_smoke.png)
 set_tests_properties(fashion_mnist_smoke PROPERTIES
-  ENVIRONMENT "PYTHONDONTWRITEBYTECODE=1" TIMEOUT 600 LABELS slow)
+  ENVIRONMENT "PYTHONDONTWRITEBYTECODE=1" TIMEOUT 600 LABELS "e2e;python;slow")

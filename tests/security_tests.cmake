@@ -9,4 +9,5 @@ target_compile_definitions(security_test PRIVATE
 target_link_libraries(security_test PRIVATE
   fisherd_client fisherd_server GTest::gtest_main GTest::gmock)
 add_dependencies(security_test fisherd fisherctl)
-gtest_discover_tests(security_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 300)
+gtest_discover_tests(security_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 300
+  LABELS e2e)

@@ -12,4 +12,4 @@ add_executable(service_test
   service/layered_test.cc)
 target_link_libraries(service_test PRIVATE
   fisherd_server fisherd_proto GTest::gtest_main GTest::gmock)
-gtest_discover_tests(service_test DISCOVERY_TIMEOUT 60)
+gtest_discover_tests(service_test DISCOVERY_TIMEOUT 60 PROPERTIES LABELS service)

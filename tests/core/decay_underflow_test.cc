@@ -236,7 +236,9 @@ void DecayThenNewRows(const Kind& kind, double rho, int decays) {
   EXPECT_EQ(statistics->weight_sum(), 0.0);
   const Answers after = Ask(*statistics);
   // The factor of the step before the decays is reused (diagonal keeps none).
-  if (kind.representation == Representation::kDense) EXPECT_TRUE(after.cached);
+  if (kind.representation == Representation::kDense) {
+    EXPECT_TRUE(after.cached);
+  }
   ExpectIdentical(after, before);
   EXPECT_EQ(statistics->sample_count(), rows);
 
