@@ -107,7 +107,8 @@ absl::Status CreateSession(FisherService::Stub* stub, const Config& config, bool
   request.mutable_config()->set_damping(config.damping);
   request.mutable_config()->set_float32_products(config.float32_products);
   fisherd::v1::Session session;
-  return fisherd::common::FromGrpcStatus(stub->CreateSession(&context, request, &session), "CreateSession");
+  return fisherd::common::FromGrpcStatus(stub->CreateSession(&context, request, &session),
+                                         "CreateSession");
 }
 
 void DeleteSession(FisherService::Stub* stub, const std::string& name) {
@@ -176,7 +177,8 @@ void RunWorker(const Config& config, std::shared_ptr<grpc::Channel> channel, int
   }
   stream->WritesDone();
   reader.join();
-  result->status = fisherd::common::FromGrpcStatus(stream->Finish(), absl::StrCat("worker ", index, " StreamScores"));
+  result->status = fisherd::common::FromGrpcStatus(stream->Finish(),
+                                                   absl::StrCat("worker ", index, " StreamScores"));
 }
 
 int RunIngest(const Config& config) {
@@ -194,9 +196,8 @@ int RunIngest(const Config& config) {
 
   // Workers start together; the window opens after the warm-up.
   const auto start = Clock::now() + std::chrono::milliseconds(200);
-  const auto window_start =
-      start + std::chrono::duration_cast<Clock::duration>(
-                  std::chrono::duration<double>(config.warmup_seconds));
+  const auto window_start = start + std::chrono::duration_cast<Clock::duration>(
+                                        std::chrono::duration<double>(config.warmup_seconds));
   const auto window_end = window_start + std::chrono::duration_cast<Clock::duration>(
                                              std::chrono::duration<double>(config.seconds));
   std::vector<WorkerResult> results(config.workers);
@@ -241,9 +242,9 @@ int RunIngest(const Config& config) {
       "\"batch\":%lld,\"workers\":%lld,\"seconds\":%.3f,\"rows\":%lld,"
       "\"scores_per_second\":%.1f,\"payload_bytes_per_second\":%.1f,\"ok\":%s}\n",
       session_name.c_str(), config.representation.c_str(), static_cast<long long>(config.dim),
-      static_cast<long long>(config.batch), static_cast<long long>(config.workers),
-      config.seconds, static_cast<long long>(rows_in_window), scores_per_second,
-      bytes_per_second, status.ok() ? "true" : "false");
+      static_cast<long long>(config.batch), static_cast<long long>(config.workers), config.seconds,
+      static_cast<long long>(rows_in_window), scores_per_second, bytes_per_second,
+      status.ok() ? "true" : "false");
   return status.ok() ? 0 : 1;
 }
 
@@ -291,7 +292,8 @@ int RunStep(const Config& config) {
   };
   auto take_step = [&](fisherd::v1::NaturalGradientStepResponse* response) -> absl::Status {
     grpc::ClientContext context;
-    return fisherd::common::FromGrpcStatus(stub->NaturalGradientStep(&context, step, response), "NaturalGradientStep");
+    return fisherd::common::FromGrpcStatus(stub->NaturalGradientStep(&context, step, response),
+                                           "NaturalGradientStep");
   };
 
   std::vector<double> ingest, first, cached, end_to_end, first_server, cached_server;
@@ -319,8 +321,9 @@ int RunStep(const Config& config) {
     first_server.push_back(a.solver().seconds());
     cached_server.push_back(b.solver().seconds());
     if (a.solver().factorization_cached() || !b.solver().factorization_cached()) {
-      status = absl::InternalError("the server did not refactor after new samples, or did not "
-                                   "reuse the factor without them");
+      status = absl::InternalError(
+          "the server did not refactor after new samples, or did not "
+          "reuse the factor without them");
     }
     if (a.solver().method() != "cholesky") {
       status = absl::InternalError(
@@ -348,9 +351,9 @@ int RunStep(const Config& config) {
       "\"cached_step_seconds\":%.6f,\"cached_step_server_seconds\":%.6f,"
       "\"batch_and_step_seconds\":%.6f}\n",
       session_name.c_str(), static_cast<long long>(config.dim),
-      static_cast<long long>(config.batch), static_cast<long long>(config.repeats),
-      Median(ingest), Median(first), Median(first_server), Median(cached),
-      Median(cached_server), Median(end_to_end));
+      static_cast<long long>(config.batch), static_cast<long long>(config.repeats), Median(ingest),
+      Median(first), Median(first_server), Median(cached), Median(cached_server),
+      Median(end_to_end));
   return 0;
 }
 
@@ -449,10 +452,11 @@ int RunAccuracy(const Config& config) {
               static_cast<long long>(batches * config.batch),
               config.float32_products ? "on" : "off");
   std::printf("  relative Frobenius error of F vs long-double sums: %.3g\n", relative_error);
-  std::printf("{\"mode\":\"accuracy\",\"dim\":%lld,\"samples\":%lld,\"float32_products\":%s,"
-              "\"relative_error\":%.6g}\n",
-              static_cast<long long>(config.dim), static_cast<long long>(batches * config.batch),
-              config.float32_products ? "true" : "false", relative_error);
+  std::printf(
+      "{\"mode\":\"accuracy\",\"dim\":%lld,\"samples\":%lld,\"float32_products\":%s,"
+      "\"relative_error\":%.6g}\n",
+      static_cast<long long>(config.dim), static_cast<long long>(batches * config.batch),
+      config.float32_products ? "true" : "false", relative_error);
   return 0;
 }
 
@@ -482,13 +486,14 @@ int RunFreshStep(const Config& config) {
     const auto t0 = Clock::now();
     grpc::ClientContext add_context;
     fisherd::v1::ScoreAck ack;
-    status = fisherd::common::FromGrpcStatus(stub->AddScores(&add_context, batch, &ack), "AddScores");
+    status =
+        fisherd::common::FromGrpcStatus(stub->AddScores(&add_context, batch, &ack), "AddScores");
     const auto t1 = Clock::now();
     fisherd::v1::NaturalGradientStepResponse response;
     if (status.ok()) {
       grpc::ClientContext step_context;
-      status = fisherd::common::FromGrpcStatus(stub->NaturalGradientStep(&step_context, step, &response),
-                        "NaturalGradientStep");
+      status = fisherd::common::FromGrpcStatus(
+          stub->NaturalGradientStep(&step_context, step, &response), "NaturalGradientStep");
     }
     const auto t2 = Clock::now();
     DeleteSession(stub.get(), name);
@@ -535,8 +540,9 @@ const char kDescription[] =
 
 int main(int argc, char** argv) {
   Config config;
-  config.session_id = absl::StrCat(
-      "bench-", getpid(), "-", std::chrono::system_clock::now().time_since_epoch().count() % 1000000007);
+  config.session_id =
+      absl::StrCat("bench-", getpid(), "-",
+                   std::chrono::system_clock::now().time_since_epoch().count() % 1000000007);
   constexpr int64_t kMost = std::numeric_limits<int64_t>::max();
   fisherd::common::FlagSet flags("fisherd-bench", kDescription);
   flags.AddString("target", &config.target, "HOST:PORT of the server");
@@ -546,8 +552,7 @@ int main(int argc, char** argv) {
   flags.AddInt("dim", &config.dim, 1, kMost, "parameters");
   flags.AddInt("batch", &config.batch, 1, kMost, "rows per batch");
   flags.AddInt("workers", &config.workers, 1, kMost, "concurrent workers (ingest)");
-  flags.AddInt("in-flight", &config.in_flight, 1, kMost,
-               "unacknowledged batches per worker");
+  flags.AddInt("in-flight", &config.in_flight, 1, kMost, "unacknowledged batches per worker");
   flags.AddInt("repeats", &config.repeats, 1, kMost, "rounds (step, fresh-step)");
   flags.AddInt("samples", &config.samples, 1, kMost, "samples (accuracy)");
   flags.AddDouble("seconds", &config.seconds, 1e-9, 1e9, "measured time (ingest)");

@@ -96,17 +96,17 @@ struct Config {
   std::string target = fisherd::common::kDefaultAddress;
   std::string mode;
   std::string session_id;
-  int64_t dim = 1024;          // kronecker-ingest: in = out
-  int64_t batch = 256;         // rows per ScoreBatch (ingest and fills)
+  int64_t dim = 1024;   // kronecker-ingest: in = out
+  int64_t batch = 256;  // rows per ScoreBatch (ingest and fills)
   int64_t in_flight = 8;
   int64_t repeats = 3;
   int64_t cached_repeats = 3;  // resnet18-step: cached steps per repeat
   double seconds = 4.0;
   double warmup_seconds = 0.5;
-  double fill = 2.0;           // resnet18-step: rows per factor, in units of its dim
-  int64_t new_rows = 16;       // resnet18-step: rows added to every factor per repeat
+  double fill = 2.0;      // resnet18-step: rows per factor, in units of its dim
+  int64_t new_rows = 16;  // resnet18-step: rows added to every factor per repeat
   int64_t width_divisor = 1;
-  std::string only_blocks;     // resnet18-step: comma-separated block names (diagnostics)
+  std::string only_blocks;        // resnet18-step: comma-separated block names (diagnostics)
   int64_t chunk_values = 262144;  // 2 MiB of doubles per request message
   int64_t server_pid = 0;
   int64_t threads = 2;
@@ -133,7 +133,9 @@ struct FastRng {
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
     return z ^ (z >> 31);
   }
-  float Uniform() { return static_cast<float>(static_cast<int64_t>(Next() >> 40) - (1 << 23)) / (1 << 23); }
+  float Uniform() {
+    return static_cast<float>(static_cast<int64_t>(Next() >> 40) - (1 << 23)) / (1 << 23);
+  }
 };
 
 std::string RandomPayload(int64_t rows, int64_t width, uint64_t seed) {
@@ -208,7 +210,8 @@ absl::Status CreateLayeredSession(FisherService::Stub* stub, const Config& confi
     block->set_bias(layer.bias);
   }
   fisherd::v1::Session created;
-  absl::Status status = fisherd::common::FromGrpcStatus(stub->CreateSession(&context, request, &created), "CreateSession");
+  absl::Status status = fisherd::common::FromGrpcStatus(
+      stub->CreateSession(&context, request, &created), "CreateSession");
   if (status.ok()) *dim = static_cast<int64_t>(created.config().dim());
   return status;
 }
@@ -269,8 +272,9 @@ absl::Status StreamRows(FisherService::Stub* stub, const std::string& session,
 absl::StatusOr<int64_t> IngestWindow(FisherService::Stub* stub, const Config& config,
                                      const std::string& session, const std::string* payloads,
                                      uint64_t* sequence) {
-  const auto window_start = Clock::now() + std::chrono::duration_cast<Clock::duration>(
-                                               std::chrono::duration<double>(config.warmup_seconds));
+  const auto window_start =
+      Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                         std::chrono::duration<double>(config.warmup_seconds));
   const auto window_end = window_start + std::chrono::duration_cast<Clock::duration>(
                                              std::chrono::duration<double>(config.seconds));
   fisherd::v1::ScoreBatch batch;
@@ -325,8 +329,8 @@ double DsyrkWindow(const Config& config, const std::vector<double>* widened,
   int64_t batches = 0;
   auto one = [&] {
     // Row-major rows x n is column-major n x rows: F += S^T S is dsyrk NoTrans.
-    cblas_dsyrk(CblasColMajor, CblasUpper, CblasNoTrans, n, k, 1.0, widened[batches % 2].data(),
-                n, 1.0, f->data(), n);
+    cblas_dsyrk(CblasColMajor, CblasUpper, CblasNoTrans, n, k, 1.0, widened[batches % 2].data(), n,
+                1.0, f->data(), n);
   };
   one();  // warm-up: threads, pages
   const auto start = Clock::now();
@@ -385,20 +389,21 @@ int RunKroneckerIngest(const Config& config) {
     std::cerr << "fisherd-layered-bench: " << status << "\n";
     return 1;
   }
-  std::printf("kronecker ingest in = out = %lld, no bias, %lld-row FACTOR_ACTIVATIONS batches; "
-              "peer dsyrk k = %lld n = %lld, %d threads\n",
-              static_cast<long long>(config.dim), static_cast<long long>(config.batch),
-              static_cast<long long>(config.batch), static_cast<long long>(config.dim),
-              openblas_get_num_threads());
+  std::printf(
+      "kronecker ingest in = out = %lld, no bias, %lld-row FACTOR_ACTIVATIONS batches; "
+      "peer dsyrk k = %lld n = %lld, %d threads\n",
+      static_cast<long long>(config.dim), static_cast<long long>(config.batch),
+      static_cast<long long>(config.batch), static_cast<long long>(config.dim),
+      openblas_get_num_threads());
   std::printf("  medians: fisherd %.0f rows/s, dsyrk %.0f rows/s, paired ratio %.3f\n",
               Median(ours), Median(peer), Median(ratios));
-  std::printf("{\"mode\":\"kronecker-ingest\",\"dim\":%lld,\"batch\":%lld,\"repeats\":%lld,"
-              "\"seconds\":%.3f,\"threads\":%d,\"rows_per_second\":%.1f,"
-              "\"dsyrk_rows_per_second\":%.1f,\"ratio\":%.4f,\"runs\":%s,\"dsyrk_runs\":%s}\n",
-              static_cast<long long>(config.dim), static_cast<long long>(config.batch),
-              static_cast<long long>(config.repeats), config.seconds, openblas_get_num_threads(),
-              Median(ours), Median(peer), Median(ratios), JsonArray(ours).c_str(),
-              JsonArray(peer).c_str());
+  std::printf(
+      "{\"mode\":\"kronecker-ingest\",\"dim\":%lld,\"batch\":%lld,\"repeats\":%lld,"
+      "\"seconds\":%.3f,\"threads\":%d,\"rows_per_second\":%.1f,"
+      "\"dsyrk_rows_per_second\":%.1f,\"ratio\":%.4f,\"runs\":%s,\"dsyrk_runs\":%s}\n",
+      static_cast<long long>(config.dim), static_cast<long long>(config.batch),
+      static_cast<long long>(config.repeats), config.seconds, openblas_get_num_threads(),
+      Median(ours), Median(peer), Median(ratios), JsonArray(ours).c_str(), JsonArray(peer).c_str());
   return 0;
 }
 
@@ -448,8 +453,8 @@ absl::Status ReadFactor(FisherService::Stub* stub, const std::string& session,
   }
   absl::Status status = fisherd::common::FromGrpcStatus(reader->Finish(), "GetFisher");
   if (status.ok() && rows != n) {
-    status = absl::InternalError(absl::StrCat("GetFisher of ", block, " sent ", rows, " of ", n,
-                                              " rows"));
+    status = absl::InternalError(
+        absl::StrCat("GetFisher of ", block, " sent ", rows, " of ", n, " rows"));
   }
   return status;
 }
@@ -463,14 +468,14 @@ struct StepRun {
   double upload_seconds = 0.0;
   double wait_seconds = 0.0;
   double download_seconds = 0.0;
-  int64_t fresh_blocks = 0;     // blocks that reported a new decomposition
+  int64_t fresh_blocks = 0;  // blocks that reported a new decomposition
   int64_t blocks = 0;
   double residual = 0.0;
 };
 
-absl::Status StreamStep(FisherService::Stub* stub, const Config& config,
-                        const std::string& session, const std::vector<double>& gradient,
-                        std::vector<double>* natural_gradient, StepRun* run) {
+absl::Status StreamStep(FisherService::Stub* stub, const Config& config, const std::string& session,
+                        const std::vector<double>& gradient, std::vector<double>* natural_gradient,
+                        StepRun* run) {
   const int64_t dim = static_cast<int64_t>(gradient.size());
   natural_gradient->assign(gradient.size(), 0.0);
   grpc::ClientContext context;
@@ -517,7 +522,8 @@ absl::Status StreamStep(FisherService::Stub* stub, const Config& config,
       if (covered == dim) t1 = Clock::now();
     }
   }
-  absl::Status status = fisherd::common::FromGrpcStatus(stream->Finish(), "StreamNaturalGradientStep");
+  absl::Status status =
+      fisherd::common::FromGrpcStatus(stream->Finish(), "StreamNaturalGradientStep");
   if (!status.ok()) return status;
   if (!have_header || covered != dim) {
     return absl::InternalError(absl::StrCat("the step's chunks covered ", covered, " of ", dim,
@@ -537,11 +543,11 @@ class KfacPeer {
  public:
   struct Block {
     Layer layer;
-    int64_t offset = 0;                  // in the parameter vector
-    std::vector<double> f_a, f_g;        // factors (n x n, symmetric)
-    std::vector<double> u_a, u_g;        // eigenvectors, column-major
-    std::vector<double> s_a, s_g;        // eigenvalues
-    std::vector<double> v, n;            // gradient and answer, out x na column-major
+    int64_t offset = 0;            // in the parameter vector
+    std::vector<double> f_a, f_g;  // factors (n x n, symmetric)
+    std::vector<double> u_a, u_g;  // eigenvectors, column-major
+    std::vector<double> s_a, s_g;  // eigenvalues
+    std::vector<double> v, n;      // gradient and answer, out x na column-major
   };
 
   explicit KfacPeer(double damping) : damping_(damping) {}
@@ -663,12 +669,14 @@ int RunResNet18Step(const Config& config) {
   const std::string session = "sessions/" + config.session_id;
   absl::Status status;
   if (dim != expected) {
-    status = absl::InternalError(absl::StrCat("the session's dim is ", dim, ", expected ", expected));
+    status =
+        absl::InternalError(absl::StrCat("the session's dim is ", dim, ", expected ", expected));
   }
-  std::printf("resnet18 layout: %zu Kronecker blocks, %lld parameters, %lld factors, largest "
-              "factor %lld; factors + eigenvectors %.0f MiB\n",
-              layers.size(), static_cast<long long>(dim), static_cast<long long>(factors),
-              static_cast<long long>(largest), factor_bytes / (1 << 20));
+  std::printf(
+      "resnet18 layout: %zu Kronecker blocks, %lld parameters, %lld factors, largest "
+      "factor %lld; factors + eigenvectors %.0f MiB\n",
+      layers.size(), static_cast<long long>(dim), static_cast<long long>(factors),
+      static_cast<long long>(largest), factor_bytes / (1 << 20));
 
   // Fill: fill x n rows into every factor (activations: in values a row; the server
   // appends the bias's 1).
@@ -707,8 +715,8 @@ int RunResNet18Step(const Config& config) {
       status = ReadFactor(stub.get(), session, layer.name, fisherd::v1::FACTOR_ACTIVATIONS,
                           layer.na(), &block.f_a);
       if (status.ok()) {
-        status = ReadFactor(stub.get(), session, layer.name,
-                            fisherd::v1::FACTOR_OUTPUT_GRADIENTS, layer.out, &block.f_g);
+        status = ReadFactor(stub.get(), session, layer.name, fisherd::v1::FACTOR_OUTPUT_GRADIENTS,
+                            layer.out, &block.f_g);
       }
       if (!status.ok()) break;
       peer.blocks().push_back(std::move(block));
@@ -729,10 +737,10 @@ int RunResNet18Step(const Config& config) {
       // New rows for every factor: every block must decompose both factors again.
       std::vector<RowJob> more;
       for (const Layer& layer : layers) {
-        more.push_back({layer.name, fisherd::v1::FACTOR_ACTIVATIONS, layer.in, config.new_rows,
-                        seed++});
-        more.push_back({layer.name, fisherd::v1::FACTOR_OUTPUT_GRADIENTS, layer.out,
-                        config.new_rows, seed++});
+        more.push_back(
+            {layer.name, fisherd::v1::FACTOR_ACTIVATIONS, layer.in, config.new_rows, seed++});
+        more.push_back(
+            {layer.name, fisherd::v1::FACTOR_OUTPUT_GRADIENTS, layer.out, config.new_rows, seed++});
       }
       status = StreamRows(stub.get(), session, more, config.batch);
       if (!status.ok()) break;
@@ -752,7 +760,8 @@ int RunResNet18Step(const Config& config) {
       return absl::OkStatus();
     };
     if (r % 2 == 1) status = peer_fresh_run();
-    if (status.ok()) status = StreamStep(stub.get(), config, session, gradient, &natural_gradient, &run);
+    if (status.ok())
+      status = StreamStep(stub.get(), config, session, gradient, &natural_gradient, &run);
     if (status.ok() && r % 2 == 0) status = peer_fresh_run();
     if (!status.ok()) break;
     if (run.fresh_blocks != static_cast<int64_t>(layers.size())) {
@@ -767,10 +776,11 @@ int RunResNet18Step(const Config& config) {
     peer_fresh.push_back(peer_seconds);
     peer_dsyevd.push_back(dsyevd_seconds);
     fresh_ratio.push_back(run.seconds / peer_seconds);
-    std::printf("  repeat %lld fresh: fisherd %.3f s (server solve %.3f s), peer %.3f s "
-                "(dsyevd %.3f s), ratio %.3f\n",
-                static_cast<long long>(r + 1), run.seconds, run.server_seconds, peer_seconds,
-                dsyevd_seconds, fresh_ratio.back());
+    std::printf(
+        "  repeat %lld fresh: fisherd %.3f s (server solve %.3f s), peer %.3f s "
+        "(dsyevd %.3f s), ratio %.3f\n",
+        static_cast<long long>(r + 1), run.seconds, run.server_seconds, peer_seconds,
+        dsyevd_seconds, fresh_ratio.back());
     std::fflush(stdout);
 
     for (int64_t c = 0; c < config.cached_repeats && status.ok(); ++c) {
@@ -786,8 +796,8 @@ int RunResNet18Step(const Config& config) {
       status = StreamStep(stub.get(), config, session, gradient, &natural_gradient, &again);
       if (!status.ok()) break;
       if (again.fresh_blocks != 0) {
-        status = absl::InternalError(absl::StrCat("without new rows ", again.fresh_blocks,
-                                                  " blocks decomposed again"));
+        status = absl::InternalError(
+            absl::StrCat("without new rows ", again.fresh_blocks, " blocks decomposed again"));
         break;
       }
       if (!peer_first) peer_cached_run();
@@ -799,10 +809,11 @@ int RunResNet18Step(const Config& config) {
       cached_download.push_back(again.download_seconds);
       peer_products.push_back(products_seconds);
       cached_ratio.push_back(again.seconds / products_seconds);
-      std::printf("  repeat %lld cached %lld: fisherd %.3f s (server solve %.3f s), peer %.3f s, "
-                  "ratio %.3f\n",
-                  static_cast<long long>(r + 1), static_cast<long long>(c + 1), again.seconds,
-                  again.server_seconds, products_seconds, cached_ratio.back());
+      std::printf(
+          "  repeat %lld cached %lld: fisherd %.3f s (server solve %.3f s), peer %.3f s, "
+          "ratio %.3f\n",
+          static_cast<long long>(r + 1), static_cast<long long>(c + 1), again.seconds,
+          again.server_seconds, products_seconds, cached_ratio.back());
       std::fflush(stdout);
     }
   }
@@ -815,10 +826,11 @@ int RunResNet18Step(const Config& config) {
   }
 
   const double memory_ratio = rss_kb * 1024.0 / factor_bytes;
-  std::printf("resnet18 step, %lld repeats (%lld cached steps each), medians; peer with %d "
-              "threads\n",
-              static_cast<long long>(config.repeats), static_cast<long long>(config.cached_repeats),
-              openblas_get_num_threads());
+  std::printf(
+      "resnet18 step, %lld repeats (%lld cached steps each), medians; peer with %d "
+      "threads\n",
+      static_cast<long long>(config.repeats), static_cast<long long>(config.cached_repeats),
+      openblas_get_num_threads());
   std::printf("  %-44s %10s %10s %10s %8s\n", "", "client s", "server s", "peer s", "ratio");
   std::printf("  %-44s %10.3f %10.3f %10.3f %8.3f\n", "fresh factors (dsyevd + 4 dgemm)",
               Median(fresh), Median(fresh_server), Median(peer_fresh), Median(fresh_ratio));
@@ -826,16 +838,18 @@ int RunResNet18Step(const Config& config) {
               Median(peer_dsyevd));
   std::printf("  %-44s %10.3f %10.3f %10.3f %8.3f\n", "cached factors (4 dgemm)", Median(cached),
               Median(cached_server), Median(peer_products), Median(cached_ratio));
-  std::printf("  cached step, client's view: sending the gradient %.3f s, waiting for the "
-              "header %.3f s, receiving the answer %.3f s\n",
-              Median(cached_upload), Median(cached_wait), Median(cached_download));
+  std::printf(
+      "  cached step, client's view: sending the gradient %.3f s, waiting for the "
+      "header %.3f s, receiving the answer %.3f s\n",
+      Median(cached_upload), Median(cached_wait), Median(cached_download));
   std::printf("  agreement with the peer (relative): fresh %.2e, cached %.2e; residual %.2e\n",
               disagreement_fresh, disagreement_cached, residual);
   if (config.server_pid > 0) {
-    std::printf("  server memory: idle %.0f MiB, after %.0f MiB, peak %.0f MiB; factors + "
-                "eigenvectors %.0f MiB; ratio %.3f\n",
-                rss_idle_kb / 1024.0, rss_kb / 1024.0, hwm_kb / 1024.0, factor_bytes / (1 << 20),
-                memory_ratio);
+    std::printf(
+        "  server memory: idle %.0f MiB, after %.0f MiB, peak %.0f MiB; factors + "
+        "eigenvectors %.0f MiB; ratio %.3f\n",
+        rss_idle_kb / 1024.0, rss_kb / 1024.0, hwm_kb / 1024.0, factor_bytes / (1 << 20),
+        memory_ratio);
   }
   std::printf(
       "{\"mode\":\"resnet18-step\",\"parameters\":%lld,\"blocks\":%zu,\"factors\":%lld,"
@@ -856,8 +870,8 @@ int RunResNet18Step(const Config& config) {
       openblas_get_num_threads(), Median(fresh), Median(fresh_server), Median(peer_fresh),
       Median(peer_dsyevd), Median(fresh_ratio), Median(cached), Median(cached_server),
       Median(peer_products), Median(cached_ratio), Median(cached_upload), Median(cached_wait),
-      Median(cached_download), disagreement_fresh, disagreement_cached,
-      residual, factor_bytes, static_cast<long long>(rss_idle_kb), static_cast<long long>(rss_kb),
+      Median(cached_download), disagreement_fresh, disagreement_cached, residual, factor_bytes,
+      static_cast<long long>(rss_idle_kb), static_cast<long long>(rss_kb),
       static_cast<long long>(hwm_kb), config.server_pid > 0 ? memory_ratio : 0.0,
       JsonArray(fresh).c_str(), JsonArray(peer_fresh).c_str(), JsonArray(cached).c_str(),
       JsonArray(peer_products).c_str());
@@ -904,8 +918,8 @@ void DefineFlags(Config* config, fisherd::common::FlagSet* flags) {
   flags->AddBool("delete-session", &config->delete_session, "delete the session at the end");
   flags->AddStringCheck("mode", [](absl::string_view mode) {
     if (mode == "kronecker-ingest" || mode == "resnet18-step") return absl::OkStatus();
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--mode=", mode, ": must be kronecker-ingest or resnet18-step"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--mode=", mode, ": must be kronecker-ingest or resnet18-step"));
   });
 }
 
@@ -928,9 +942,9 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (config.session_id.empty()) {
-    config.session_id = absl::StrCat(
-        "layered-bench-", getpid(), "-",
-        std::chrono::system_clock::now().time_since_epoch().count() % 1000000007);
+    config.session_id =
+        absl::StrCat("layered-bench-", getpid(), "-",
+                     std::chrono::system_clock::now().time_since_epoch().count() % 1000000007);
   }
   openblas_set_num_threads(static_cast<int>(config.threads));
   if (config.mode == "kronecker-ingest") return RunKroneckerIngest(config);

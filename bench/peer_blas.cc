@@ -49,8 +49,8 @@ int Syrk(int dim, int batch, double seconds) {
   for (double& v : scores) v = static_cast<float>(normal(rng));
   std::vector<double> f(static_cast<size_t>(dim) * dim, 0.0);
   auto one = [&] {
-    cblas_dsyrk(CblasColMajor, CblasUpper, CblasNoTrans, dim, batch, 1.0, scores.data(), dim,
-                1.0, f.data(), dim);
+    cblas_dsyrk(CblasColMajor, CblasUpper, CblasNoTrans, dim, batch, 1.0, scores.data(), dim, 1.0,
+                f.data(), dim);
   };
   one();  // warm-up: threads, pages
   int64_t batches = 0;
@@ -64,9 +64,10 @@ int Syrk(int dim, int batch, double seconds) {
   const double rate = batches * batch / elapsed;
   std::printf("dsyrk dim %d batch %d threads %d: %.0f scores/s\n", dim, batch,
               openblas_get_num_threads(), rate);
-  std::printf("{\"peer\":\"openblas_dsyrk\",\"dim\":%d,\"batch\":%d,\"threads\":%d,"
-              "\"scores_per_second\":%.1f}\n",
-              dim, batch, openblas_get_num_threads(), rate);
+  std::printf(
+      "{\"peer\":\"openblas_dsyrk\",\"dim\":%d,\"batch\":%d,\"threads\":%d,"
+      "\"scores_per_second\":%.1f}\n",
+      dim, batch, openblas_get_num_threads(), rate);
   return 0;
 }
 
@@ -104,11 +105,12 @@ int Solve(int dim, int repeats) {
     full.push_back(Seconds(t1 - t0));
     solves.push_back(Seconds(t2 - t1));
   }
-  std::printf("dim %d threads %d: copy + dpotrf + 2 dtrsv %.4f s, 2 dtrsv %.5f s (medians)\n",
-              dim, openblas_get_num_threads(), Median(full), Median(solves));
-  std::printf("{\"peer\":\"lapack_solve\",\"dim\":%d,\"threads\":%d,\"repeats\":%d,"
-              "\"factor_and_solve_seconds\":%.6f,\"two_solves_seconds\":%.6f}\n",
-              dim, openblas_get_num_threads(), repeats, Median(full), Median(solves));
+  std::printf("dim %d threads %d: copy + dpotrf + 2 dtrsv %.4f s, 2 dtrsv %.5f s (medians)\n", dim,
+              openblas_get_num_threads(), Median(full), Median(solves));
+  std::printf(
+      "{\"peer\":\"lapack_solve\",\"dim\":%d,\"threads\":%d,\"repeats\":%d,"
+      "\"factor_and_solve_seconds\":%.6f,\"two_solves_seconds\":%.6f}\n",
+      dim, openblas_get_num_threads(), repeats, Median(full), Median(solves));
   return 0;
 }
 

@@ -29,8 +29,8 @@
 // above --max-rss-growth-pct, an fd leak (after > before + --fd-slack) or an unclean
 // drain; 2 on bad flags.
 #include <atomic>
-#include <cstdint>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -185,12 +185,14 @@ std::string VerdictText(const Ledger::Verdict& v) {
   std::string out = absl::StrFormat(
       "%s: %d worker ids, %d batches acknowledged, %d applied (%d applied without an ack the "
       "client saw), %d rows",
-      v.ok ? "OK" : "VIOLATED", v.worker_ids, v.acked_batches, v.applied_batches,
-      v.unacked_applied, v.rows);
+      v.ok ? "OK" : "VIOLATED", v.worker_ids, v.acked_batches, v.applied_batches, v.unacked_applied,
+      v.rows);
   if (!v.unacked_applied_by_kind.empty()) {
-    out += "\n    applied without a seen ack, by sender (s streamer, u unary, c cancelled, "
-           "d/e deadline, k killed child):";
-    for (const auto& [kind, n] : v.unacked_applied_by_kind) absl::StrAppendFormat(&out, " %c=%d", kind, n);
+    out +=
+        "\n    applied without a seen ack, by sender (s streamer, u unary, c cancelled, "
+        "d/e deadline, k killed child):";
+    for (const auto& [kind, n] : v.unacked_applied_by_kind)
+      absl::StrAppendFormat(&out, " %c=%d", kind, n);
   }
   for (const std::string& p : v.problems) out += "\n    " + p;
   return out;
@@ -200,8 +202,8 @@ std::string VerdictJson(const Ledger::Verdict& v) {
   return absl::StrFormat(
       "{\"ok\":%s,\"worker_ids\":%d,\"acked_batches\":%d,\"applied_batches\":%d,"
       "\"applied_unacked\":%d,\"rows\":%d}",
-      v.ok ? "true" : "false", v.worker_ids, v.acked_batches, v.applied_batches,
-      v.unacked_applied, v.rows);
+      v.ok ? "true" : "false", v.worker_ids, v.acked_batches, v.applied_batches, v.unacked_applied,
+      v.rows);
 }
 
 int Run(const Flags& flags) {
@@ -215,9 +217,8 @@ int Run(const Flags& flags) {
     }
     data_dir = tmpl;
   }
-  std::vector<std::string> server_flags = {
-      "--max-sessions=1024", "--math-threads=2",
-      absl::StrCat("--drain-seconds=", flags.drain_seconds)};
+  std::vector<std::string> server_flags = {"--max-sessions=1024", "--math-threads=2",
+                                           absl::StrCat("--drain-seconds=", flags.drain_seconds)};
   if (flags.durable) {
     server_flags.push_back("--data-dir=" + data_dir);
     server_flags.push_back("--snapshot-interval-seconds=5");
@@ -300,18 +301,21 @@ int Run(const Flags& flags) {
             << std::flush;
   const auto load_start = std::chrono::steady_clock::now();
   std::thread load([&] {
-    RunWorkers(workers, [](Worker* w) {
-      w->RunMixed();
-      w->Finish();
-    }, &done);
+    RunWorkers(
+        workers,
+        [](Worker* w) {
+          w->RunMixed();
+          w->Finish();
+        },
+        &done);
   });
   uint64_t rss_warm = 0, rss_peak = 0, anon_warm = 0;
   std::vector<std::string> timeline;
   const double warmup = std::min(flags.warmup_seconds, flags.seconds / 2);
   for (int tick = 1; Since(load_start) < flags.seconds; ++tick) {
-    SleepUntil(std::min(load_start + std::chrono::seconds(tick),
-                        load_start + std::chrono::milliseconds(
-                                         static_cast<int64_t>(flags.seconds * 1000))));
+    SleepUntil(std::min(
+        load_start + std::chrono::seconds(tick),
+        load_start + std::chrono::milliseconds(static_cast<int64_t>(flags.seconds * 1000))));
     const uint64_t rss = ResidentKiB(pid);
     rss_peak = std::max(rss_peak, rss);
     if (rss_warm == 0 && Since(load_start) >= warmup) {
@@ -319,8 +323,8 @@ int Run(const Flags& flags) {
       anon_warm = ResidentKiB(pid, "RssAnon");
     }
     if (tick % 10 == 0) {
-      const std::string line = absl::StrFormat("t=%ds VmRSS=%dKiB RssAnon=%dKiB fds=%d", tick,
-                                               rss, ResidentKiB(pid, "RssAnon"), OpenFds(pid));
+      const std::string line = absl::StrFormat("t=%ds VmRSS=%dKiB RssAnon=%dKiB fds=%d", tick, rss,
+                                               ResidentKiB(pid, "RssAnon"), OpenFds(pid));
       timeline.push_back(line);
       std::cout << "fisherd-soak: " << line << "\n" << std::flush;
     }
@@ -357,7 +361,8 @@ int Run(const Flags& flags) {
   stop = false;
   done = 0;
   std::thread drain_load([&] {
-    RunWorkers(workers, [](Worker* w) { w->RunStreamOnly(); }, &done);
+    RunWorkers(
+        workers, [](Worker* w) { w->RunStreamOnly(); }, &done);
   });
   std::this_thread::sleep_for(
       std::chrono::milliseconds(static_cast<int64_t>(flags.drain_load_seconds * 1000)));
@@ -420,8 +425,8 @@ int Run(const Flags& flags) {
       anon_warm, anon_end,
       100.0 * (static_cast<double>(anon_end) - static_cast<double>(anon_warm)) /
           static_cast<double>(std::max<uint64_t>(anon_warm, 1)));
-  std::cout << absl::StrFormat("fisherd open fds: before %d, after %d (slack %d) %s\n",
-                               fds_before, fds_after, flags.fd_slack, fds_ok ? "OK" : "FAIL");
+  std::cout << absl::StrFormat("fisherd open fds: before %d, after %d (slack %d) %s\n", fds_before,
+                               fds_after, flags.fd_slack, fds_ok ? "OK" : "FAIL");
   std::cout << "exactly-once after the load: " << VerdictText(verdict) << "\n";
   std::cout << absl::StrFormat(
       "drain under load: SIGTERM after %.1f s of streaming, exit %s code %d signal %d after "
@@ -448,9 +453,9 @@ int Run(const Flags& flags) {
                    "\"exactly_once_after_drain\":%s}",
                    pass ? "true" : "false", flags.seconds, flags.streams, flags.channels,
                    flags.think_ms, flags.durable ? "true" : "false", counts.Json(), rss_start,
-                   rss_warm, rss_end, rss_peak, anon_warm, anon_end, rss_growth, fds_before, fds_after,
-                   VerdictJson(verdict), clean_drain ? "true" : "false", exit.code, exit.seconds,
-                   checked_after_drain ? VerdictJson(after_drain) : "null")
+                   rss_warm, rss_end, rss_peak, anon_warm, anon_end, rss_growth, fds_before,
+                   fds_after, VerdictJson(verdict), clean_drain ? "true" : "false", exit.code,
+                   exit.seconds, checked_after_drain ? VerdictJson(after_drain) : "null")
             << std::endl;
   return pass ? 0 : 1;
 }

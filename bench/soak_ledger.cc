@@ -28,8 +28,7 @@ void Ledger::Sent(const std::string& session_id, const std::string& worker_id, u
   e.sent = std::max(e.sent, sequence);
 }
 
-void Ledger::Acked(const std::string& session_id, const std::string& worker_id,
-                   uint64_t sequence) {
+void Ledger::Acked(const std::string& session_id, const std::string& worker_id, uint64_t sequence) {
   std::lock_guard<std::mutex> lock(mu_);
   Entry& e = entries_[session_id][worker_id];
   e.acked = std::max(e.acked, sequence);
@@ -96,8 +95,7 @@ Ledger::Verdict Ledger::Check(client::FisherClient* client,
     if (stats.sample_count() != rows || stats.weight_sum() != weight) {
       Problem(&v, absl::StrFormat("%s: the server counts %d rows of weight %.17g, the oracle "
                                   "%d rows of weight %.17g",
-                                  spec.id, stats.sample_count(), stats.weight_sum(), rows,
-                                  weight));
+                                  spec.id, stats.sample_count(), stats.weight_sum(), rows, weight));
     }
     // Per target: counts (layered blocks) and the trace of F.
     for (int index = 0; index < TargetCount(spec); ++index) {

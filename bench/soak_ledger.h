@@ -38,15 +38,15 @@ class Ledger {
 
   struct Verdict {
     bool ok = true;
-    uint64_t worker_ids = 0;        // ids checked
-    uint64_t acked_batches = 0;     // acknowledged to the client
-    uint64_t applied_batches = 0;   // applied per the server
-    uint64_t unacked_applied = 0;   // applied although the client saw no ack (lost acks)
+    uint64_t worker_ids = 0;       // ids checked
+    uint64_t acked_batches = 0;    // acknowledged to the client
+    uint64_t applied_batches = 0;  // applied per the server
+    uint64_t unacked_applied = 0;  // applied although the client saw no ack (lost acks)
     // ... by sender kind, the letter after "w<N>-" in the worker id: s streamer (abandoned
     // or cut), u unary AddScores, c cancelled stream, d deadline AddScores, e stream run
     // into its deadline, k killed child (which reports no acks at all).
     std::map<char, uint64_t> unacked_applied_by_kind;
-    uint64_t rows = 0;              // rows the oracle expects in all checked sessions
+    uint64_t rows = 0;                  // rows the oracle expects in all checked sessions
     std::vector<std::string> problems;  // the first few violations, described
   };
   // Compares the record with the server's sessions (GetSession, GetFisher per target).

@@ -104,8 +104,7 @@ FisherdProcess::Exit FisherdProcess::Terminate(double timeout_seconds) {
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
-  result.seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (!done) {
     kill(pid_, SIGKILL);
     waitpid(pid_, &status, 0);

@@ -32,10 +32,10 @@ class FisherdProcess {
   pid_t pid() const { return pid_; }
 
   struct Exit {
-    bool exited = false;      // false: still running after the timeout (then SIGKILLed)
-    int code = -1;            // exit code, -1 when ended by a signal
-    int signal = 0;           // the signal that ended it, if any
-    double seconds = 0.0;     // from the SIGTERM to the exit
+    bool exited = false;   // false: still running after the timeout (then SIGKILLed)
+    int code = -1;         // exit code, -1 when ended by a signal
+    int signal = 0;        // the signal that ended it, if any
+    double seconds = 0.0;  // from the SIGTERM to the exit
   };
   // SIGTERM, then waits up to timeout_seconds; SIGKILL after that.
   Exit Terminate(double timeout_seconds);

@@ -39,7 +39,8 @@ void OpCounts::Record(const std::string& op, const absl::Status& status,
     return;
   }
   ++unexpected_[key];
-  if (examples_.size() < kMaxExamples) examples_.push_back(absl::StrCat(key, ": ", status.message()));
+  if (examples_.size() < kMaxExamples)
+    examples_.push_back(absl::StrCat(key, ": ", status.message()));
 }
 
 void OpCounts::Unexpected(const std::string& op, const std::string& what) {

@@ -78,7 +78,8 @@ int TargetCount(const SessionSpec& session) {
 }
 
 Target TargetFor(const SessionSpec& session, uint64_t sequence) {
-  if (session.kind != SessionKind::kLayered) return Target{"", v1::FACTOR_UNSPECIFIED, session.dim, 0};
+  if (session.kind != SessionKind::kLayered)
+    return Target{"", v1::FACTOR_UNSPECIFIED, session.dim, 0};
   switch (sequence % 4) {
     case 0:
       return Target{"fc", v1::FACTOR_ACTIVATIONS, 16, 0};
@@ -127,8 +128,7 @@ v1::ScoreBatch MakeBatch(const SessionSpec& session, absl::string_view worker_id
   const Target target = TargetFor(session, sequence);
   const Rows rows = MakeRows(worker_id, sequence, target.width);
   v1::ScoreBatch batch = client::MakeScoreBatch(client::SessionName(session.id), worker_id,
-                                                sequence, rows.scores, rows.weights,
-                                                target.width);
+                                                sequence, rows.scores, rows.weights, target.width);
   batch.set_block(target.block);
   batch.set_factor(target.factor);
   return batch;

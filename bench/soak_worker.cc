@@ -100,10 +100,10 @@ bool Worker::AppendBatches(int batches, const std::string& op, bool draining) {
             ? streamer_->Append(client::ScoreTarget{t.block, t.factor}, rows.scores, rows.weights)
             : streamer_->Append(rows.scores, rows.weights);
     if (s.ok() && streamer_->stats().next_sequence != sequence + 1) {
-      env_.counts->Unexpected(op, absl::StrFormat("one Append of %d rows advanced the sequence "
-                                                  "from %d to %d",
-                                                  kRowsPerBatch, sequence,
-                                                  streamer_->stats().next_sequence));
+      env_.counts->Unexpected(
+          op, absl::StrFormat("one Append of %d rows advanced the sequence "
+                              "from %d to %d",
+                              kRowsPerBatch, sequence, streamer_->stats().next_sequence));
       DropStreamer();
       return false;
     }
@@ -207,8 +207,8 @@ void Worker::OpStep() {
   // Before any row arrived a step is FAILED_PRECONDITION at most on an empty session;
   // the checked sessions are seeded before the workers start.
   if (r.ok() && static_cast<uint64_t>(r->natural_gradient_size()) != spec.dim) {
-    env_.counts->Unexpected(op, absl::StrFormat("%d values for dim %d",
-                                                r->natural_gradient_size(), spec.dim));
+    env_.counts->Unexpected(
+        op, absl::StrFormat("%d values for dim %d", r->natural_gradient_size(), spec.dim));
     return;
   }
   env_.counts->Record(op, r.status());
@@ -381,7 +381,8 @@ void Worker::Churn() {
   env_.counts->Record("churn_create", created);
   if (!created.ok()) return;
   for (uint64_t seq = 1; seq <= 2; ++seq) {
-    env_.counts->Record("churn_add_scores", client()->AddScores(MakeBatch(spec, wid, seq)).status());
+    env_.counts->Record("churn_add_scores",
+                        client()->AddScores(MakeBatch(spec, wid, seq)).status());
   }
   grpc::ClientContext context;
   client()->PrepareContext(&context);
@@ -416,18 +417,23 @@ void Worker::Churn() {
 // --- The mix -----------------------------------------------------------------------------
 
 std::map<std::string, int> Worker::DefaultMix() {
-  return {{"stream", 35},       {"add_scores", 15}, {"step", 10},   {"fvp", 10},
-          {"get_fisher", 8},    {"inspect", 4},     {"cancel", 4},  {"deadline", 5},
-          {"abandon", 2},       {"churn", 6},       {"kill", 1}};
+  return {{"stream", 35},    {"add_scores", 15}, {"step", 10},  {"fvp", 10},
+          {"get_fisher", 8}, {"inspect", 4},     {"cancel", 4}, {"deadline", 5},
+          {"abandon", 2},    {"churn", 6},       {"kill", 1}};
 }
 
 void Worker::RunMixed() {
   const std::vector<std::pair<std::string, void (Worker::*)()>> ops = {
-      {"stream", &Worker::OpStream},         {"add_scores", &Worker::OpAddScores},
-      {"step", &Worker::OpStep},             {"fvp", &Worker::OpFvp},
-      {"get_fisher", &Worker::OpGetFisher},  {"inspect", &Worker::OpInspect},
-      {"cancel", &Worker::FaultCancelStream}, {"deadline", &Worker::FaultDeadline},
-      {"abandon", &Worker::FaultAbandonStreamer}, {"churn", &Worker::Churn},
+      {"stream", &Worker::OpStream},
+      {"add_scores", &Worker::OpAddScores},
+      {"step", &Worker::OpStep},
+      {"fvp", &Worker::OpFvp},
+      {"get_fisher", &Worker::OpGetFisher},
+      {"inspect", &Worker::OpInspect},
+      {"cancel", &Worker::FaultCancelStream},
+      {"deadline", &Worker::FaultDeadline},
+      {"abandon", &Worker::FaultAbandonStreamer},
+      {"churn", &Worker::Churn},
       {"kill", &Worker::FaultKilledChild},
   };
   std::map<std::string, int> weights = DefaultMix();

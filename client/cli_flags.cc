@@ -19,10 +19,10 @@ bool ParseSize(absl::string_view text, uint64_t* value) {
 
 absl::StatusOr<fisherd::v1::BlockConfig> ParseBlockSpec(absl::string_view spec) {
   auto bad = [spec](absl::string_view why) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "block spec \"", spec, "\": ", why,
-        "; expected NAME:dense:DIM, NAME:diagonal:DIM, NAME:low_rank:DIM/ROWS or "
-        "NAME:kronecker:INxOUT[+bias]"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("block spec \"", spec, "\": ", why,
+                     "; expected NAME:dense:DIM, NAME:diagonal:DIM, NAME:low_rank:DIM/ROWS or "
+                     "NAME:kronecker:INxOUT[+bias]"));
   };
   const std::vector<absl::string_view> parts = absl::StrSplit(spec, ':');
   if (parts.size() != 3) return bad("not three ':'-separated parts");
@@ -33,7 +33,8 @@ absl::StatusOr<fisherd::v1::BlockConfig> ParseBlockSpec(absl::string_view spec) 
   absl::string_view shape = absl::StripAsciiWhitespace(parts[2]);
   uint64_t a = 0, b = 0;
   if (kind == "dense" || kind == "diagonal") {
-    if (!ParseSize(shape, &a)) return bad(absl::StrCat("DIM \"", shape, "\" is not an integer >= 1"));
+    if (!ParseSize(shape, &a))
+      return bad(absl::StrCat("DIM \"", shape, "\" is not an integer >= 1"));
     block.set_kind(kind == "dense" ? fisherd::v1::BLOCK_KIND_DENSE
                                    : fisherd::v1::BLOCK_KIND_DIAGONAL);
     block.set_dim(a);
@@ -49,7 +50,8 @@ absl::StatusOr<fisherd::v1::BlockConfig> ParseBlockSpec(absl::string_view spec) 
     const bool bias = absl::ConsumeSuffix(&shape, "+bias");
     const std::vector<absl::string_view> sizes = absl::StrSplit(shape, absl::ByAnyChar("xX"));
     if (sizes.size() != 2 || !ParseSize(sizes[0], &a) || !ParseSize(sizes[1], &b)) {
-      return bad(absl::StrCat("\"", parts[2], "\" is not INxOUT or INxOUT+bias with integers >= 1"));
+      return bad(
+          absl::StrCat("\"", parts[2], "\" is not INxOUT or INxOUT+bias with integers >= 1"));
     }
     block.set_kind(fisherd::v1::BLOCK_KIND_KRONECKER);
     block.set_in_features(a);

@@ -29,8 +29,7 @@ void DefineConnectionFlags(ConnectionFlags* flags, CliFlags* set) {
   set->AddString("token-file", &flags->token_file,
                  "send the bearer token in this file (authorization metadata)");
   set->AddStringCheck("token-file", [](absl::string_view v) { return NotEmpty("token-file", v); });
-  set->AddString("token", &flags->token,
-                 "the same, from the command line (visible to `ps`)");
+  set->AddString("token", &flags->token, "the same, from the command line (visible to `ps`)");
   set->AddStringCheck("token", [](absl::string_view v) { return NotEmpty("token", v); });
 }
 

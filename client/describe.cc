@@ -89,9 +89,9 @@ const char* KroneckerDampingName(v1::KroneckerDamping damping) {
 
 // One block's line of DescribeSession. `stats` is null when the server sent none.
 std::string DescribeBlock(const v1::BlockConfig& block, const v1::BlockStats* stats) {
-  std::string out = absl::StrFormat("  %-24s %-9s %-18s %12d params", block.name(),
-                                    BlockKindName(block.kind()), BlockShape(block),
-                                    BlockParameterCount(block));
+  std::string out =
+      absl::StrFormat("  %-24s %-9s %-18s %12d params", block.name(), BlockKindName(block.kind()),
+                      BlockShape(block), BlockParameterCount(block));
   if (stats == nullptr) return absl::StrCat(out, "\n");
   if (block.kind() == v1::BLOCK_KIND_KRONECKER) {
     absl::StrAppendFormat(&out, "  A: %d rows W=%g  G: %d rows W=%g\n", stats->sample_count(),
@@ -123,8 +123,7 @@ std::string DescribeSession(const v1::Session& session) {
       c.centered() ? "true" : "false", decay, c.damping());
   if (layered) {
     // factor_refresh_period 0 means 1 (recompute whenever a factor changed).
-    absl::StrAppendFormat(&out,
-                          "kronecker:      %s damping, factors refreshed every %d step(s)\n",
+    absl::StrAppendFormat(&out, "kronecker:      %s damping, factors refreshed every %d step(s)\n",
                           KroneckerDampingName(c.kronecker_damping()),
                           c.factor_refresh_period() == 0 ? 1 : c.factor_refresh_period());
   }
@@ -161,9 +160,9 @@ std::string DescribeSession(const v1::Session& session) {
 
 std::string DescribeSessionBrief(const v1::Session& session) {
   const int blocks = session.config().blocks_size();
-  const std::string representation =
-      blocks > 0 ? absl::StrFormat("LAYERED(%d)", blocks)
-                 : RepresentationName(session.config().representation());
+  const std::string representation = blocks > 0
+                                         ? absl::StrFormat("LAYERED(%d)", blocks)
+                                         : RepresentationName(session.config().representation());
   return absl::StrFormat("%-32s dim=%-6d %-8s samples=%-10d steps=%d", session.name(),
                          session.config().dim(), representation, session.stats().sample_count(),
                          session.stats().step_count());
@@ -178,18 +177,17 @@ std::string DescribeFisherSummary(const v1::FisherSummary& summary) {
       absl::StrAppendFormat(&out, "factor:         %s\n", FactorName(summary.factor()));
     }
   }
-  absl::StrAppendFormat(
-      &out,
-      "dim:            %d\n"
-      "representation: %s\n"
-      "centered:       %s\n"
-      "sample_count:   %d\n"
-      "weight_sum:     %g\n"
-      "trace:          %.10g\n"
-      "frobenius_norm: %.10g\n",
-      summary.dim(), RepresentationName(summary.representation()),
-      summary.centered() ? "true" : "false", summary.sample_count(), summary.weight_sum(),
-      summary.trace(), summary.frobenius_norm());
+  absl::StrAppendFormat(&out,
+                        "dim:            %d\n"
+                        "representation: %s\n"
+                        "centered:       %s\n"
+                        "sample_count:   %d\n"
+                        "weight_sum:     %g\n"
+                        "trace:          %.10g\n"
+                        "frobenius_norm: %.10g\n",
+                        summary.dim(), RepresentationName(summary.representation()),
+                        summary.centered() ? "true" : "false", summary.sample_count(),
+                        summary.weight_sum(), summary.trace(), summary.frobenius_norm());
   if (summary.has_eigenvalues()) {
     absl::StrAppendFormat(&out,
                           "min_eigenvalue: %.10g\n"

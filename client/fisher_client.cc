@@ -82,7 +82,8 @@ v1::NaturalGradientStepRequest StepHeader(absl::string_view session, const StepP
 size_t StepChunkValues(const StepParams& params, int max_message_bytes) {
   if (params.chunk_values > 0) return params.chunk_values;
   const size_t value_bytes = params.float32_gradient ? sizeof(float) : sizeof(double);
-  const size_t budget = std::min<size_t>(size_t{2} << 20, static_cast<size_t>(max_message_bytes) / 2);
+  const size_t budget =
+      std::min<size_t>(size_t{2} << 20, static_cast<size_t>(max_message_bytes) / 2);
   return std::max<size_t>(1, budget / value_bytes);
 }
 
@@ -116,8 +117,7 @@ absl::StatusOr<std::unique_ptr<FisherClient>> FisherClient::Create(const ClientO
   if (options.max_reconnect_backoff <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("ClientOptions.max_reconnect_backoff must be > 0");
   }
-  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
-      MakeCredentials(options);
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials = MakeCredentials(options);
   if (!credentials.ok()) return credentials.status();
   return std::make_unique<FisherClient>(MakeChannel(options, *std::move(credentials)), options);
 }
@@ -234,8 +234,7 @@ absl::StatusOr<v1::NaturalGradientStepResponse> FisherClient::StreamStep(
       std::vector<float> narrowed(gradient.begin() + offset, gradient.begin() + offset + count);
       AppendFloat32LittleEndian(narrowed, bytes);
     } else {
-      request.mutable_gradient()->Add(gradient.begin() + offset,
-                                      gradient.begin() + offset + count);
+      request.mutable_gradient()->Add(gradient.begin() + offset, gradient.begin() + offset + count);
     }
     offset += count;
     writing = stream->Write(request);
@@ -299,8 +298,8 @@ absl::StatusOr<v1::NaturalGradientStepResponse> FisherClient::StreamStep(
   if (!writing) {
     // The server ended the call with OK while the gradient was still going up.
     return absl::DataLossError(absl::StrFormat(
-        "StreamNaturalGradientStep: the server closed the call after %d of %d values",
-        offset, dim));
+        "StreamNaturalGradientStep: the server closed the call after %d of %d values", offset,
+        dim));
   }
   if (!protocol_error.ok()) return protocol_error;
   if (!have_header) return absl::DataLossError("StreamNaturalGradientStep: empty answer stream");
@@ -373,9 +372,8 @@ absl::StatusOr<FisherEstimate> FisherClient::GetFisher(absl::string_view session
     }
     if (message.row_count() == 0 && message.values_size() == 0) continue;
     if (message.row_offset() != next_row) {
-      protocol_error = absl::DataLossError(
-          absl::StrFormat("GetFisher: block starts at row %d, expected %d",
-                          message.row_offset(), next_row));
+      protocol_error = absl::DataLossError(absl::StrFormat(
+          "GetFisher: block starts at row %d, expected %d", message.row_offset(), next_row));
       continue;
     }
     if (static_cast<uint64_t>(message.values_size()) != message.row_count() * values_per_row) {
@@ -385,13 +383,12 @@ absl::StatusOr<FisherEstimate> FisherClient::GetFisher(absl::string_view session
       continue;
     }
     if (next_row + message.row_count() > estimate.summary.dim()) {
-      protocol_error = absl::DataLossError(absl::StrFormat(
-          "GetFisher: rows [%d, %d) exceed dim %d", next_row, next_row + message.row_count(),
-          estimate.summary.dim()));
+      protocol_error = absl::DataLossError(absl::StrFormat("GetFisher: rows [%d, %d) exceed dim %d",
+                                                           next_row, next_row + message.row_count(),
+                                                           estimate.summary.dim()));
       continue;
     }
-    estimate.values.insert(estimate.values.end(), message.values().begin(),
-                           message.values().end());
+    estimate.values.insert(estimate.values.end(), message.values().begin(), message.values().end());
     next_row += message.row_count();
   }
   grpc::Status status = reader->Finish();

@@ -212,8 +212,7 @@ class FisherClient {
   // NOT_FOUND for a service the server does not know, UNIMPLEMENTED when the server has
   // no health service. A status value newer than this client's copy of the protocol is
   // reported as UNKNOWN, never as SERVING.
-  absl::StatusOr<ServingStatus> CheckHealth(absl::Duration timeout,
-                                            absl::string_view service = "");
+  absl::StatusOr<ServingStatus> CheckHealth(absl::Duration timeout, absl::string_view service = "");
 
   // For layers built on top (ScoreStreamer): the generated stub and the channel.
   fisherd::v1::FisherService::Stub* stub() { return stub_.get(); }

@@ -58,15 +58,15 @@ int UsageError(absl::string_view message) {
 }
 
 int Failed(const absl::Status& status) {
-  std::cerr << "fisherctl: " << absl::StatusCodeToString(status.code()) << ": "
-            << status.message() << "\n";
+  std::cerr << "fisherctl: " << absl::StatusCodeToString(status.code()) << ": " << status.message()
+            << "\n";
   return kFailed;
 }
 
 // Every flag of every command; a command reads those it declared (DefineFlags).
 struct CtlFlags {
   ConnectionFlags connection;
-  double timeout_seconds = 0;  // 0: 5 for health, 60 otherwise
+  double timeout_seconds = 0;     // 0: 5 for health, 60 otherwise
   std::vector<std::string> args;  // positional arguments after the command name
   // health
   std::string service;
@@ -134,7 +134,8 @@ int RunCreate(Command& cmd) {
     // The server fills in dim from the blocks; one given here is checked against them.
     config.set_dim(static_cast<uint64_t>(f.dim));
     if (!representation.empty() && representation != "layered") {
-      return UsageError("a session with --block or --layout is layered; leave out --representation");
+      return UsageError(
+          "a session with --block or --layout is layered; leave out --representation");
     }
     config.set_representation(v1::REPRESENTATION_LAYERED);
     if (kronecker_damping.empty() || kronecker_damping == "exact") {
@@ -229,8 +230,7 @@ int RunFisher(Command& cmd) {
     std::cout << (fisher->diagonal ? "diagonal:\n" : "matrix:\n");
     // Full rows: one matrix row per line. Diagonal: the diagonal on one line.
     for (uint64_t i = 0; i < fisher->values.size(); ++i) {
-      std::cout << absl::StrFormat("%.8g", fisher->values[i])
-                << ((i + 1) % dim == 0 ? "\n" : " ");
+      std::cout << absl::StrFormat("%.8g", fisher->values[i]) << ((i + 1) % dim == 0 ? "\n" : " ");
     }
   }
   return kOk;
@@ -248,15 +248,18 @@ std::map<std::string, CliFlags*> DefineFlags(CtlFlags* f, CliFlags* set) {
     if (*args != '\0') c->AddPositionals("args", &f->args, args);
     return commands[name] = c;
   };
-  CliFlags* health = command(
-      "health", "print SERVING or NOT_SERVING; exit 0 iff SERVING. Waits up to "
-      "--timeout-seconds for the server to come up.", "");
+  CliFlags* health = command("health",
+                             "print SERVING or NOT_SERVING; exit 0 iff SERVING. Waits up to "
+                             "--timeout-seconds for the server to come up.",
+                             "");
   health->AddString("service", &f->service, "the service to ask about (default: the server)");
 
-  CliFlags* create = command(
-      "create", "create sessions/ID: --dim=N for a dense or diagonal session, or the blocks "
-      "of a layered one (--block or --layout; F is block-diagonal, one block per SPEC, the "
-      "parameters concatenated in the order given)", "ID");
+  CliFlags* create =
+      command("create",
+              "create sessions/ID: --dim=N for a dense or diagonal session, or the blocks "
+              "of a layered one (--block or --layout; F is block-diagonal, one block per SPEC, the "
+              "parameters concatenated in the order given)",
+              "ID");
   create->AddInt("dim", &f->dim, 1, std::numeric_limits<int64_t>::max(),
                  "parameters; with blocks, if given, must equal their total");
   create->AddString("representation", &f->representation, "dense (default) or diagonal");
@@ -274,13 +277,15 @@ std::map<std::string, CliFlags*> DefineFlags(CtlFlags* f, CliFlags* set) {
                  "recompute a factor's eigenbasis at most every N steps (default 1: "
                  "whenever it changed)");
 
-  command("get", "show a session (NAME: sessions/ID or ID); a layered one adds a line per "
-          "block: spec, parameters, and the rows and W applied", "NAME");
+  command("get",
+          "show a session (NAME: sessions/ID or ID); a layered one adds a line per "
+          "block: spec, parameters, and the rows and W applied",
+          "NAME");
   command("describe", "the same as get", "NAME");
   command("list", "list sessions", "");
   command("delete", "delete a session", "NAME");
-  CliFlags* fisher = command(
-      "fisher", "summary of the Fisher estimate; --matrix also prints it", "NAME");
+  CliFlags* fisher =
+      command("fisher", "summary of the Fisher estimate; --matrix also prints it", "NAME");
   fisher->AddString("block", &f->block,
                     "layered sessions: describe this block (--matrix needs one)");
   fisher->AddString("factor", &f->factor,
@@ -317,8 +322,9 @@ int Main(int argc, char** argv) {
   if (set.Given("timeout-seconds") && !(f.timeout_seconds > 0)) {
     return UsageError("--timeout-seconds must be > 0");
   }
-  const double timeout_seconds =
-      set.Given("timeout-seconds") ? f.timeout_seconds : name == "health" ? 5.0 : 60.0;
+  const double timeout_seconds = set.Given("timeout-seconds") ? f.timeout_seconds
+                                 : name == "health"           ? 5.0
+                                                              : 60.0;
   options.call_timeout = absl::Seconds(timeout_seconds);
 
   absl::StatusOr<std::unique_ptr<FisherClient>> client = FisherClient::Create(options);

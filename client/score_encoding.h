@@ -25,7 +25,8 @@ absl::Status ValidateScoreRows(absl::Span<const float> scores, absl::Span<const 
                                uint64_t dim);
 
 // A batch of rows = scores.size() / dim rows with scores in scores_f32 and weights
-// copied when non-empty. `session` may be the name or the bare id. REQUIRES: ValidateScoreRows(scores, weights, dim).ok().
+// copied when non-empty. `session` may be the name or the bare id. REQUIRES:
+// ValidateScoreRows(scores, weights, dim).ok().
 fisherd::v1::ScoreBatch MakeScoreBatch(absl::string_view session, absl::string_view worker_id,
                                        uint64_t sequence, absl::Span<const float> scores,
                                        absl::Span<const float> weights, uint64_t dim);

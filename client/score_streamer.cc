@@ -76,8 +76,8 @@ absl::StatusOr<std::unique_ptr<ScoreStreamer>> ScoreStreamer::Create(
   if (absl::Status s = ValidateOptions(options); !s.ok()) return s;
   // The session is needed to resume the sequence and to learn row widths; a caller that
   // gives both (a plain session) can create a streamer without reaching the server.
-  const bool needs_session = options.starting_sequence == 0 || options.dim == 0 ||
-                             !options.block.empty();
+  const bool needs_session =
+      options.starting_sequence == 0 || options.dim == 0 || !options.block.empty();
   std::optional<v1::Session> session;
   uint64_t starting_sequence = options.starting_sequence;
   if (needs_session) {
@@ -116,9 +116,9 @@ absl::StatusOr<std::unique_ptr<ScoreStreamer>> ScoreStreamer::Create(
             absl::StrFormat("ScoreStreamerOptions.dim is %d but %s has dim %d", options.dim,
                             session->name(), shape->width));
       }
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "ScoreStreamerOptions.dim is %d but rows of %s of %s have %d values", options.dim,
-          Describe(target), session->name(), shape->width));
+      return absl::InvalidArgumentError(
+          absl::StrFormat("ScoreStreamerOptions.dim is %d but rows of %s of %s have %d values",
+                          options.dim, Describe(target), session->name(), shape->width));
     }
     return streamer;
   }
@@ -198,7 +198,7 @@ absl::StatusOr<ScoreStreamer::Shape> ScoreStreamer::Resolve(const ScoreTarget& t
 }
 
 absl::StatusOr<ScoreStreamer::Shape> ScoreStreamer::ShapeFor(const ScoreTarget& target,
-                                                            uint64_t width) const {
+                                                             uint64_t width) const {
   if (width == 0) {
     return absl::InvalidArgumentError(
         absl::StrFormat("rows of %s of %s have width 0", Describe(target), session_name_));
@@ -208,12 +208,12 @@ absl::StatusOr<ScoreStreamer::Shape> ScoreStreamer::ShapeFor(const ScoreTarget& 
   shape.rows_per_batch = static_cast<size_t>(options_.rows_per_batch);
   if (options_.max_batch_bytes > 0) {
     const uint64_t fitting = options_.max_batch_bytes / (4 * width);
-    shape.rows_per_batch =
-        static_cast<size_t>(std::max<uint64_t>(1, std::min<uint64_t>(shape.rows_per_batch, fitting)));
+    shape.rows_per_batch = static_cast<size_t>(
+        std::max<uint64_t>(1, std::min<uint64_t>(shape.rows_per_batch, fitting)));
   }
   // A batch the channel refuses to send would fail on every retry.
-  const double batch_bytes = 4.0 * shape.rows_per_batch * static_cast<double>(width) +
-                             8.0 * shape.rows_per_batch + 1024;
+  const double batch_bytes =
+      4.0 * shape.rows_per_batch * static_cast<double>(width) + 8.0 * shape.rows_per_batch + 1024;
   if (batch_bytes > client_->options().max_message_bytes) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "ScoreStreamerOptions: a batch of %d rows of %d values (%s, about %.0f bytes) exceeds "
@@ -256,7 +256,8 @@ absl::Status ScoreStreamer::Append(const ScoreTarget& target, absl::Span<const f
   auto buffer_rest = [&](size_t end) {
     pending_scores_.insert(pending_scores_.end(), scores.begin() + row * dim,
                            scores.begin() + end * dim);
-    for (size_t r = row; r < end; ++r) pending_weights_.push_back(weights.empty() ? 1.0f : weights[r]);
+    for (size_t r = row; r < end; ++r)
+      pending_weights_.push_back(weights.empty() ? 1.0f : weights[r]);
     row = end;
   };
   // On failure the rest of the call waits in the buffer for the next Append/Flush.
@@ -353,8 +354,8 @@ void ScoreStreamer::Enqueue(const ScoreTarget& target, uint64_t width,
   const bool all_ones =
       std::all_of(weights.begin(), weights.end(), [](float w) { return w == 1.0f; });
   Batch batch;
-  batch.message = MakeScoreBatch(session_name_, options_.worker_id, stats_.next_sequence++,
-                                 scores, all_ones ? absl::Span<const float>() : weights, width);
+  batch.message = MakeScoreBatch(session_name_, options_.worker_id, stats_.next_sequence++, scores,
+                                 all_ones ? absl::Span<const float>() : weights, width);
   batch.message.set_block(target.block);
   batch.message.set_factor(target.factor);
   unacked_.push_back(std::move(batch));
@@ -405,8 +406,7 @@ void ScoreStreamer::ProcessAck(const v1::ScoreAck& ack) {
         "worker %s on %s: the server has applied sequence %d but this streamer has sent "
         "only up to %d, so its batches at or below %d were discarded as duplicates; another "
         "process uses this worker_id or starting_sequence is too low",
-        options_.worker_id, session_name_, ack.sequence(), highest_transmitted_,
-        ack.sequence()));
+        options_.worker_id, session_name_, ack.sequence(), highest_transmitted_, ack.sequence()));
     return;
   }
   // Acks are per batch and in order, but a cumulative ack (one for several batches) is
@@ -487,11 +487,10 @@ absl::Status ScoreStreamer::Recover(const grpc::Status& broken) {
       // Start afresh on the next call: giving up is reported, not remembered.
       const int attempts = consecutive_failures_;
       consecutive_failures_ = 0;
-      return absl::Status(last.code(),
-                          absl::StrFormat("score stream to %s: gave up after %d reconnect "
-                                          "attempts, %d batches unacknowledged: %s",
-                                          session_name_, attempts, unacked_.size(),
-                                          last.message()));
+      return absl::Status(
+          last.code(), absl::StrFormat("score stream to %s: gave up after %d reconnect "
+                                       "attempts, %d batches unacknowledged: %s",
+                                       session_name_, attempts, unacked_.size(), last.message()));
     }
     ++consecutive_failures_;
     ++stats_.reconnects;

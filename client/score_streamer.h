@@ -128,14 +128,14 @@ struct ScoreStreamerOptions {
 
 struct ScoreStreamerStats {
   uint64_t rows_appended = 0;
-  uint64_t batches_sent = 0;       // distinct batches, first transmission
-  uint64_t batches_resent = 0;     // retransmissions after a broken stream
+  uint64_t batches_sent = 0;    // distinct batches, first transmission
+  uint64_t batches_resent = 0;  // retransmissions after a broken stream
   uint64_t acks_received = 0;
-  uint64_t duplicate_acks = 0;     // acks with duplicate = true (expected after resends)
-  uint64_t streams_opened = 0;     // StreamScores calls started
-  uint64_t reconnects = 0;         // reopen attempts after a transient failure
-  uint64_t target_switches = 0;    // partial batches cut because the target changed
-  uint64_t next_sequence = 0;      // sequence the next batch will carry
+  uint64_t duplicate_acks = 0;   // acks with duplicate = true (expected after resends)
+  uint64_t streams_opened = 0;   // StreamScores calls started
+  uint64_t reconnects = 0;       // reopen attempts after a transient failure
+  uint64_t target_switches = 0;  // partial batches cut because the target changed
+  uint64_t next_sequence = 0;    // sequence the next batch will carry
   bool has_last_ack = false;
   fisherd::v1::ScoreAck last_ack;  // the latest acknowledgement, if any
 };
@@ -160,9 +160,9 @@ class ScoreStreamer {
   // Buffers rows = scores.size() / dim rows (row-major; dim: the default target's row
   // width) with their weights (empty: all 1, else one per row) and sends every full
   // batch. Validates the rows first (finite scores, finite weights >= 0, whole rows) so
-  // a bad row is reported here, with nothing of this call buffered. Returns a server rejection (see failure()) or, after
-  // max_retries, the last transient error; in the latter case every row of this call is
-  // kept (buffered or in an unacknowledged batch) and goes out with the next call.
+  // a bad row is reported here, with nothing of this call buffered. Returns a server rejection (see
+  // failure()) or, after max_retries, the last transient error; in the latter case every row of
+  // this call is kept (buffered or in an unacknowledged batch) and goes out with the next call.
   absl::Status Append(absl::Span<const float> scores, absl::Span<const float> weights = {});
 
   // The same for rows of `target` (see ScoreTarget): rows = scores.size() / its width.
@@ -252,23 +252,22 @@ class ScoreStreamer {
   const std::string session_name_;
   const ScoreTarget default_target_;
 
-  bool have_session_ = false;            // config_ holds the session's configuration
+  bool have_session_ = false;  // config_ holds the session's configuration
   fisherd::v1::SessionConfig config_;
   std::map<std::string, int> block_index_;  // layered: block name -> index in config_
 
-  ScoreTarget pending_target_;          // the target of every pending row
+  ScoreTarget pending_target_;  // the target of every pending row
   Shape pending_shape_;
   std::vector<float> pending_scores_;   // rows not yet cut into a batch
   std::vector<float> pending_weights_;  // one per pending row (1 when not given)
   std::deque<Batch> unacked_;           // sent (or to be resent), oldest first
 
   std::unique_ptr<grpc::ClientContext> context_;
-  std::unique_ptr<grpc::ClientReaderWriter<fisherd::v1::ScoreBatch, fisherd::v1::ScoreAck>>
-      stream_;
+  std::unique_ptr<grpc::ClientReaderWriter<fisherd::v1::ScoreBatch, fisherd::v1::ScoreAck>> stream_;
   absl::Time stream_opened_;
   uint64_t highest_transmitted_ = 0;  // highest sequence ever written to a stream
-  int consecutive_failures_ = 0;  // transient failures since the last acked progress
-  absl::Status failure_;          // sticky: set by a rejection
+  int consecutive_failures_ = 0;      // transient failures since the last acked progress
+  absl::Status failure_;              // sticky: set by a rejection
 
   ScoreStreamerStats stats_;
 };

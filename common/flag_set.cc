@@ -53,9 +53,10 @@ class Formatter : public CLI::Formatter {
 
 // Parses a number with `parse` and checks it is in [min, max] before storing it.
 template <typename T>
-std::function<absl::Status(absl::string_view)> NumberSetter(
-    std::string flag, T* target, T min, T max, bool (*parse)(absl::string_view, T*),
-    const char* not_a_number) {
+std::function<absl::Status(absl::string_view)> NumberSetter(std::string flag, T* target, T min,
+                                                            T max,
+                                                            bool (*parse)(absl::string_view, T*),
+                                                            const char* not_a_number) {
   return [=](absl::string_view value) {
     T parsed{};
     if (!parse(value, &parsed)) {
@@ -157,8 +158,7 @@ void FlagSet::AddBool(std::string name, bool* target, std::string help) {
   flags_.push_back(std::move(flag));
 }
 
-void FlagSet::AddRepeated(std::string name, std::vector<std::string>* target,
-                          std::string help) {
+void FlagSet::AddRepeated(std::string name, std::vector<std::string>* target, std::string help) {
   Add(std::move(name), std::move(help), "", [target](absl::string_view value) {
     target->emplace_back(value);
     return absl::OkStatus();
@@ -178,8 +178,7 @@ void FlagSet::AddStringCheck(const std::string& name,
   };
 }
 
-void FlagSet::AddPositionals(std::string name, std::vector<std::string>* target,
-                             std::string help) {
+void FlagSet::AddPositionals(std::string name, std::vector<std::string>* target, std::string help) {
   app_->add_option(std::move(name), *target, std::move(help))->type_name("");
 }
 
@@ -228,10 +227,9 @@ absl::Status FlagSet::Parse(const std::vector<std::string>& args, bool* help) {
   for (const std::string& arg : args) {
     if (!flags_ended && (arg == "--help" || arg == "-h")) *help = true;
     if (arg == "--") flags_ended = true;
-    const Flag* flag =
-        !flags_ended && absl::StartsWith(arg, "--") && absl::EndsWith(arg, "=")
-            ? Find(absl::string_view(arg).substr(2, arg.size() - 3))
-            : nullptr;
+    const Flag* flag = !flags_ended && absl::StartsWith(arg, "--") && absl::EndsWith(arg, "=")
+                           ? Find(absl::string_view(arg).substr(2, arg.size() - 3))
+                           : nullptr;
     if (flag != nullptr && flag->takes_value) {
       reversed.push_back(arg.substr(0, arg.size() - 1));
       reversed.emplace_back();

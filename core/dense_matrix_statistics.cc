@@ -67,8 +67,7 @@ DenseMatrixStatistics::DenseMatrixStatistics(const LowRankStatistics& start, boo
   if (rows.rows() > 0) {
     cblas_dsyrk(CblasColMajor, CblasUpper, CblasNoTrans, static_cast<int>(dim_),
                 static_cast<int>(rows.rows()), 1.0, rows.data(),
-                static_cast<int>(rows.outerStride()), 1.0, storage_.data(),
-                static_cast<int>(dim_));
+                static_cast<int>(rows.outerStride()), 1.0, storage_.data(), static_cast<int>(dim_));
   }
 }
 
@@ -86,9 +85,9 @@ double DenseMatrixStatistics::weight_sum() const {
 absl::Status DenseMatrixStatistics::CheckReady(absl::string_view what) const {
   // The raw weight: F = M_raw / W_raw is defined whatever the decay factor.
   if (sums_.weight_sum > 0.0) return absl::OkStatus();
-  return absl::FailedPreconditionError(absl::StrCat(
-      "the session has no weighted samples yet (", sums_.sample_count,
-      " rows, total weight 0): stream scores before asking for ", what));
+  return absl::FailedPreconditionError(
+      absl::StrCat("the session has no weighted samples yet (", sums_.sample_count,
+                   " rows, total weight 0): stream scores before asking for ", what));
 }
 
 void DenseMatrixStatistics::Add(const PreparedBatch& batch) {
@@ -132,11 +131,10 @@ void DenseMatrixStatistics::AddFloat32(const PreparedBatch& batch, double alpha)
       const int m = static_cast<int>(j0) + b;
       float* c = scratch_.data();
       if (j0 > 0) {
-        cblas_sgemm(CblasColMajor, CblasNoTrans, CblasTrans, static_cast<int>(j0), b, k, 1.0f,
-                    a, n, a + j0, n, 0.0f, c, m);
+        cblas_sgemm(CblasColMajor, CblasNoTrans, CblasTrans, static_cast<int>(j0), b, k, 1.0f, a, n,
+                    a + j0, n, 0.0f, c, m);
       }
-      cblas_ssyrk(CblasColMajor, CblasUpper, CblasNoTrans, b, k, 1.0f, a + j0, n, 0.0f,
-                  c + j0, m);
+      cblas_ssyrk(CblasColMajor, CblasUpper, CblasNoTrans, b, k, 1.0f, a + j0, n, 0.0f, c + j0, m);
       for (int jj = 0; jj < b; ++jj) {
         const int64_t col = j0 + jj;
         double* dst = storage_.data() + col * dim_;
@@ -176,14 +174,14 @@ void DenseMatrixStatistics::VisitMoment(StateVisitor& visitor) {
 }
 
 Eigen::VectorXd DenseMatrixStatistics::DampedProduct(const Eigen::VectorXd& x,
-                                               double damping) const {
+                                                     double damping) const {
   // One threaded dsymv over the upper triangle, scaled on the way: Eigen's own
   // selfadjoint product is single-threaded and took 3x the time of the two triangular
   // solves of a cached step (docs/performance.md).
   Eigen::VectorXd y(dim_);
   const int n = static_cast<int>(dim_);
-  cblas_dsymv(CblasColMajor, CblasUpper, n, RawToEstimate(), storage_.data(), n, x.data(), 1,
-              0.0, y.data(), 1);
+  cblas_dsymv(CblasColMajor, CblasUpper, n, RawToEstimate(), storage_.data(), n, x.data(), 1, 0.0,
+              y.data(), 1);
   if (centered_) {
     const Eigen::VectorXd mean = Mean();
     y -= mean * mean.dot(x);
@@ -216,8 +214,7 @@ absl::Status DenseMatrixStatistics::Factor(double damping) {
       }
     }
   }
-  storage_.diagonal() =
-      (c * raw_diagonal - mean.cwiseAbs2()).array() + damping;
+  storage_.diagonal() = (c * raw_diagonal - mean.cwiseAbs2()).array() + damping;
   const double largest_pivot = storage_.diagonal().maxCoeff();
 
   const lapack_int info = LAPACKE_dpotrf(LAPACK_COL_MAJOR, 'L', static_cast<lapack_int>(n),
@@ -233,8 +230,8 @@ absl::Status DenseMatrixStatistics::Factor(double damping) {
   if (info != 0 || factor_diagonal_.cwiseAbs2().minCoeff() <= tiny) {
     factor_valid_ = false;
     return absl::FailedPreconditionError(absl::StrCat(
-        "F + lambda I is singular or not numerically positive definite (lambda = ", damping,
-        ", ", sums_.sample_count, " samples for dim ", dim_,
+        "F + lambda I is singular or not numerically positive definite (lambda = ", damping, ", ",
+        sums_.sample_count, " samples for dim ", dim_,
         "); set a positive damping or stream more samples"));
   }
   factor_valid_ = true;
@@ -254,8 +251,7 @@ absl::StatusOr<SolveResult> DenseMatrixStatistics::Solve(const Eigen::VectorXd& 
   result.natural_gradient = CholeskySolve(g);
   const double g_norm = g.norm();
   result.summary.residual =
-      g_norm > 0.0 ? (DampedProduct(result.natural_gradient, damping) - g).norm() / g_norm
-                   : 0.0;
+      g_norm > 0.0 ? (DampedProduct(result.natural_gradient, damping) - g).norm() / g_norm : 0.0;
   result.summary.seconds = SecondsSince(start);
   return result;
 }
@@ -267,8 +263,8 @@ Eigen::VectorXd DenseMatrixStatistics::CholeskySolve(const Eigen::VectorXd& g) {
   const int n = static_cast<int>(dim_);
   cblas_dtrsv(CblasColMajor, CblasLower, CblasNoTrans, CblasNonUnit, n, storage_.data(), n,
               x.data(), 1);
-  cblas_dtrsv(CblasColMajor, CblasLower, CblasTrans, CblasNonUnit, n, storage_.data(), n,
-              x.data(), 1);
+  cblas_dtrsv(CblasColMajor, CblasLower, CblasTrans, CblasNonUnit, n, storage_.data(), n, x.data(),
+              1);
   storage_.diagonal().swap(factor_diagonal_);
   return x;
 }
@@ -294,9 +290,9 @@ absl::StatusOr<FisherSummary> DenseMatrixStatistics::Summarize(bool with_eigenva
     Eigen::MatrixXd estimate(dim_, dim_);
     CopyEntries(0, dim_, estimate.data());  // symmetric, so row-major == column-major
     Eigen::VectorXd eigenvalues(dim_);
-    const lapack_int info = LAPACKE_dsyevd(LAPACK_COL_MAJOR, 'N', 'U',
-                                           static_cast<lapack_int>(dim_), estimate.data(),
-                                           static_cast<lapack_int>(dim_), eigenvalues.data());
+    const lapack_int info =
+        LAPACKE_dsyevd(LAPACK_COL_MAJOR, 'N', 'U', static_cast<lapack_int>(dim_), estimate.data(),
+                       static_cast<lapack_int>(dim_), eigenvalues.data());
     if (info != 0) {
       return absl::InternalError(absl::StrCat("eigenvalue solver dsyevd failed, info = ", info));
     }

@@ -30,8 +30,8 @@ namespace fisherd {
 // scale and m_raw. Also what it takes over from a low-rank start.
 struct DenseRunningSums {
   uint64_t sample_count = 0;
-  double weight_sum = 0.0;  // W_raw
-  double log_scale = 0.0;   // log of the decay since the last fold (<= 0)
+  double weight_sum = 0.0;   // W_raw
+  double log_scale = 0.0;    // log of the decay since the last fold (<= 0)
   Eigen::VectorXd mean_sum;  // m_raw, dim values
 
   // Names them in snapshot order (core/state_visitor.h); a loaded m_raw must have `dim`

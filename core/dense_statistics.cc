@@ -36,7 +36,8 @@ void DenseStatistics::Add(const PreparedBatch& batch) {
 
 void DenseStatistics::VisitState(StateVisitor& visitor) {
   DenseRunningSums sums;
-  if (!visitor.loading()) sums = start_ != nullptr ? DenseRunningSums::Of(*start_) : matrix_->sums();
+  if (!visitor.loading())
+    sums = start_ != nullptr ? DenseRunningSums::Of(*start_) : matrix_->sums();
   sums.Visit(visitor, dim_);
   bool holding_rows = start_ != nullptr;
   visitor.Flag("holding_rows", &holding_rows);

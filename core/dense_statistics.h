@@ -41,9 +41,7 @@ class DenseStatistics final : public ScoreStatistics {
   absl::Status CheckReady(absl::string_view what) const override {
     return phase().CheckReady(what);
   }
-  Eigen::VectorXd Multiply(const Eigen::VectorXd& v) const override {
-    return phase().Multiply(v);
-  }
+  Eigen::VectorXd Multiply(const Eigen::VectorXd& v) const override { return phase().Multiply(v); }
   absl::StatusOr<SolveResult> Solve(const Eigen::VectorXd& g, double damping) override {
     return phase().Solve(g, damping);
   }

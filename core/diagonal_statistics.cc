@@ -30,9 +30,9 @@ double DiagonalStatistics::weight_sum() const {
 absl::Status DiagonalStatistics::CheckReady(absl::string_view what) const {
   // The raw weight: F = diag(M)_raw / W_raw is defined whatever the decay factor.
   if (weight_sum_ > 0.0) return absl::OkStatus();
-  return absl::FailedPreconditionError(absl::StrCat(
-      "the session has no weighted samples yet (", sample_count_,
-      " rows, total weight 0): stream scores before asking for ", what));
+  return absl::FailedPreconditionError(
+      absl::StrCat("the session has no weighted samples yet (", sample_count_,
+                   " rows, total weight 0): stream scores before asking for ", what));
 }
 
 void DiagonalStatistics::Add(const PreparedBatch& batch) {

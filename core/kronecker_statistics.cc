@@ -46,8 +46,7 @@ double KroneckerStatistics::weight_sum() const {
 }
 
 void KroneckerStatistics::Add(const PreparedBatch& batch) {
-  FactorState& factor =
-      batch.factor == Factor::kActivations ? activations_ : output_gradients_;
+  FactorState& factor = batch.factor == Factor::kActivations ? activations_ : output_gradients_;
   factor.statistics.Add(batch);
   ++factor.version;
 }
@@ -62,10 +61,10 @@ absl::Status KroneckerStatistics::CheckReady(absl::string_view what) const {
   // it forgot to send.
   for (const FactorState* factor : {&activations_, &output_gradients_}) {
     if (factor->statistics.CheckReady(what).ok()) continue;
-    return absl::FailedPreconditionError(absl::StrCat(
-        "Kronecker factor ", factor->name, " has no weighted rows yet (",
-        factor->statistics.sample_count(), " rows, total weight 0): stream ", factor->name,
-        " rows before asking for ", what));
+    return absl::FailedPreconditionError(
+        absl::StrCat("Kronecker factor ", factor->name, " has no weighted rows yet (",
+                     factor->statistics.sample_count(), " rows, total weight 0): stream ",
+                     factor->name, " rows before asking for ", what));
   }
   return absl::OkStatus();
 }
@@ -145,10 +144,9 @@ void KroneckerStatistics::Refresh(FactorState& factor) {
 absl::Status KroneckerStatistics::Eigensolve(FactorState& factor) {
   const int64_t n = factor.statistics.dim();
   factor.eigensolve_pending = false;
-  const lapack_int info =
-      LAPACKE_dsyevd(LAPACK_COL_MAJOR, 'V', 'U', static_cast<lapack_int>(n),
-                     factor.eigenvectors.data(), static_cast<lapack_int>(n),
-                     factor.eigenvalues.data());
+  const lapack_int info = LAPACKE_dsyevd(LAPACK_COL_MAJOR, 'V', 'U', static_cast<lapack_int>(n),
+                                         factor.eigenvectors.data(), static_cast<lapack_int>(n),
+                                         factor.eigenvalues.data());
   if (info != 0) {
     // The copy is overwritten: without a decomposition the next solve refreshes.
     factor.decomposed = false;
@@ -166,10 +164,11 @@ void KroneckerStatistics::TakeRefreshes(std::vector<FactorRefresh>* out) {
 absl::Status KroneckerStatistics::ReplayRefresh(const FactorRefresh& refresh) {
   if (refresh.block != -1 ||
       (refresh.factor != Factor::kActivations && refresh.factor != Factor::kOutputGradients)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "cannot replay a refresh of factor ", FactorName(refresh.factor), " of block ",
-        refresh.block, " in a Kronecker block: it has factors activations and "
-        "output_gradients, as block -1"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot replay a refresh of factor ", FactorName(refresh.factor), " of block ",
+                     refresh.block,
+                     " in a Kronecker block: it has factors activations and "
+                     "output_gradients, as block -1"));
   }
   FactorState& factor = State(refresh.factor);
   // A solve refreshes only once CheckReady passed; copying an estimate without weight
@@ -177,8 +176,7 @@ absl::Status KroneckerStatistics::ReplayRefresh(const FactorRefresh& refresh) {
   if (absl::Status ready = factor.statistics.CheckReady("a factor refresh"); !ready.ok()) {
     return absl::FailedPreconditionError(absl::StrCat(
         "cannot replay a refresh of Kronecker factor ", factor.name,
-        ": it has no weighted rows, so no solve could have refreshed it (",
-        ready.message(), ")"));
+        ": it has no weighted rows, so no solve could have refreshed it (", ready.message(), ")"));
   }
   Refresh(factor);
   return absl::OkStatus();
@@ -207,12 +205,11 @@ void KroneckerStatistics::VisitFactor(StateVisitor& visitor, FactorState& factor
     // A failed eigensolve leaves the version and step of the last refresh with
     // decomposed false, so these hold whether or not a decomposition exists.
     if (factor.decomposed_version > factor.version || factor.decomposed_step < 0 ||
-        factor.decomposed_step > step_count_ ||
-        (factor.eigensolve_pending && !factor.decomposed)) {
+        factor.decomposed_step > step_count_ || (factor.eigensolve_pending && !factor.decomposed)) {
       visitor.Fail(absl::DataLossError(absl::StrCat(
           "snapshot of Kronecker factor ", factor.name, " is inconsistent: decomposed ",
-          factor.decomposed ? "true" : "false", " at version ", factor.decomposed_version,
-          " (of ", factor.version, ") and step ", factor.decomposed_step, " (of ", step_count_,
+          factor.decomposed ? "true" : "false", " at version ", factor.decomposed_version, " (of ",
+          factor.version, ") and step ", factor.decomposed_step, " (of ", step_count_,
           "), eigensolve pending ", factor.eigensolve_pending ? "true" : "false")));
       return;
     }
@@ -227,8 +224,7 @@ void KroneckerStatistics::VisitFactor(StateVisitor& visitor, FactorState& factor
     // so that the buffer is the original's to the bit.
     visitor.UpperTriangle("decomposition_input", &factor.eigenvectors);
     if (visitor.loading()) {
-      factor.eigenvectors.triangularView<Eigen::StrictlyLower>() =
-          factor.eigenvectors.transpose();
+      factor.eigenvectors.triangularView<Eigen::StrictlyLower>() = factor.eigenvectors.transpose();
     }
   } else {
     VisitSizedMatrix(visitor, "eigenvectors", n, n, &factor.eigenvectors);
@@ -254,8 +250,7 @@ void KroneckerStatistics::VisitState(StateVisitor& visitor) {
   }
 }
 
-absl::StatusOr<SolveResult> KroneckerStatistics::Solve(const Eigen::VectorXd& g,
-                                                       double damping) {
+absl::StatusOr<SolveResult> KroneckerStatistics::Solve(const Eigen::VectorXd& g, double damping) {
   const auto start = std::chrono::steady_clock::now();
   // step_count_ is the index of this step: it moves only in StepTaken, so a step that
   // fails (here or in another block of the session) does not age the decompositions.
@@ -269,8 +264,8 @@ absl::StatusOr<SolveResult> KroneckerStatistics::Solve(const Eigen::VectorXd& g,
     // Period 1 refreshes whenever the factor changed, even between two Solves of one
     // step (the step index moves only when the session takes a step).
     if (!factor->decomposed ||
-        (changed && (refresh_period_ <= 1 ||
-                     step_count_ - factor->decomposed_step >= refresh_period_))) {
+        (changed &&
+         (refresh_period_ <= 1 || step_count_ - factor->decomposed_step >= refresh_period_))) {
       Refresh(*factor);
       refreshes_.push_back(FactorRefresh{-1, factor->factor});
     }
@@ -303,8 +298,8 @@ absl::StatusOr<SolveResult> KroneckerStatistics::Solve(const Eigen::VectorXd& g,
           " and tr G = ", trace_g, " (pi = sqrt((tr A / ", na_, ") / (tr G / ", out_,
           ")) is undefined); stream nonzero rows or use exact damping"));
     }
-    const double pi = std::sqrt((trace_a / static_cast<double>(na_)) /
-                                (trace_g / static_cast<double>(out_)));
+    const double pi =
+        std::sqrt((trace_a / static_cast<double>(na_)) / (trace_g / static_cast<double>(out_)));
     const double root = std::sqrt(damping);
     shift_g = root / pi;
     shift_a = pi * root;
@@ -386,8 +381,7 @@ absl::StatusOr<SolveResult> KroneckerStatistics::Solve(const Eigen::VectorXd& g,
 absl::StatusOr<FisherSummary> KroneckerStatistics::Summarize(bool with_eigenvalues) const {
   const absl::StatusOr<FisherSummary> a = activations_.statistics.Summarize(with_eigenvalues);
   if (!a.ok()) return a.status();
-  const absl::StatusOr<FisherSummary> g =
-      output_gradients_.statistics.Summarize(with_eigenvalues);
+  const absl::StatusOr<FisherSummary> g = output_gradients_.statistics.Summarize(with_eigenvalues);
   if (!g.ok()) return g.status();
   FisherSummary summary;
   summary.dim = dim();
@@ -397,10 +391,9 @@ absl::StatusOr<FisherSummary> KroneckerStatistics::Summarize(bool with_eigenvalu
     // The eigenvalues of G (x) A are the products s_G,i s_A,j; over two intervals the
     // extremes of a product lie among the four products of endpoints (whatever the
     // signs a round-off eigenvalue below zero may have).
-    const double products[] = {g->min_eigenvalue * a->min_eigenvalue,
-                               g->min_eigenvalue * a->max_eigenvalue,
-                               g->max_eigenvalue * a->min_eigenvalue,
-                               g->max_eigenvalue * a->max_eigenvalue};
+    const double products[] = {
+        g->min_eigenvalue * a->min_eigenvalue, g->min_eigenvalue * a->max_eigenvalue,
+        g->max_eigenvalue * a->min_eigenvalue, g->max_eigenvalue * a->max_eigenvalue};
     summary.SetExtremeEigenvalues(*std::min_element(std::begin(products), std::end(products)),
                                   *std::max_element(std::begin(products), std::end(products)));
   }

@@ -102,9 +102,9 @@ class KroneckerStatistics final : public ScoreStatistics {
     FactorState(Factor factor, const SessionOptions& options)
         : factor(factor), name(FactorName(factor)), statistics(options) {}
     const Factor factor;
-    const char* const name;     // FactorName
+    const char* const name;  // FactorName
     DenseStatistics statistics;
-    uint64_t version = 0;       // Adds so far; Decay leaves the estimate alone
+    uint64_t version = 0;  // Adds so far; Decay leaves the estimate alone
     // A refresh happened (and no eigensolve failed since): the decomposition below is
     // of the estimate at version decomposed_version and step decomposed_step.
     bool decomposed = false;
@@ -145,9 +145,9 @@ class KroneckerStatistics final : public ScoreStatistics {
   const int64_t na_;   // in + bias: A's rows and V's columns
   const KroneckerDamping damping_kind_;
   const int64_t refresh_period_;
-  FactorState activations_;       // A, na x na
-  FactorState output_gradients_;  // G, out x out
-  int64_t step_count_ = 0;        // steps the session took (StepTaken)
+  FactorState activations_;               // A, na x na
+  FactorState output_gradients_;          // G, out x out
+  int64_t step_count_ = 0;                // steps the session took (StepTaken)
   std::vector<FactorRefresh> refreshes_;  // made by Solve, until TakeRefreshes
   // Solve's two out x na scratch matrices, kept between steps (EstimateBlockBytes
   // counts them): a step then touches no freshly mapped pages.

@@ -108,8 +108,7 @@ absl::StatusOr<SolveResult> LayeredStatistics::Solve(const Eigen::VectorXd& g, d
   const double g_norm = g.norm();
   summary.residual = g_norm > 0.0 ? std::sqrt(residual_sq) / g_norm : 0.0;
   result.curvature = curvature;
-  summary.seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return result;
 }
 
@@ -177,15 +176,15 @@ void LayeredStatistics::ForgetRefresh(const FactorRefresh& refresh) {
 
 absl::Status LayeredStatistics::ReplayRefresh(const FactorRefresh& refresh) {
   if (refresh.block < 0 || refresh.block >= layout_.size()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "cannot replay a refresh of block ", refresh.block, ": the session has ",
-        layout_.size(), " blocks"));
+    return absl::InvalidArgumentError(absl::StrCat("cannot replay a refresh of block ",
+                                                   refresh.block, ": the session has ",
+                                                   layout_.size(), " blocks"));
   }
   const BlockOptions& block = layout_.block(refresh.block);
   if (block.kind != BlockKind::kKronecker) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "cannot replay a refresh of block ", refresh.block, ": ", DescribeBlock(block),
-        " has no Kronecker factors"));
+    return absl::InvalidArgumentError(absl::StrCat("cannot replay a refresh of block ",
+                                                   refresh.block, ": ", DescribeBlock(block),
+                                                   " has no Kronecker factors"));
   }
   // The block sees the refresh as its own (block -1).
   if (absl::Status status = blocks_[refresh.block]->ReplayRefresh({-1, refresh.factor});

@@ -41,9 +41,9 @@ void LowRankStatistics::Decay(double rho) { log_scale_ += std::log(rho); }
 absl::Status LowRankStatistics::CheckReady(absl::string_view what) const {
   // The raw weight: F = c R^T R (c = 1 / |b|^2) is defined whatever the scale.
   if (coefficient_norm_sq_ > 0.0) return absl::OkStatus();
-  return absl::FailedPreconditionError(absl::StrCat(
-      "the session has no weighted samples yet (", sample_count_,
-      " rows, total weight 0): stream scores before asking for ", what));
+  return absl::FailedPreconditionError(
+      absl::StrCat("the session has no weighted samples yet (", sample_count_,
+                   " rows, total weight 0): stream scores before asking for ", what));
 }
 
 void LowRankStatistics::Add(const PreparedBatch& batch) {
@@ -99,8 +99,8 @@ void LowRankStatistics::VisitState(StateVisitor& visitor) {
         next_ >= 0 && next_ < capacity_ && (count_ == capacity_ || next_ == count_);
     if (!valid_count || !valid_next) {
       visitor.Fail(absl::DataLossError(absl::StrCat(
-          "snapshot of a low-rank window is inconsistent: row_count ", count_, ", next_row ",
-          next_, " and sample_count ", sample_count_, " for a window of ", capacity_,
+          "snapshot of a low-rank window is inconsistent: row_count ", count_, ", next_row ", next_,
+          " and sample_count ", sample_count_, " for a window of ", capacity_,
           " rows (expected 0 <= row_count <= min(capacity, sample_count), 0 <= next_row < "
           "capacity, and next_row == row_count until the window is full)")));
       return;
@@ -143,8 +143,7 @@ Eigen::MatrixXd LowRankStatistics::ToQ(const Eigen::VectorXd& u, Eigen::MatrixXd
   return t.bottomRows(count_ - 1);
 }
 
-Eigen::MatrixXd LowRankStatistics::FromQ(const Eigen::VectorXd& u,
-                                         const Eigen::MatrixXd& y) const {
+Eigen::MatrixXd LowRankStatistics::FromQ(const Eigen::VectorXd& u, const Eigen::MatrixXd& y) const {
   if (!centered_) return y;
   Eigen::MatrixXd padded(count_, y.cols());
   padded.row(0).setZero();
@@ -158,9 +157,8 @@ Eigen::MatrixXd LowRankStatistics::WoodburyGram(const Eigen::VectorXd& u) const 
   const int64_t k = count_;
   // Lower triangle of R R^T (R^T is dim x k column-major), made symmetric.
   Eigen::MatrixXd gram(k, k);
-  cblas_dsyrk(CblasColMajor, CblasLower, CblasTrans, static_cast<int>(k),
-              static_cast<int>(dim_), 1.0, rows_.data(), static_cast<int>(dim_), 0.0,
-              gram.data(), static_cast<int>(k));
+  cblas_dsyrk(CblasColMajor, CblasLower, CblasTrans, static_cast<int>(k), static_cast<int>(dim_),
+              1.0, rows_.data(), static_cast<int>(dim_), 0.0, gram.data(), static_cast<int>(k));
   gram.triangularView<Eigen::StrictlyUpper>() = gram.transpose();
   if (!centered_) return gram;
   // Q Q^T is the trailing block of H (R R^T) H, reflected one side at a time.
@@ -168,8 +166,7 @@ Eigen::MatrixXd LowRankStatistics::WoodburyGram(const Eigen::VectorXd& u) const 
   return ToQ(u, half);
 }
 
-Eigen::VectorXd LowRankStatistics::DampedProduct(const Eigen::VectorXd& x,
-                                                 double damping) const {
+Eigen::VectorXd LowRankStatistics::DampedProduct(const Eigen::VectorXd& x, double damping) const {
   const Eigen::VectorXd u = HouseholderVector();
   const auto rows = rows_.topRows(count_);
   Eigen::VectorXd y = rows.transpose() * FromQ(u, ToQ(u, rows * x));
@@ -187,15 +184,14 @@ absl::Status LowRankStatistics::Factor(double damping) {
   if (damping <= 0.0) {
     const int64_t rank = centered_ ? count_ - 1 : count_;
     if (rank < dim_) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "F + lambda I is singular (lambda = 0 with ", count_, " rows held for dim ", dim_,
-          ", so F has rank at most ", rank, "); set a positive damping",
-          count_ < capacity_ ? " or stream more samples" : ""));
+      return absl::FailedPreconditionError(
+          absl::StrCat("F + lambda I is singular (lambda = 0 with ", count_, " rows held for dim ",
+                       dim_, ", so F has rank at most ", rank, "); set a positive damping",
+                       count_ < capacity_ ? " or stream more samples" : ""));
     }
     return absl::FailedPreconditionError(absl::StrCat(
-        "lambda = 0 is not supported by the Woodbury step of a low-rank estimate (",
-        count_, " rows held for dim ", dim_,
-        "): the identity divides by lambda; set a positive damping"));
+        "lambda = 0 is not supported by the Woodbury step of a low-rank estimate (", count_,
+        " rows held for dim ", dim_, "): the identity divides by lambda; set a positive damping"));
   }
   gram_factor_ = WoodburyGram(HouseholderVector());
   gram_factor_.diagonal().array() += damping / RawToEstimate();
@@ -205,9 +201,9 @@ absl::Status LowRankStatistics::Factor(double damping) {
   if (info != 0) {
     // K = lambda |b|^2 I + Q Q^T with lambda > 0 is positive definite; only overflow
     // gets here.
-    return absl::FailedPreconditionError(absl::StrCat(
-        "F + lambda I is not numerically positive definite (lambda = ", damping, ", ",
-        count_, " rows held for dim ", dim_, "); set a larger damping"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("F + lambda I is not numerically positive definite (lambda = ", damping, ", ",
+                     count_, " rows held for dim ", dim_, "); set a larger damping"));
   }
   factor_valid_ = true;
   factor_damping_ = damping;
@@ -225,8 +221,7 @@ Eigen::VectorXd LowRankStatistics::WoodburySolve(const Eigen::VectorXd& v) const
   return (v - rows.transpose() * FromQ(u, t)) / factor_damping_;
 }
 
-absl::StatusOr<SolveResult> LowRankStatistics::Solve(const Eigen::VectorXd& g,
-                                                     double damping) {
+absl::StatusOr<SolveResult> LowRankStatistics::Solve(const Eigen::VectorXd& g, double damping) {
   const auto start = std::chrono::steady_clock::now();
   SolveResult result;
   result.summary.method = "woodbury";
@@ -238,8 +233,7 @@ absl::StatusOr<SolveResult> LowRankStatistics::Solve(const Eigen::VectorXd& g,
   result.natural_gradient = WoodburySolve(g);
   const double g_norm = g.norm();
   result.summary.residual =
-      g_norm > 0.0 ? (DampedProduct(result.natural_gradient, damping) - g).norm() / g_norm
-                   : 0.0;
+      g_norm > 0.0 ? (DampedProduct(result.natural_gradient, damping) - g).norm() / g_norm : 0.0;
   result.summary.seconds = SecondsSince(start);
   return result;
 }

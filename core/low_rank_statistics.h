@@ -134,10 +134,10 @@ class LowRankStatistics final : public ScoreStatistics {
   // never written are not resident). The rows held are always the first count_: the
   // window fills from 0 and wraps only once full.
   PreparedBatch::RowMajorD rows_;
-  Eigen::VectorXd coefficients_;  // b
+  Eigen::VectorXd coefficients_;      // b
   double coefficient_norm_sq_ = 0.0;  // |b|^2 of the rows held
   int64_t count_ = 0;
-  int64_t next_ = 0;  // where the next row goes (the oldest row once full)
+  int64_t next_ = 0;        // where the next row goes (the oldest row once full)
   double log_scale_ = 0.0;  // log(scale), <= 0
   uint64_t sample_count_ = 0;
 

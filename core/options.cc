@@ -67,7 +67,7 @@ int64_t BlockOptions::RowWidth(Factor factor) const {
 int64_t BlockOptions::FactorDim(Factor factor) const {
   const int64_t width = RowWidth(factor);
   return kind == BlockKind::kKronecker && factor == Factor::kActivations && bias ? width + 1
-                                                                                  : width;
+                                                                                 : width;
 }
 
 namespace {
@@ -89,8 +89,7 @@ absl::Status BlockError(size_t index, const BlockOptions& block, absl::string_vi
       absl::StrCat("blocks[", index, "] ", QuoteName(block.name), ": ", what));
 }
 
-absl::Status CheckSize(size_t index, const BlockOptions& block, const char* field,
-                       int64_t value) {
+absl::Status CheckSize(size_t index, const BlockOptions& block, const char* field, int64_t value) {
   if (value < 1 || value > kMaxBlockSize) {
     return BlockError(index, block,
                       absl::StrCat(field, " must be in [1, 2^40] for a ", BlockKindName(block.kind),
@@ -130,8 +129,7 @@ absl::Status ValidateBlock(size_t index, const BlockOptions& block) {
       if (absl::Status s = CheckUnused(index, block, "in_features", block.in_features); !s.ok()) {
         return s;
       }
-      if (absl::Status s = CheckUnused(index, block, "out_features", block.out_features);
-          !s.ok()) {
+      if (absl::Status s = CheckUnused(index, block, "out_features", block.out_features); !s.ok()) {
         return s;
       }
       if (block.bias) return BlockError(index, block, "bias is only for kronecker blocks");
@@ -139,8 +137,7 @@ absl::Status ValidateBlock(size_t index, const BlockOptions& block) {
         if (absl::Status s = CheckSize(index, block, "max_rows", block.max_rows); !s.ok()) {
           return s;
         }
-      } else if (absl::Status s = CheckUnused(index, block, "max_rows", block.max_rows);
-                 !s.ok()) {
+      } else if (absl::Status s = CheckUnused(index, block, "max_rows", block.max_rows); !s.ok()) {
         return s;
       }
       return absl::OkStatus();
@@ -148,8 +145,7 @@ absl::Status ValidateBlock(size_t index, const BlockOptions& block) {
       if (absl::Status s = CheckSize(index, block, "in_features", block.in_features); !s.ok()) {
         return s;
       }
-      if (absl::Status s = CheckSize(index, block, "out_features", block.out_features);
-          !s.ok()) {
+      if (absl::Status s = CheckSize(index, block, "out_features", block.out_features); !s.ok()) {
         return s;
       }
       if (absl::Status s = CheckUnused(index, block, "dim", block.dim); !s.ok()) return s;
@@ -172,9 +168,8 @@ absl::Status ValidateBlock(size_t index, const BlockOptions& block) {
 
 absl::StatusOr<int64_t> LayeredDim(const std::vector<BlockOptions>& blocks) {
   if (static_cast<int64_t>(blocks.size()) > kMaxBlocks) {
-    return absl::InvalidArgumentError(absl::StrCat("blocks has ", blocks.size(),
-                                                   " entries; at most ", kMaxBlocks,
-                                                   " are allowed"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "blocks has ", blocks.size(), " entries; at most ", kMaxBlocks, " are allowed"));
   }
   std::set<std::string> names;
   int64_t total = 0;
@@ -195,9 +190,9 @@ absl::Status SessionOptions::Validate() const {
     absl::StatusOr<int64_t> total = LayeredDim(blocks);
     if (!total.ok()) return total.status();
     if (dim != *total) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "dim is ", dim, " but the blocks hold ", *total,
-          " parameters; set dim to their total or leave it 0"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("dim is ", dim, " but the blocks hold ", *total,
+                       " parameters; set dim to their total or leave it 0"));
     }
     for (size_t i = 0; i < blocks.size(); ++i) {
       if (centered && blocks[i].kind == BlockKind::kKronecker) {
@@ -207,9 +202,9 @@ absl::Status SessionOptions::Validate() const {
       }
     }
     if (factor_refresh_period < 1) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "factor_refresh_period must be >= 1 (0 on the wire means 1), got ",
-          factor_refresh_period));
+      return absl::InvalidArgumentError(
+          absl::StrCat("factor_refresh_period must be >= 1 (0 on the wire means 1), got ",
+                       factor_refresh_period));
     }
   }
   if (dim < 1) {
@@ -233,12 +228,11 @@ absl::Status StepOptions::Validate() const {
   }
   if (!(learning_rate >= 0.0) || !std::isfinite(learning_rate)) {
     return absl::InvalidArgumentError(
-        absl::StrCat("learning_rate must be finite and >= 0 (0 means unset), got ",
-                     learning_rate));
+        absl::StrCat("learning_rate must be finite and >= 0 (0 means unset), got ", learning_rate));
   }
   if (!(kl_budget >= 0.0) || !std::isfinite(kl_budget)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "kl_budget must be finite and >= 0 (0 means unset), got ", kl_budget));
+    return absl::InvalidArgumentError(
+        absl::StrCat("kl_budget must be finite and >= 0 (0 means unset), got ", kl_budget));
   }
   return absl::OkStatus();
 }
@@ -286,8 +280,8 @@ uint64_t EstimateBlockDataBytes(const BlockOptions& block) {
       // Sums and eigenvectors of each factor, a few vectors, and the step's scratch.
       uint64_t bytes = SaturatingProduct(SaturatingSum(Square(a), Square(g)), 2 * kDouble);
       bytes = SaturatingSum(bytes, SaturatingProduct(8 * kDouble, static_cast<uint64_t>(a + g)));
-      const uint64_t parameters = SaturatingProduct(static_cast<uint64_t>(a),
-                                                    static_cast<uint64_t>(g));
+      const uint64_t parameters =
+          SaturatingProduct(static_cast<uint64_t>(a), static_cast<uint64_t>(g));
       return SaturatingSum(bytes, SaturatingProduct(parameters, 2 * kDouble));
     }
   }

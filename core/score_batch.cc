@@ -45,8 +45,8 @@ absl::Status ValidateScores(const ScoreBatchView& batch) {
     for (int64_t i = 0; i < batch.rows; ++i) {
       const float w = batch.weights[i];
       if (!std::isfinite(w) || w < 0.0f) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "weights[", i, "] is ", w, "; weights must be finite and >= 0"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("weights[", i, "] is ", w, "; weights must be finite and >= 0"));
       }
     }
   }

@@ -48,12 +48,12 @@ struct PreparedBatch {
   using RowMajorD = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   using RowMajorF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   int64_t rows = 0;
-  double weight_sum = 0.0;         // sum w_i
-  Eigen::VectorXd weighted_sum;    // sum w_i s_i
+  double weight_sum = 0.0;       // sum w_i
+  Eigen::VectorXd weighted_sum;  // sum w_i s_i
   // Dense only, exactly one of the two set (see DenseKernel): row i is sqrt(w_i) s_i,
   // so that M += R^T R is one rank-k update.
-  RowMajorD root_weighted;      // kFloat64
-  RowMajorF root_weighted_f32;  // kFloat32
+  RowMajorD root_weighted;       // kFloat64
+  RowMajorF root_weighted_f32;   // kFloat32
   Eigen::VectorXd root_weights;  // dense only: sqrt(w_i), the factor in row i above
   // Diagonal only: sum w_i s_i .* s_i.
   Eigen::VectorXd weighted_squares;

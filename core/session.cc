@@ -43,8 +43,7 @@ Session::Session(const SessionOptions& options)
     : options_(options),
       layout_(options.blocks),
       statistics_entries_per_row_(
-          options.layered() || options.representation == Representation::kDense ? options.dim
-                                                                                 : 1),
+          options.layered() || options.representation == Representation::kDense ? options.dim : 1),
       statistics_(ScoreStatistics::Create(options)) {}
 
 AddResult Session::AddScores(const std::string& worker_id, uint64_t sequence,
@@ -122,10 +121,9 @@ absl::StatusOr<StepResult> Session::Step(const Eigen::VectorXd& g, const StepOpt
   // quadratic form without another pass over F, unless the statistics measured it
   // (Kronecker blocks, whose damped metric need not be F + lambda I). Clamped at 0
   // against round-off.
-  const double n_f_n =
-      curvature.has_value()
-          ? *curvature
-          : result.natural_norm_sq - damping * result.natural_gradient.squaredNorm();
+  const double n_f_n = curvature.has_value() ? *curvature
+                                             : result.natural_norm_sq -
+                                                   damping * result.natural_gradient.squaredNorm();
   result.predicted_kl = 0.5 * result.eta * result.eta * std::max(0.0, n_f_n);
 
   effect.taken = true;
@@ -156,8 +154,7 @@ uint64_t Session::last_lsn() {
   return last_lsn_;
 }
 
-void Session::SaveState(
-    const std::function<void(const SessionCounters&, ScoreStatistics&)>& save) {
+void Session::SaveState(const std::function<void(const SessionCounters&, ScoreStatistics&)>& save) {
   absl::MutexLock lock(&mu_);
   SessionCounters counters;
   counters.lsn = last_lsn_;
@@ -182,9 +179,9 @@ absl::Status Session::ReplayBatch(const std::string& worker_id, uint64_t sequenc
   if (!worker_id.empty()) {
     auto it = worker_sequences_.find(worker_id);
     if (it != worker_sequences_.end() && sequence <= it->second) {
-      return absl::DataLossError(absl::StrCat(
-          "the log holds batch ", sequence, " of worker \"", worker_id,
-          "\" again after sequence ", it->second, " was applied"));
+      return absl::DataLossError(absl::StrCat("the log holds batch ", sequence, " of worker \"",
+                                              worker_id, "\" again after sequence ", it->second,
+                                              " was applied"));
     }
     worker_sequences_[worker_id] = sequence;
   }
@@ -195,8 +192,8 @@ absl::Status Session::ReplayBatch(const std::string& worker_id, uint64_t sequenc
 
 absl::Status Session::ReplayStep(const StepEffect& effect, uint64_t lsn) {
   if (!(effect.decay > 0.0 && effect.decay <= 1.0)) {
-    return absl::DataLossError(absl::StrCat("a logged step has decay ", effect.decay,
-                                            " outside (0, 1]"));
+    return absl::DataLossError(
+        absl::StrCat("a logged step has decay ", effect.decay, " outside (0, 1]"));
   }
   absl::MutexLock lock(&mu_);
   for (const FactorRefresh& refresh : effect.refreshes) {
@@ -211,8 +208,7 @@ absl::Status Session::ReplayStep(const StepEffect& effect, uint64_t lsn) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<FisherVectorProductResult> Session::FisherVectorProduct(
-    const Eigen::VectorXd& v) {
+absl::StatusOr<FisherVectorProductResult> Session::FisherVectorProduct(const Eigen::VectorXd& v) {
   if (absl::Status status = CheckVector(v, options_.dim, "vector"); !status.ok()) {
     return status;
   }
@@ -298,16 +294,15 @@ absl::Status Session::CheckPart(const EstimatePart& part) const {
     return absl::InvalidArgumentError("the session has no blocks; leave block empty");
   }
   if (part.block >= layout_.size()) {
-    return absl::InvalidArgumentError(absl::StrCat("block index ", part.block,
-                                                   " is outside the session's ",
-                                                   layout_.size(), " blocks"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "block index ", part.block, " is outside the session's ", layout_.size(), " blocks"));
   }
   const BlockOptions& block = layout_.block(part.block);
   const bool kronecker = block.kind == BlockKind::kKronecker;
   if (!kronecker && part.factor != Factor::kNone) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "block \"", block.name, "\" (", BlockKindName(block.kind),
-        ") has no factors: leave factor FACTOR_UNSPECIFIED"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("block \"", block.name, "\" (", BlockKindName(block.kind),
+                     ") has no factors: leave factor FACTOR_UNSPECIFIED"));
   }
   return absl::OkStatus();
 }
@@ -357,8 +352,8 @@ absl::Status Session::CopyPartEntries(const EstimatePart& part, int64_t begin, i
   if (absl::Status status = CheckPart(part); !status.ok()) return status;
   const int64_t rows = PartRows(part);
   if (begin < 0 || count < 0 || begin > rows - count) {
-    return absl::InvalidArgumentError(absl::StrCat("rows [", begin, ", ", begin + count,
-                                                   ") are outside [0, ", rows, ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("rows [", begin, ", ", begin + count, ") are outside [0, ", rows, ")"));
   }
   absl::MutexLock lock(&mu_);
   const ScoreStatistics& statistics = Part(part);

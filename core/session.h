@@ -38,8 +38,8 @@ struct AddResult {
 // What a step changed besides the values of the sums: the write-ahead log records it so
 // that replay reproduces the session exactly (docs/design.md section 8).
 struct StepEffect {
-  bool taken = false;  // the step succeeded: step count and refresh clocks moved
-  double decay = 1.0;  // rho applied after the step (1: none)
+  bool taken = false;                    // the step succeeded: step count and refresh clocks moved
+  double decay = 1.0;                    // rho applied after the step (1: none)
   std::vector<FactorRefresh> refreshes;  // decompositions the solve refreshed
 };
 
@@ -61,14 +61,14 @@ struct StepResult {
   Eigen::VectorXd natural_gradient;  // n = F_lambda^-1 g
   Eigen::VectorXd update;            // -eta n
   double eta = 0.0;
-  double natural_norm_sq = 0.0;      // g^T n
-  double predicted_kl = 0.0;         // 1/2 update^T F update, undamped F
+  double natural_norm_sq = 0.0;  // g^T n
+  double predicted_kl = 0.0;     // 1/2 update^T F update, undamped F
   SolverSummary solver;
-  uint64_t lsn = 0;                  // the step's log record (durable sessions), else 0
+  uint64_t lsn = 0;  // the step's log record (durable sessions), else 0
 };
 
 struct FisherVectorProductResult {
-  Eigen::VectorXd product;  // F v
+  Eigen::VectorXd product;    // F v
   double quadratic_kl = 0.0;  // 1/2 v^T F v
 };
 
@@ -125,8 +125,8 @@ class Session {
   // the worker's highest applied sequence (then duplicate, unchanged). An empty
   // worker_id is never deduplicated. REQUIRES: batch prepared for this session's
   // representation and dim.
-  AddResult AddScores(const std::string& worker_id, uint64_t sequence,
-                      const PreparedBatch& batch) ABSL_LOCKS_EXCLUDED(mu_);
+  AddResult AddScores(const std::string& worker_id, uint64_t sequence, const PreparedBatch& batch)
+      ABSL_LOCKS_EXCLUDED(mu_);
   // The same, logging the batch first when `log` is set (and not for a duplicate); an
   // error from `log` is returned with the session unchanged.
   absl::StatusOr<AddResult> AddScores(const std::string& worker_id, uint64_t sequence,
@@ -172,8 +172,8 @@ class Session {
   // Errors as CheckPart, and FAILED_PRECONDITION before the part has weight.
   absl::StatusOr<PartReading> ReadPart(const EstimatePart& part, bool with_eigenvalues,
                                        bool with_entries) ABSL_LOCKS_EXCLUDED(mu_);
-  absl::Status CopyPartEntries(const EstimatePart& part, int64_t begin, int64_t count,
-                               double* out) ABSL_LOCKS_EXCLUDED(mu_);
+  absl::Status CopyPartEntries(const EstimatePart& part, int64_t begin, int64_t count, double* out)
+      ABSL_LOCKS_EXCLUDED(mu_);
 
   SessionStatsSnapshot Stats() ABSL_LOCKS_EXCLUDED(mu_);
 

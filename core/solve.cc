@@ -8,8 +8,8 @@ namespace fisherd {
 
 std::string SolverSummary::FullReport() const {
   return absl::StrFormat(
-      "method: %s\nresidual: %.3e\nseconds: %.6f\nfactorization_cached: %s\ndamping: %g\n",
-      method, residual, seconds, factorization_cached ? "true" : "false", damping);
+      "method: %s\nresidual: %.3e\nseconds: %.6f\nfactorization_cached: %s\ndamping: %g\n", method,
+      residual, seconds, factorization_cached ? "true" : "false", damping);
 }
 
 void FisherSummary::SetExtremeEigenvalues(double min, double max) {

@@ -13,11 +13,11 @@
 namespace fisherd {
 
 struct SolverSummary {
-  std::string method;                // "cholesky", "woodbury" or "diagonal"
-  double residual = 0.0;             // ||F_lambda n - g|| / ||g||, measured
-  double seconds = 0.0;              // wall time of factorization (if any) and solve
+  std::string method;                 // "cholesky", "woodbury" or "diagonal"
+  double residual = 0.0;              // ||F_lambda n - g|| / ||g||, measured
+  double seconds = 0.0;               // wall time of factorization (if any) and solve
   bool factorization_cached = false;  // the factor of an earlier step was reused
-  double damping = 0.0;              // lambda used
+  double damping = 0.0;               // lambda used
   // Kronecker blocks: "exact" or "factored"; empty when none took part.
   std::string kronecker_damping;
   // Kronecker blocks: steps since the oldest eigendecomposition used was computed.

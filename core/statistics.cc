@@ -12,17 +12,17 @@ namespace fisherd {
 
 absl::Status ScoreStatistics::CheckReady(absl::string_view what) const {
   if (weight_sum() > 0.0) return absl::OkStatus();
-  return absl::FailedPreconditionError(absl::StrCat(
-      "the session has no weighted samples yet (", sample_count(),
-      " rows, total weight 0): stream scores before asking for ", what));
+  return absl::FailedPreconditionError(
+      absl::StrCat("the session has no weighted samples yet (", sample_count(),
+                   " rows, total weight 0): stream scores before asking for ", what));
 }
 
 absl::Status ScoreStatistics::ReplayRefresh(const FactorRefresh& refresh) {
   // Only a Kronecker block has factors to refresh (and a layered session routes to
   // its blocks): a logged refresh for anything else means the log is not this session's.
-  return absl::InvalidArgumentError(absl::StrCat(
-      "cannot replay a refresh of factor ", FactorName(refresh.factor), " (block ",
-      refresh.block, "): this statistics has no Kronecker factor to refresh"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("cannot replay a refresh of factor ", FactorName(refresh.factor), " (block ",
+                   refresh.block, "): this statistics has no Kronecker factor to refresh"));
 }
 
 std::unique_ptr<ScoreStatistics> ScoreStatistics::Create(const SessionOptions& options) {

@@ -83,8 +83,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const uint8_t flags = in.U8();
     std::string file = in.Section();
     if (flags & 1) fisherd::fuzz::FixRecordChecksums(&file);
-    fisherd::fuzz::WriteFileOrDie(
-        dir + "/snapshots/" + fisherd::server::SnapshotFileName(id, lsn), file);
+    fisherd::fuzz::WriteFileOrDie(dir + "/snapshots/" + fisherd::server::SnapshotFileName(id, lsn),
+                                  file);
   }
 
   std::map<std::string, Found> before;

@@ -68,8 +68,8 @@ void FixRecordChecksums(std::string* file) {
     uint32_t length = 0;
     for (int i = 0; i < 4; ++i) length |= uint32_t{static_cast<uint8_t>(header[8 + i])} << (8 * i);
     if (header[12] == 0 || length > file->size() - pos - kRecordHeaderSize) return;
-    const uint64_t checksum = RecordChecksum(
-        header, absl::string_view(header + kRecordHeaderSize, length));
+    const uint64_t checksum =
+        RecordChecksum(header, absl::string_view(header + kRecordHeaderSize, length));
     for (int i = 0; i < 8; ++i) header[i] = static_cast<char>((checksum >> (8 * i)) & 0xff);
     pos += kRecordHeaderSize + length;
   }

@@ -58,8 +58,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   if (!in.empty()) {
     const std::string stray = in.Section();
-    if (!stray.empty() && stray.find('/') == std::string::npos && stray != "." &&
-        stray != ".." && stray.find('\0') == std::string::npos) {
+    if (!stray.empty() && stray.find('/') == std::string::npos && stray != "." && stray != ".." &&
+        stray.find('\0') == std::string::npos) {
       fisherd::fuzz::WriteFileOrDie(dir + "/" + stray, "stray");
     }
   }

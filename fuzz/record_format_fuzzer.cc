@@ -19,8 +19,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string path = fisherd::fuzz::ScratchDir() + "/records";
   fisherd::fuzz::WriteFileOrDie(path, file);
 
-  const auto policy = (flags & 1) ? fisherd::TailPolicy::kAllowTornTail
-                                  : fisherd::TailPolicy::kCleanEndOnly;
+  const auto policy =
+      (flags & 1) ? fisherd::TailPolicy::kAllowTornTail : fisherd::TailPolicy::kCleanEndOnly;
   auto reader = fisherd::RecordFileReader::Open(path, policy);
   FUZZ_CHECK(reader.ok());
   FUZZ_CHECK((*reader)->file_size() == file.size());

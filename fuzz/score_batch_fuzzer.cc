@@ -62,7 +62,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   FUZZ_CHECK(prepared->rows == batch.rows());
   // Applied twice: the second time a duplicate unless anonymous.
-  const fisherd::AddResult first = session.AddScores(batch.worker_id(), batch.sequence(), *prepared);
+  const fisherd::AddResult first =
+      session.AddScores(batch.worker_id(), batch.sequence(), *prepared);
   FUZZ_CHECK(!first.duplicate);
   const fisherd::AddResult second =
       session.AddScores(batch.worker_id(), batch.sequence(), *prepared);
@@ -83,8 +84,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       session.SummarizePart(part, (flags & 2) != 0).IgnoreError();
       std::vector<double> part_entries(
           static_cast<size_t>(session.PartRows(part) * session.PartEntriesPerRow(part)));
-      session.CopyPartEntries(part, 0, session.PartRows(part), part_entries.data())
-          .IgnoreError();
+      session.CopyPartEntries(part, 0, session.PartRows(part), part_entries.data()).IgnoreError();
     }
   }
   fisherd::StepOptions step;

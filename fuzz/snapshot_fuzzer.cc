@@ -66,11 +66,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   // same counters.
   const std::string copy = dir + "/" + fisherd::server::SnapshotFileName("s", 2);
   absl::Status written;
-  session.SaveState([&](const fisherd::SessionCounters& counters,
-                        fisherd::ScoreStatistics& statistics) {
-    written = fisherd::server::WriteSnapshot(copy, "s", header.incarnation(), header.config(),
-                                             counters, statistics);
-  });
+  session.SaveState(
+      [&](const fisherd::SessionCounters& counters, fisherd::ScoreStatistics& statistics) {
+        written = fisherd::server::WriteSnapshot(copy, "s", header.incarnation(), header.config(),
+                                                 counters, statistics);
+      });
   FUZZ_CHECK(written.ok());
   const absl::Status reverified = fisherd::server::VerifySnapshotFile(copy);
   if (!reverified.ok()) std::fprintf(stderr, "%s\n", reverified.ToString().c_str());

@@ -142,7 +142,10 @@ void ScoreBatchSeeds() {
   bad.set_scores_f32(LittleEndianF32({1, std::nanf(""), 2, 3}));
   Seed("score_batch", "nan", std::string("\0\0", 2) + bad.SerializeAsString());
   bad.clear_scores_f32();
-  { const std::vector<float> v = {1, 2, 3, 4}; bad.mutable_scores()->Assign(v.begin(), v.end()); }
+  {
+    const std::vector<float> v = {1, 2, 3, 4};
+    bad.mutable_scores()->Assign(v.begin(), v.end());
+  }
   bad.add_weights(-1);
   Seed("score_batch", "negative-weight", std::string("\0\0", 2) + bad.SerializeAsString());
   bad.clear_weights();
@@ -240,23 +243,29 @@ std::string Args(const std::vector<std::string>& args, char mode) {
 }
 
 void FlagsSeeds() {
-  Seed("flags", "server", Args({"--listen=127.0.0.1:0", "--max-sessions=3",
-                                "--memory-budget-mb=16", "--drain-seconds=0.5",
-                                "--data-dir=data", "--snapshot-interval-seconds=60"}, 0));
+  Seed("flags", "server",
+       Args({"--listen=127.0.0.1:0", "--max-sessions=3", "--memory-budget-mb=16",
+             "--drain-seconds=0.5", "--data-dir=data", "--snapshot-interval-seconds=60"},
+            0));
   Seed("flags", "server-help", Args({"--help"}, 0));
   Seed("flags", "server-bad", Args({"--max-message-mb=x", "positional", "--nope=1"}, 0));
-  Seed("flags", "server-tls", Args({"--tls-cert=c.pem", "--tls-key=k.pem",
-                                    "--health-listen=[::1]:8081", "--math-threads=2"}, 0));
-  Seed("flags", "client", Args({"create", "sessions/x", "--dim=8", "--centered",
-                                "--decay=0.9", "--block=fc:kronecker:3x2+bias",
-                                "--block=emb:low_rank:16/4", "--target=localhost:1",
-                                "--token=secret", "--", "--not-a-flag"}, 1));
-  Seed("flags", "client-tls", Args({"step", "--tls", "--tls-ca=ca.pem",
-                                    "--tls-server-name=x", "--token-file=t",
-                                    "--timeout-seconds=1e3", "--quiet=no"}, 1));
-  Seed("flags", "layout", std::string(1, 2) +
-                              "# a layout\nfc:kronecker:784x128+bias\nnorm:diagonal:128\n"
-                              "\nhead:dense:10  # trailing comment\nemb:LOW_RANK:64/8\n");
+  Seed("flags", "server-tls",
+       Args({"--tls-cert=c.pem", "--tls-key=k.pem", "--health-listen=[::1]:8081",
+             "--math-threads=2"},
+            0));
+  Seed("flags", "client",
+       Args({"create", "sessions/x", "--dim=8", "--centered", "--decay=0.9",
+             "--block=fc:kronecker:3x2+bias", "--block=emb:low_rank:16/4", "--target=localhost:1",
+             "--token=secret", "--", "--not-a-flag"},
+            1));
+  Seed("flags", "client-tls",
+       Args({"step", "--tls", "--tls-ca=ca.pem", "--tls-server-name=x", "--token-file=t",
+             "--timeout-seconds=1e3", "--quiet=no"},
+            1));
+  Seed("flags", "layout",
+       std::string(1, 2) +
+           "# a layout\nfc:kronecker:784x128+bias\nnorm:diagonal:128\n"
+           "\nhead:dense:10  # trailing comment\nemb:LOW_RANK:64/8\n");
 }
 
 void RecordFormatSeeds() {
@@ -321,13 +330,13 @@ std::vector<std::pair<std::string, std::string>> Snapshots(uint64_t lsn, uint64_
     step.damping = 0.1;
     FUZZ_CHECK(session.Step(g, step).ok());
     absl::Status written;
-    session.SaveState([&](const fisherd::SessionCounters& counters,
-                          fisherd::ScoreStatistics& statistics) {
-      fisherd::SessionCounters c = counters;
-      c.lsn = lsn;
-      written = fisherd::server::WriteSnapshot(path, layout.id, incarnation, layout.config, c,
-                                               statistics);
-    });
+    session.SaveState(
+        [&](const fisherd::SessionCounters& counters, fisherd::ScoreStatistics& statistics) {
+          fisherd::SessionCounters c = counters;
+          c.lsn = lsn;
+          written = fisherd::server::WriteSnapshot(path, layout.id, incarnation, layout.config, c,
+                                                   statistics);
+        });
     FUZZ_CHECK(written.ok());
     std::ifstream in(path, std::ios::binary);
     out.emplace_back(layout.id, std::string((std::istreambuf_iterator<char>(in)),
@@ -343,21 +352,21 @@ void SnapshotSeeds() {
 }
 
 // A log as a durable server writes it: sessions created, batches, steps, a deletion.
-std::string LogOf(const fisherd::fuzz::FuzzLayout& layout, const std::string& id,
-                  uint64_t* lsn, bool delete_it) {
+std::string LogOf(const fisherd::fuzz::FuzzLayout& layout, const std::string& id, uint64_t* lsn,
+                  bool delete_it) {
   std::string file;
   const uint64_t incarnation = *lsn;
   dv1::SessionCreated created;
   created.set_session_id(id);
   *created.mutable_config() = layout.config;
-  fisherd::AppendRecord(dv1::LOG_RECORD_TYPE_SESSION_CREATED, (*lsn)++,
-                        created.SerializeAsString(), &file);
+  fisherd::AppendRecord(dv1::LOG_RECORD_TYPE_SESSION_CREATED, (*lsn)++, created.SerializeAsString(),
+                        &file);
   for (const auto& batch : GoodBatches(layout, "sessions/" + id)) {
     dv1::BatchApplied applied;
     *applied.mutable_batch() = batch;
     applied.set_incarnation(incarnation);
-    fisherd::AppendRecord(dv1::LOG_RECORD_TYPE_BATCH_APPLIED, (*lsn)++,
-                          applied.SerializeAsString(), &file);
+    fisherd::AppendRecord(dv1::LOG_RECORD_TYPE_BATCH_APPLIED, (*lsn)++, applied.SerializeAsString(),
+                          &file);
   }
   dv1::StepApplied step;
   step.set_session_id(id);

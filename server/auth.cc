@@ -14,8 +14,7 @@ using ::fisherd::common::ReadFileToString;
 constexpr absl::string_view kAuthorizationKey = "authorization";
 constexpr absl::string_view kBearer = "bearer ";
 
-absl::Status CheckPem(const std::string& text, const std::string& path,
-                      absl::string_view flag) {
+absl::Status CheckPem(const std::string& text, const std::string& path, absl::string_view flag) {
   if (!absl::StrContains(text, "-----BEGIN ")) {
     return absl::InvalidArgumentError(
         absl::StrCat(flag, "=", path, ": not a PEM file (no -----BEGIN line)"));
@@ -78,13 +77,14 @@ absl::StatusOr<std::unique_ptr<TokenAuthenticator>> TokenAuthenticator::FromFile
   if (!text.ok()) return text.status();
   const absl::string_view token = absl::StripAsciiWhitespace(*text);
   if (token.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat("--auth-token-file=", path, ": the file is empty"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--auth-token-file=", path, ": the file is empty"));
   }
   for (const char c : token) {
     if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7f) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "--auth-token-file=", path,
-          ": the token must be one line of printable characters without spaces"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("--auth-token-file=", path,
+                       ": the token must be one line of printable characters without spaces"));
     }
   }
   return std::make_unique<TokenAuthenticator>(std::string(token));
@@ -92,8 +92,8 @@ absl::StatusOr<std::unique_ptr<TokenAuthenticator>> TokenAuthenticator::FromFile
 
 grpc::Status TokenAuthenticator::Check(const grpc::ServerContextBase& context) const {
   const auto& metadata = context.client_metadata();
-  const auto found = metadata.find(grpc::string_ref(kAuthorizationKey.data(),
-                                                    kAuthorizationKey.size()));
+  const auto found =
+      metadata.find(grpc::string_ref(kAuthorizationKey.data(), kAuthorizationKey.size()));
   if (found == metadata.end()) {
     return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
                         "this server requires a token: send metadata "

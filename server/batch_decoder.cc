@@ -97,23 +97,25 @@ absl::StatusOr<Target> ResolveTarget(const v1::ScoreBatch& batch, const SessionO
   const BlockOptions& block = layout.block(target.block);
   absl::StatusOr<Factor> factor = FactorFromProto(factor_value, "factor");
   if (!factor.ok()) {
-    return BatchError(batch, absl::StrCat("block ", BoundedName(block.name), ": ",
-                                          factor.status().message()));
+    return BatchError(
+        batch, absl::StrCat("block ", BoundedName(block.name), ": ", factor.status().message()));
   }
   target.factor = *factor;
   if (block.kind == BlockKind::kKronecker && target.factor == Factor::kNone) {
-    return BatchError(batch, absl::StrCat(
-        "block ", BoundedName(block.name), " is a kronecker block: set factor to "
-        "FACTOR_ACTIVATIONS (rows of in_features = ", block.in_features,
-        " values) or FACTOR_OUTPUT_GRADIENTS (rows of out_features = ", block.out_features,
-        " values)"));
+    return BatchError(batch,
+                      absl::StrCat("block ", BoundedName(block.name),
+                                   " is a kronecker block: set factor to "
+                                   "FACTOR_ACTIVATIONS (rows of in_features = ",
+                                   block.in_features,
+                                   " values) or FACTOR_OUTPUT_GRADIENTS (rows of out_features = ",
+                                   block.out_features, " values)"));
   }
   if (block.kind != BlockKind::kKronecker && target.factor != Factor::kNone) {
-    return BatchError(batch, absl::StrCat("block ", BoundedName(block.name), " is a ",
-                                          BlockKindName(block.kind),
-                                          " block with no factors: leave factor "
-                                          "FACTOR_UNSPECIFIED, rows of dim = ",
-                                          block.dim, " values"));
+    return BatchError(
+        batch, absl::StrCat("block ", BoundedName(block.name), " is a ", BlockKindName(block.kind),
+                            " block with no factors: leave factor "
+                            "FACTOR_UNSPECIFIED, rows of dim = ",
+                            block.dim, " values"));
   }
   target.width = block.RowWidth(target.factor);
   target.description = absl::StrCat("block ", BoundedName(block.name));
@@ -159,8 +161,8 @@ absl::StatusOr<PreparedBatch> DecodeScoreBatch(const v1::ScoreBatch& batch,
   int64_t byte_count = 0;
   if (__builtin_mul_overflow(rows, dim, &count) ||
       __builtin_mul_overflow(count, int64_t{sizeof(float)}, &byte_count)) {
-    return BatchError(batch, absl::StrCat("rows * dim overflows (rows ", rows, ", ",
-                                          target->Width(), ")"));
+    return BatchError(
+        batch, absl::StrCat("rows * dim overflows (rows ", rows, ", ", target->Width(), ")"));
   }
 
   std::vector<float> decoded;  // owns the scores when they came as bytes
@@ -168,17 +170,17 @@ absl::StatusOr<PreparedBatch> DecodeScoreBatch(const v1::ScoreBatch& batch,
   if (has_bytes) {
     const int64_t size = static_cast<int64_t>(batch.scores_f32().size());
     if (size != byte_count) {
-      return BatchError(batch, absl::StrCat("scores_f32 has ", size,
-                                            " bytes, expected rows*dim*4 = ", byte_count,
-                                            " (rows ", rows, ", ", target->Width(), ")"));
+      return BatchError(
+          batch, absl::StrCat("scores_f32 has ", size, " bytes, expected rows*dim*4 = ", byte_count,
+                              " (rows ", rows, ", ", target->Width(), ")"));
     }
     CopyLittleEndianFloats(batch.scores_f32(), &decoded);
     scores = decoded.data();
   } else {
     if (batch.scores_size() != count) {
       return BatchError(batch, absl::StrCat("scores has ", batch.scores_size(),
-                                            " values, expected rows*dim = ", count, " (rows ",
-                                            rows, ", ", target->Width(), ")"));
+                                            " values, expected rows*dim = ", count, " (rows ", rows,
+                                            ", ", target->Width(), ")"));
     }
     // A RepeatedField<float> is a contiguous, aligned array: no copy needed.
     scores = batch.scores().data();
@@ -204,8 +206,7 @@ absl::StatusOr<PreparedBatch> DecodeScoreBatch(const v1::ScoreBatch& batch,
                                  ? absl::StrCat(target->description, ": ", status.message())
                                  : std::string(status.message()));
   }
-  const DenseKernel kernel =
-      options.float32_products ? DenseKernel::kAuto : DenseKernel::kFloat64;
+  const DenseKernel kernel = options.float32_products ? DenseKernel::kAuto : DenseKernel::kFloat64;
   if (target->block >= 0) {
     return PrepareBlockBatch(view, layout.block(target->block), target->block, target->factor,
                              kernel);

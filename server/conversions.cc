@@ -59,9 +59,9 @@ absl::StatusOr<Factor> FactorFromProto(int factor, const char* field) {
     case v1::FACTOR_OUTPUT_GRADIENTS:
       return Factor::kOutputGradients;
     default:
-      return absl::InvalidArgumentError(absl::StrCat(
-          field, " has unknown value ", factor,
-          "; use FACTOR_ACTIVATIONS (1) or FACTOR_OUTPUT_GRADIENTS (2)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, " has unknown value ", factor,
+                       "; use FACTOR_ACTIVATIONS (1) or FACTOR_OUTPUT_GRADIENTS (2)"));
   }
 }
 
@@ -116,20 +116,20 @@ absl::StatusOr<SessionOptions> SessionOptionsFromProto(const v1::SessionConfig& 
       }
       break;
     default:
-      return absl::InvalidArgumentError(absl::StrCat(
-          "invalid config: representation has unknown value ",
-          static_cast<int>(config.representation()),
-          "; use REPRESENTATION_DENSE (1), REPRESENTATION_DIAGONAL (2) or "
-          "REPRESENTATION_LAYERED (3) with blocks"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("invalid config: representation has unknown value ",
+                       static_cast<int>(config.representation()),
+                       "; use REPRESENTATION_DENSE (1), REPRESENTATION_DIAGONAL (2) or "
+                       "REPRESENTATION_LAYERED (3) with blocks"));
   }
   if (config.blocks_size() > 0) {
     const int representation = static_cast<int>(config.representation());
     if (representation != v1::REPRESENTATION_UNSPECIFIED &&
         representation != v1::REPRESENTATION_LAYERED) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "invalid config: blocks are given, so representation must be "
-          "REPRESENTATION_LAYERED or unspecified, not ",
-          v1::Representation_Name(config.representation())));
+      return absl::InvalidArgumentError(
+          absl::StrCat("invalid config: blocks are given, so representation must be "
+                       "REPRESENTATION_LAYERED or unspecified, not ",
+                       v1::Representation_Name(config.representation())));
     }
     if (config.blocks_size() > kMaxBlocks) {
       return absl::InvalidArgumentError(absl::StrCat("invalid config: blocks has ",
@@ -149,9 +149,9 @@ absl::StatusOr<SessionOptions> SessionOptionsFromProto(const v1::SessionConfig& 
     if (config.dim() == 0) {
       options.dim = *total;
     } else if (options.dim != *total) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "invalid config: dim is ", config.dim(), " but the blocks hold ", *total,
-          " parameters; set dim to their total or leave it 0"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("invalid config: dim is ", config.dim(), " but the blocks hold ", *total,
+                       " parameters; set dim to their total or leave it 0"));
     }
   }
   switch (static_cast<int>(config.kronecker_damping())) {
@@ -163,10 +163,10 @@ absl::StatusOr<SessionOptions> SessionOptionsFromProto(const v1::SessionConfig& 
       options.kronecker_damping = KroneckerDamping::kFactored;
       break;
     default:
-      return absl::InvalidArgumentError(absl::StrCat(
-          "invalid config: kronecker_damping has unknown value ",
-          static_cast<int>(config.kronecker_damping()),
-          "; use KRONECKER_DAMPING_EXACT (1) or KRONECKER_DAMPING_FACTORED (2)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("invalid config: kronecker_damping has unknown value ",
+                       static_cast<int>(config.kronecker_damping()),
+                       "; use KRONECKER_DAMPING_EXACT (1) or KRONECKER_DAMPING_FACTORED (2)"));
   }
   options.factor_refresh_period =
       config.factor_refresh_period() == 0 ? 1 : config.factor_refresh_period();
@@ -247,9 +247,8 @@ void SolverSummaryToProto(const SolverSummary& summary, v1::SolverSummary* out) 
   out->set_factorization_cached(summary.factorization_cached);
   out->set_damping(summary.damping);
   out->set_kronecker_damping(summary.kronecker_damping);
-  out->set_factor_age_steps(summary.factor_age_steps < 0
-                                ? 0
-                                : static_cast<uint64_t>(summary.factor_age_steps));
+  out->set_factor_age_steps(
+      summary.factor_age_steps < 0 ? 0 : static_cast<uint64_t>(summary.factor_age_steps));
   out->set_block(summary.block);
   out->clear_blocks();
   for (const SolverSummary& block : summary.blocks) SolverSummaryToProto(block, out->add_blocks());
@@ -259,8 +258,7 @@ void StepResultToProto(const StepResult& result, v1::NaturalGradientStepResponse
   out->mutable_natural_gradient()->Assign(
       result.natural_gradient.data(),
       result.natural_gradient.data() + result.natural_gradient.size());
-  out->mutable_update()->Assign(result.update.data(),
-                                result.update.data() + result.update.size());
+  out->mutable_update()->Assign(result.update.data(), result.update.data() + result.update.size());
   out->set_eta(result.eta);
   out->set_natural_norm_sq(result.natural_norm_sq);
   out->set_predicted_kl(result.predicted_kl);

@@ -34,8 +34,8 @@ absl::Status MakeDirectory(const std::string& path) {
     return absl::FailedPreconditionError(
         absl::StrCat("data directory ", path, " exists but is not a directory"));
   }
-  return absl::FailedPreconditionError(absl::StrCat(
-      "cannot create data directory ", path, ": ", std::strerror(errno)));
+  return absl::FailedPreconditionError(
+      absl::StrCat("cannot create data directory ", path, ": ", std::strerror(errno)));
 }
 
 // BatchApplied{batch, incarnation} written field by field, so that the batch is
@@ -73,11 +73,11 @@ std::string RecoveryReport::Describe() const {
   std::string text = absl::StrFormat(
       "recovered %d session(s) from %d snapshot(s) and %d log record(s) (%.1f MiB) in %.2f s; "
       "the log kept holds %d record(s) (%.1f MiB)",
-      sessions, snapshots_loaded, records_replayed,
-      static_cast<double>(log_bytes_replayed) / kMiB, seconds, records_read,
-      static_cast<double>(log_bytes_read) / kMiB);
+      sessions, snapshots_loaded, records_replayed, static_cast<double>(log_bytes_replayed) / kMiB,
+      seconds, records_read, static_cast<double>(log_bytes_read) / kMiB);
   if (snapshots_skipped > 0) {
-    absl::StrAppend(&text, "; ", snapshots_skipped, " invalid snapshot(s) passed over for older ones");
+    absl::StrAppend(&text, "; ", snapshots_skipped,
+                    " invalid snapshot(s) passed over for older ones");
   }
   if (!torn_tail.empty()) absl::StrAppend(&text, "; ", torn_tail);
   return text;
@@ -101,8 +101,8 @@ absl::StatusOr<std::unique_ptr<DurableStore>> DurableStore::Open(const Durabilit
   // words, not halfway through with a file's error.
   if (access(options.data_dir.c_str(), W_OK) != 0 || access(store->log_dir_.c_str(), W_OK) != 0 ||
       access(store->snapshot_dir_.c_str(), W_OK) != 0) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "data directory ", options.data_dir, " is not writable: ", std::strerror(errno)));
+    return absl::FailedPreconditionError(absl::StrCat("data directory ", options.data_dir,
+                                                      " is not writable: ", std::strerror(errno)));
   }
   if (absl::Status status = store->Recover(report); !status.ok()) return status;
   report->seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -137,9 +137,10 @@ absl::Status DurableStore::Recover(RecoveryReport* report) {
         if (!reader.ok()) return reader.status();
         const dv1::SnapshotHeader& header = (*reader)->header();
         if (header.session_id() != id || header.lsn() != lsns[k]) {
-          return absl::DataLossError(absl::StrCat("snapshot ", path, " at offset 0: its header "
-                                                  "names session ", header.session_id(),
-                                                  " at LSN ", header.lsn()));
+          return absl::DataLossError(absl::StrCat("snapshot ", path,
+                                                  " at offset 0: its header "
+                                                  "names session ",
+                                                  header.session_id(), " at LSN ", header.lsn()));
         }
         absl::StatusOr<SessionRegistry::Entry> entry =
             registry_->Recreate(id, header.config(), header.incarnation());
@@ -191,9 +192,9 @@ absl::Status DurableStore::Recover(RecoveryReport* report) {
           // Its snapshot holds this creation, or a later incarnation's snapshot was
           // loaded and this one was deleted in between (its records are skipped below).
           if ((*live)->incarnation() >= lsn) return absl::OkStatus();
-          return LogCorrupt(lsn, absl::StrCat("creates session ", created.session_id(),
-                                              " which exists since record ",
-                                              (*live)->incarnation()));
+          return LogCorrupt(lsn,
+                            absl::StrCat("creates session ", created.session_id(),
+                                         " which exists since record ", (*live)->incarnation()));
         }
         absl::StatusOr<SessionRegistry::Entry> entry =
             registry_->Recreate(created.session_id(), created.config(), lsn);
@@ -235,11 +236,11 @@ absl::Status DurableStore::Recover(RecoveryReport* report) {
         absl::StatusOr<PreparedBatch> prepared =
             DecodeScoreBatch(applied.batch(), (*live)->options(), (*live)->layout());
         if (!prepared.ok()) {
-          return LogCorrupt(lsn, absl::StrCat("batch does not decode: ",
-                                              prepared.status().message()));
+          return LogCorrupt(lsn,
+                            absl::StrCat("batch does not decode: ", prepared.status().message()));
         }
-        if (absl::Status status = (*live)->ReplayBatch(
-                applied.batch().worker_id(), applied.batch().sequence(), *prepared, lsn);
+        if (absl::Status status = (*live)->ReplayBatch(applied.batch().worker_id(),
+                                                       applied.batch().sequence(), *prepared, lsn);
             !status.ok()) {
           return LogCorrupt(lsn, status.message());
         }
@@ -281,10 +282,9 @@ absl::Status DurableStore::Recover(RecoveryReport* report) {
   report->records_read = summary.records;
   report->log_bytes_read = summary.bytes;
   if (summary.torn_tail) {
-    report->torn_tail = absl::StrCat("dropped a torn record (never acknowledged: ",
-                                     summary.torn_tail_reason, ") at the end of ",
-                                     summary.torn_tail_file, ", offset ",
-                                     summary.torn_tail_offset);
+    report->torn_tail = absl::StrCat(
+        "dropped a torn record (never acknowledged: ", summary.torn_tail_reason, ") at the end of ",
+        summary.torn_tail_file, ", offset ", summary.torn_tail_offset);
   }
   next_lsn = std::max(next_lsn, summary.next_lsn);
 
@@ -292,8 +292,7 @@ absl::Status DurableStore::Recover(RecoveryReport* report) {
   JournalOptions journal_options;
   journal_options.dir = log_dir_;
   journal_options.segment_bytes = options_.segment_bytes;
-  absl::StatusOr<std::unique_ptr<Journal>> journal =
-      Journal::Open(journal_options, next_lsn);
+  absl::StatusOr<std::unique_ptr<Journal>> journal = Journal::Open(journal_options, next_lsn);
   if (!journal.ok()) return journal.status();
   journal_ = std::move(*journal);
   report->sessions = static_cast<int64_t>(registry_->List().size());
@@ -357,8 +356,8 @@ absl::StatusOr<uint64_t> DurableStore::LogCreated(const std::string& session_id,
   // session that needs it. Creations are data records: on a full disk they fail rather
   // than take the reserve that steps and deletions need.
   absl::MutexLock lock(&sessions_mu_);
-  absl::StatusOr<uint64_t> lsn = journal_->Append(
-      dv1::LOG_RECORD_TYPE_SESSION_CREATED, created.SerializeAsString(), AppendKind::kData);
+  absl::StatusOr<uint64_t> lsn = journal_->Append(dv1::LOG_RECORD_TYPE_SESSION_CREATED,
+                                                  created.SerializeAsString(), AppendKind::kData);
   if (!lsn.ok()) return lsn.status();
   SessionInfo& info = sessions_[session_id];
   info = SessionInfo();
@@ -374,8 +373,7 @@ absl::StatusOr<uint64_t> DurableStore::LogDeleted(const std::string& session_id,
   deleted.set_incarnation(incarnation);
   absl::MutexLock lock(&sessions_mu_);
   absl::StatusOr<uint64_t> lsn = journal_->Append(
-      dv1::LOG_RECORD_TYPE_SESSION_DELETED, deleted.SerializeAsString(),
-      AppendKind::kControl);
+      dv1::LOG_RECORD_TYPE_SESSION_DELETED, deleted.SerializeAsString(), AppendKind::kControl);
   if (!lsn.ok()) return lsn.status();
   // Its snapshot files go at the next round (DropUnneeded), before the log holding this
   // record can: until then recovery finds the files and then this record.
@@ -416,8 +414,7 @@ absl::Status DurableStore::SnapshotAll() {
       // The snapshot must not hold what a crash could take back from the log (a batch
       // whose record is not yet durable would come back without its record).
       journal_->WaitDurable(counters.lsn);
-      const std::string path =
-          absl::StrCat(snapshot_dir_, "/", SnapshotFileName(id, counters.lsn));
+      const std::string path = absl::StrCat(snapshot_dir_, "/", SnapshotFileName(id, counters.lsn));
       status = WriteSnapshot(path, id, info.incarnation, info.config, counters, statistics);
       if (status.ok()) written = counters.lsn;
     });

@@ -56,11 +56,11 @@ struct RecoveryReport {
   int64_t sessions = 0;
   int64_t snapshots_loaded = 0;
   int64_t snapshots_skipped = 0;  // invalid, an older one used instead
-  int64_t records_replayed = 0;    // applied (the rest were in snapshots or of deleted sessions)
+  int64_t records_replayed = 0;   // applied (the rest were in snapshots or of deleted sessions)
   uint64_t log_bytes_replayed = 0;
-  uint64_t records_read = 0;       // every record of the log kept
+  uint64_t records_read = 0;  // every record of the log kept
   uint64_t log_bytes_read = 0;
-  std::string torn_tail;          // "" or which file and offset a torn record was dropped at
+  std::string torn_tail;  // "" or which file and offset a torn record was dropped at
   double seconds = 0.0;
   std::string Describe() const;
 };
@@ -103,8 +103,7 @@ class DurableStore final : public RegistryLog {
   // --- RegistryLog ---
   absl::StatusOr<uint64_t> LogCreated(const std::string& session_id,
                                       const v1::SessionConfig& config) override;
-  absl::StatusOr<uint64_t> LogDeleted(const std::string& session_id,
-                                      uint64_t incarnation) override;
+  absl::StatusOr<uint64_t> LogDeleted(const std::string& session_id, uint64_t incarnation) override;
 
   // A round of snapshots of every session, then truncation of the log before the
   // previous round. Serialized with the snapshot thread's rounds. The first error
@@ -120,7 +119,7 @@ class DurableStore final : public RegistryLog {
   struct SessionInfo {
     v1::SessionConfig config;
     uint64_t incarnation = 0;
-    uint64_t snapshot_lsn = 0;        // of its newest snapshot file (0: none)
+    uint64_t snapshot_lsn = 0;  // of its newest snapshot file (0: none)
     // The log holds no record of the session in (snapshot_lsn, covered_lsn]: the
     // journal's last LSN when that snapshot was written or last found unchanged.
     uint64_t covered_lsn = 0;

@@ -49,8 +49,8 @@ absl::StatusOr<std::unique_ptr<FisherServer>> FisherServer::Start(const ServerOp
   server->registry_ = std::make_unique<SessionRegistry>(options.limits);
   if (!options.durability.data_dir.empty()) {
     // Recovery before the port opens: no client sees a session half recovered.
-    absl::StatusOr<std::unique_ptr<DurableStore>> store = DurableStore::Open(
-        options.durability, server->registry_.get(), &server->recovery_);
+    absl::StatusOr<std::unique_ptr<DurableStore>> store =
+        DurableStore::Open(options.durability, server->registry_.get(), &server->recovery_);
     if (!store.ok()) {
       server->shut_down_ = true;
       return store.status();
@@ -59,8 +59,8 @@ absl::StatusOr<std::unique_ptr<FisherServer>> FisherServer::Start(const ServerOp
   }
   server->pool_ = std::make_unique<WorkPool>(threads);
   server->service_ = std::make_unique<FisherServiceImpl>(
-      server->registry_.get(), server->pool_.get(), options.max_message_bytes,
-      server->auth_.get(), server->store_.get());
+      server->registry_.get(), server->pool_.get(), options.max_message_bytes, server->auth_.get(),
+      server->store_.get());
 
   grpc::ServerBuilder builder;
   builder.AddListeningPort(options.listen, *credentials, &server->port_);
@@ -74,9 +74,8 @@ absl::StatusOr<std::unique_ptr<FisherServer>> FisherServer::Start(const ServerOp
   if (server->server_ == nullptr || server->port_ == 0) {
     if (server->server_ != nullptr) server->server_->Shutdown();
     server->shut_down_ = true;
-    return absl::UnavailableError(
-        absl::StrCat("cannot listen on ", options.listen,
-                     " (address in use, not local, or malformed?)"));
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", options.listen,
+                                               " (address in use, not local, or malformed?)"));
   }
   server->address_ = absl::StrCat(HostOf(options.listen), ":", server->port_);
   if (!options.health_listen.empty()) {
@@ -111,8 +110,7 @@ void FisherServer::Shutdown(absl::Duration drain) {
       health->SetServingStatus(false);
     }
   }
-  const auto deadline =
-      std::chrono::system_clock::now() + absl::ToChronoMilliseconds(drain);
+  const auto deadline = std::chrono::system_clock::now() + absl::ToChronoMilliseconds(drain);
   // Stops accepting, waits for in-flight calls until the deadline, then cancels them;
   // returns once every reactor is done (pool tasks finish their calls even then).
   server_->Shutdown(deadline);

@@ -10,8 +10,8 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "grpcpp/server.h"
 #include "common/defaults.h"
+#include "grpcpp/server.h"
 #include "server/auth.h"
 #include "server/durable_store.h"
 #include "server/service.h"

@@ -25,9 +25,7 @@ absl::Status CheckAddress(absl::string_view flag, absl::string_view address) {
 
 }  // namespace
 
-absl::Status CheckListenAddress(absl::string_view listen) {
-  return CheckAddress("listen", listen);
-}
+absl::Status CheckListenAddress(absl::string_view listen) { return CheckAddress("listen", listen); }
 
 void DefineServerFlags(ServerFlags* flags, FlagSet* set) {
   set->LastValueWins();
@@ -72,8 +70,7 @@ void DefineServerFlags(ServerFlags* flags, FlagSet* set) {
                  "Directory for durable sessions: every change is logged and fdatasync'd "
                  "before it is acknowledged, snapshots are taken, and a restart recovers "
                  "every session. Empty: sessions live in memory only.");
-  set->AddDouble("snapshot-interval-seconds", &flags->snapshot_interval_seconds, 0,
-                 7 * 24 * 3600,
+  set->AddDouble("snapshot-interval-seconds", &flags->snapshot_interval_seconds, 0, 7 * 24 * 3600,
                  "With --data-dir: snapshot every session this often while anything changed "
                  "(0: only by log size and on drain).");
   set->AddInt("snapshot-log-mb", &flags->snapshot_log_mb, 1, int64_t{1} << 30,

@@ -18,7 +18,8 @@ absl::Status ApplyScoreBatch(const SessionRegistry& registry, DurableStore* stor
                         absl::StrCat(DescribeBatch(batch), ": ", session.status().message()));
   }
   // Decoding is the expensive part and needs no lock (docs/design.md section 5).
-  absl::StatusOr<PreparedBatch> prepared = DecodeScoreBatch(batch, (*session)->options(), (*session)->layout());
+  absl::StatusOr<PreparedBatch> prepared =
+      DecodeScoreBatch(batch, (*session)->options(), (*session)->layout());
   if (!prepared.ok()) return prepared.status();
 
   // The record is serialized here, outside the session's lock; only its append is under it.

@@ -11,8 +11,8 @@ namespace {
 // Row blocks of about 1 MiB (see handlers/get_fisher.cc), but never more than half the
 // send limit, so a block plus its few header bytes always fits in one message.
 int64_t MaxBlockBytes(int64_t max_message_bytes) {
-  return std::max<int64_t>(sizeof(double), std::min<int64_t>(int64_t{1} << 20,
-                                                              max_message_bytes / 2));
+  return std::max<int64_t>(sizeof(double),
+                           std::min<int64_t>(int64_t{1} << 20, max_message_bytes / 2));
 }
 
 // Reactors that end a call at once with `status` (a refused token): the handler, and
@@ -50,9 +50,9 @@ grpc::Status FisherServiceImpl::Authorize(const grpc::CallbackServerContext* con
 }
 
 // Every RPC below starts with the same gate, so no handler runs for a refused call.
-#define FISHERD_AUTHORIZE_UNARY(context)                                              \
-  if (grpc::Status auth_status = Authorize(context); !auth_status.ok()) {             \
-    return RejectUnary(context, auth_status);                                         \
+#define FISHERD_AUTHORIZE_UNARY(context)                                  \
+  if (grpc::Status auth_status = Authorize(context); !auth_status.ok()) { \
+    return RejectUnary(context, auth_status);                             \
   }
 
 grpc::ServerUnaryReactor* FisherServiceImpl::CreateSession(grpc::CallbackServerContext* context,

@@ -19,7 +19,8 @@ constexpr size_t kMaxSessionIdLength = 63;
 std::string Quote(absl::string_view text) {
   // Names come from clients: bound and escape them before echoing.
   constexpr size_t kMax = 100;
-  if (text.size() > kMax) return absl::StrCat("\"", absl::CHexEscape(text.substr(0, kMax)), "...\"");
+  if (text.size() > kMax)
+    return absl::StrCat("\"", absl::CHexEscape(text.substr(0, kMax)), "...\"");
   return absl::StrCat("\"", absl::CHexEscape(text), "\"");
 }
 
@@ -48,19 +49,19 @@ absl::Status ValidateSessionId(absl::string_view session_id) {
     return absl::InvalidArgumentError("session_id is empty; use 1-63 characters of [a-zA-Z0-9_.-]");
   }
   if (session_id.size() > kMaxSessionIdLength) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "session_id has ", session_id.size(), " characters; at most 63 are allowed"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("session_id has ", session_id.size(), " characters; at most 63 are allowed"));
   }
   if (!absl::ascii_isalnum(static_cast<unsigned char>(session_id[0]))) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "session_id ", Quote(session_id), " must start with a letter or a digit"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("session_id ", Quote(session_id), " must start with a letter or a digit"));
   }
   for (size_t i = 0; i < session_id.size(); ++i) {
     const unsigned char c = static_cast<unsigned char>(session_id[i]);
     if (!absl::ascii_isalnum(c) && c != '_' && c != '.' && c != '-') {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "session_id ", Quote(session_id), " has a character outside [a-zA-Z0-9_.-] at offset ",
-          i));
+      return absl::InvalidArgumentError(
+          absl::StrCat("session_id ", Quote(session_id),
+                       " has a character outside [a-zA-Z0-9_.-] at offset ", i));
     }
   }
   return absl::OkStatus();
@@ -100,8 +101,9 @@ absl::Status SessionRegistry::CheckBlockLimits(const SessionOptions& options) co
       case BlockKind::kKronecker:
         side = std::max(block.FactorDim(Factor::kActivations),
                         block.FactorDim(Factor::kOutputGradients));
-        what = side == block.FactorDim(Factor::kActivations) ? "activation factor (in_features + bias)"
-                                                             : "output-gradient factor (out_features)";
+        what = side == block.FactorDim(Factor::kActivations)
+                   ? "activation factor (in_features + bias)"
+                   : "output-gradient factor (out_features)";
         break;
       case BlockKind::kLowRank:
         side = block.max_rows;
@@ -113,8 +115,8 @@ absl::Status SessionRegistry::CheckBlockLimits(const SessionOptions& options) co
     if (side > limits_.max_dense_dim) {
       return absl::ResourceExhaustedError(absl::StrCat(
           "blocks[", i, "] ", Quote(block.name), " (", BlockKindName(block.kind), "): its ", what,
-          " of ", side, " exceeds --max-dense-dim=", limits_.max_dense_dim,
-          " (the block needs ", Mebibytes(EstimateBlockBytes(block)),
+          " of ", side, " exceeds --max-dense-dim=", limits_.max_dense_dim, " (the block needs ",
+          Mebibytes(EstimateBlockBytes(block)),
           "); use a BLOCK_KIND_DIAGONAL block, split the layer into several blocks, or a "
           "smaller size"));
     }
@@ -130,8 +132,8 @@ absl::Status SessionRegistry::Reserve(const std::string& name, const SessionOpti
   const uint64_t live = sessions_.size() + creating_.size();
   if (count_limits && static_cast<int64_t>(live) >= limits_.max_sessions) {
     return absl::ResourceExhaustedError(absl::StrCat(
-        "the server already holds ", live, " sessions, its --max-sessions=",
-        limits_.max_sessions, " limit; delete a session or raise --max-sessions"));
+        "the server already holds ", live, " sessions, its --max-sessions=", limits_.max_sessions,
+        " limit; delete a session or raise --max-sessions"));
   }
   if (absl::Status status = CheckBlockLimits(options); !status.ok()) return status;
   if (!options.layered() && options.representation == Representation::kDense &&
@@ -149,9 +151,8 @@ absl::Status SessionRegistry::Reserve(const std::string& name, const SessionOpti
       (count_limits && reserved_bytes_ > limits_.memory_budget_bytes - bytes)) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "session ", Quote(name), " needs ", Mebibytes(bytes), " of statistics, but ",
-        Mebibytes(reserved_bytes_), " of the --memory-budget-mb=",
-        limits_.memory_budget_bytes >> 20,
-        " budget are in use; ",
+        Mebibytes(reserved_bytes_),
+        " of the --memory-budget-mb=", limits_.memory_budget_bytes >> 20, " budget are in use; ",
         options.layered() ? "use DIAGONAL or KRONECKER blocks for the largest layers, "
         : options.representation == Representation::kDense
             ? "use REPRESENTATION_DIAGONAL, which needs O(dim) memory, "
@@ -175,8 +176,8 @@ absl::StatusOr<SessionRegistry::Entry> SessionRegistry::Recreate(absl::string_vi
 }
 
 absl::StatusOr<SessionRegistry::Entry> SessionRegistry::CreateSession(
-    absl::string_view session_id, const v1::SessionConfig& config, bool log,
-    uint64_t incarnation, bool recovering) {
+    absl::string_view session_id, const v1::SessionConfig& config, bool log, uint64_t incarnation,
+    bool recovering) {
   if (absl::Status status = ValidateSessionId(session_id); !status.ok()) return status;
   absl::StatusOr<SessionOptions> options = SessionOptionsFromProto(config);
   if (!options.ok()) return options.status();
@@ -203,9 +204,9 @@ absl::StatusOr<SessionRegistry::Entry> SessionRegistry::CreateSession(
     absl::MutexLock lock(&mu_);
     creating_.erase(name);
     reserved_bytes_ -= bytes;
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "out of memory allocating ", Mebibytes(bytes), " for session ", Quote(name),
-        "; use REPRESENTATION_DIAGONAL or lower --memory-budget-mb"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("out of memory allocating ", Mebibytes(bytes), " for session ", Quote(name),
+                     "; use REPRESENTATION_DIAGONAL or lower --memory-budget-mb"));
   }
 
   // Logged once everything that can fail has succeeded, while the name is still
@@ -252,8 +253,8 @@ absl::Status SessionRegistry::Delete(absl::string_view name) {
     return absl::NotFoundError(absl::StrCat("session ", Quote(name), " not found"));
   }
   if (log_ != nullptr) {
-    absl::StatusOr<uint64_t> lsn =
-        log_->LogDeleted(std::string(name.substr(kCollection.size())), it->second.session->incarnation());
+    absl::StatusOr<uint64_t> lsn = log_->LogDeleted(std::string(name.substr(kCollection.size())),
+                                                    it->second.session->incarnation());
     if (!lsn.ok()) return lsn.status();
   }
   doomed = std::move(it->second.session);
@@ -266,14 +267,14 @@ absl::Status SessionRegistry::CheckTotals() const {
   absl::MutexLock lock(&mu_);
   if (static_cast<int64_t>(sessions_.size()) > limits_.max_sessions) {
     return absl::ResourceExhaustedError(absl::StrCat(
-        "the data directory holds ", sessions_.size(), " sessions, more than --max-sessions=",
-        limits_.max_sessions, "; raise it to start"));
+        "the data directory holds ", sessions_.size(),
+        " sessions, more than --max-sessions=", limits_.max_sessions, "; raise it to start"));
   }
   if (reserved_bytes_ > limits_.memory_budget_bytes) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "the data directory's sessions need ", Mebibytes(reserved_bytes_),
-        ", more than --memory-budget-mb=", limits_.memory_budget_bytes >> 20,
-        "; raise it to start"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the data directory's sessions need ", Mebibytes(reserved_bytes_),
+                     ", more than --memory-budget-mb=", limits_.memory_budget_bytes >> 20,
+                     "; raise it to start"));
   }
   return absl::OkStatus();
 }

@@ -140,9 +140,8 @@ class SessionRegistry {
 
   // Create and Recreate: log (when logging) and incarnation handling around the
   // allocation.
-  absl::StatusOr<Entry> CreateSession(absl::string_view session_id,
-                                      const v1::SessionConfig& config, bool log,
-                                      uint64_t incarnation, bool recovering)
+  absl::StatusOr<Entry> CreateSession(absl::string_view session_id, const v1::SessionConfig& config,
+                                      bool log, uint64_t incarnation, bool recovering)
       ABSL_LOCKS_EXCLUDED(mu_);
 
   const RegistryLimits limits_;

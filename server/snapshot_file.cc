@@ -35,13 +35,20 @@ enum ChunkKind : uint32_t {
 
 const char* KindName(uint32_t kind) {
   switch (kind) {
-    case kScalar: return "scalar";
-    case kCount: return "count";
-    case kInteger: return "integer";
-    case kFlag: return "flag";
-    case kVector: return "vector";
-    case kMatrix: return "matrix";
-    case kUpperTriangle: return "upper triangle";
+    case kScalar:
+      return "scalar";
+    case kCount:
+      return "count";
+    case kInteger:
+      return "integer";
+    case kFlag:
+      return "flag";
+    case kVector:
+      return "vector";
+    case kMatrix:
+      return "matrix";
+    case kUpperTriangle:
+      return "upper triangle";
   }
   return "unknown";
 }
@@ -69,9 +76,7 @@ class ChunkWriter final : public StateVisitor {
   bool loading() const override { return false; }
   void Scalar(absl::string_view name, double* value) override { Bytes(name, kScalar, value, 8); }
   void Count(absl::string_view name, uint64_t* value) override { Bytes(name, kCount, value, 8); }
-  void Integer(absl::string_view name, int64_t* value) override {
-    Bytes(name, kInteger, value, 8);
-  }
+  void Integer(absl::string_view name, int64_t* value) override { Bytes(name, kInteger, value, 8); }
   void Flag(absl::string_view name, bool* value) override {
     const uint64_t flag = *value ? 1 : 0;
     Bytes(name, kFlag, &flag, 8);
@@ -155,15 +160,12 @@ class ChunkWriter final : public StateVisitor {
 
 class ChunkReader final : public StateVisitor {
  public:
-  ChunkReader(RecordFileReader* file, std::string path)
-      : file_(file), path_(std::move(path)) {}
+  ChunkReader(RecordFileReader* file, std::string path) : file_(file), path_(std::move(path)) {}
 
   bool loading() const override { return true; }
   void Scalar(absl::string_view name, double* value) override { Bytes(name, kScalar, value); }
   void Count(absl::string_view name, uint64_t* value) override { Bytes(name, kCount, value); }
-  void Integer(absl::string_view name, int64_t* value) override {
-    Bytes(name, kInteger, value);
-  }
+  void Integer(absl::string_view name, int64_t* value) override { Bytes(name, kInteger, value); }
   void Flag(absl::string_view name, bool* value) override {
     uint64_t flag = 0;
     Bytes(name, kFlag, &flag);
@@ -243,16 +245,18 @@ class ChunkReader final : public StateVisitor {
       return false;
     }
     offset_ = record.offset;
-    if (record.type != dv1::SNAPSHOT_RECORD_TYPE_CHUNK || !chunk->ParseFromArray(
-            record.payload.data(), static_cast<int>(record.payload.size()))) {
-      Corrupt(absl::StrCat("record of type ", static_cast<int>(record.type), " is not a state "
-                           "chunk (expected ", expected, ")"));
+    if (record.type != dv1::SNAPSHOT_RECORD_TYPE_CHUNK ||
+        !chunk->ParseFromArray(record.payload.data(), static_cast<int>(record.payload.size()))) {
+      Corrupt(absl::StrCat("record of type ", static_cast<int>(record.type),
+                           " is not a state "
+                           "chunk (expected ",
+                           expected, ")"));
       return false;
     }
     ++chunks_;
     if (chunk->name() != expected || chunk->kind() != kind) {
-      Corrupt(absl::StrCat("found ", chunk->name(), " (", KindName(chunk->kind()),
-                           ") where ", expected, " (", KindName(kind), ") was expected"));
+      Corrupt(absl::StrCat("found ", chunk->name(), " (", KindName(chunk->kind()), ") where ",
+                           expected, " (", KindName(kind), ") was expected"));
       return false;
     }
     return true;
@@ -262,8 +266,8 @@ class ChunkReader final : public StateVisitor {
     dv1::StateChunk chunk;
     if (!NextChunk(name, kind, &chunk)) return;
     if (chunk.values().size() != 8) {
-      return Corrupt(absl::StrCat(chunk.name(), " has ", chunk.values().size(),
-                                  " bytes, expected 8"));
+      return Corrupt(
+          absl::StrCat(chunk.name(), " has ", chunk.values().size(), " bytes, expected 8"));
     }
     std::memcpy(value, chunk.values().data(), 8);
   }
@@ -291,9 +295,8 @@ class ChunkReader final : public StateVisitor {
         }
         data = resize(static_cast<int64_t>(chunk.rows()), static_cast<int64_t>(chunk.cols()));
       } else if (chunk.offset() != filled || chunk.total() != total) {
-        return Corrupt(absl::StrCat(chunk.name(), " continues at value ", chunk.offset(),
-                                    " of ", chunk.total(), ", expected ", filled, " of ",
-                                    total));
+        return Corrupt(absl::StrCat(chunk.name(), " continues at value ", chunk.offset(), " of ",
+                                    chunk.total(), ", expected ", filled, " of ", total));
       }
       const uint64_t count = chunk.values().size() / sizeof(double);
       if (chunk.values().size() % sizeof(double) != 0 || count > total - filled ||
@@ -327,8 +330,7 @@ std::string SnapshotFileName(const std::string& session_id, uint64_t lsn) {
   return absl::StrFormat("%s.%020u.snap", session_id, lsn);
 }
 
-bool ParseSnapshotFileName(const std::string& file_name, std::string* session_id,
-                           uint64_t* lsn) {
+bool ParseSnapshotFileName(const std::string& file_name, std::string* session_id, uint64_t* lsn) {
   constexpr absl::string_view kSuffix = ".snap";
   constexpr size_t kDigits = 20;
   if (file_name.size() < kDigits + kSuffix.size() + 2) return false;
@@ -345,8 +347,7 @@ bool ParseSnapshotFileName(const std::string& file_name, std::string* session_id
 absl::Status WriteSnapshot(const std::string& path, const std::string& session_id,
                            uint64_t incarnation, const v1::SessionConfig& config,
                            const SessionCounters& counters, ScoreStatistics& statistics) {
-  absl::StatusOr<std::unique_ptr<RecordFileWriter>> file =
-      RecordFileWriter::Create(path);
+  absl::StatusOr<std::unique_ptr<RecordFileWriter>> file = RecordFileWriter::Create(path);
   if (!file.ok()) return file.status();
   dv1::SnapshotHeader header;
   header.set_format(kFormat);
@@ -358,8 +359,8 @@ absl::Status WriteSnapshot(const std::string& path, const std::string& session_i
   for (const auto& [worker, sequence] : counters.worker_sequences) {
     (*header.mutable_worker_sequences())[worker] = sequence;
   }
-  if (absl::Status status = (*file)->Append(dv1::SNAPSHOT_RECORD_TYPE_HEADER, 0,
-                                            header.SerializeAsString());
+  if (absl::Status status =
+          (*file)->Append(dv1::SNAPSHOT_RECORD_TYPE_HEADER, 0, header.SerializeAsString());
       !status.ok()) {
     return status;
   }

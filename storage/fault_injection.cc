@@ -30,11 +30,9 @@ FaultSpec* ParseFaultSpec() {
   auto* spec = new FaultSpec;  // never destroyed: MaybeCrashAt may run during exit
   const char* value = std::getenv(kFaultEnvironmentVariable);
   if (value == nullptr || *value == '\0') return spec;
-  std::pair<std::string, std::string> parts =
-      absl::StrSplit(value, absl::MaxSplits(':', 1));
+  std::pair<std::string, std::string> parts = absl::StrSplit(value, absl::MaxSplits(':', 1));
   int64_t occurrence = 1;
-  if (!parts.second.empty() &&
-      (!absl::SimpleAtoi(parts.second, &occurrence) || occurrence < 1)) {
+  if (!parts.second.empty() && (!absl::SimpleAtoi(parts.second, &occurrence) || occurrence < 1)) {
     std::fprintf(stderr,
                  "fisherd: %s=%s: the count after ':' must be a positive integer; "
                  "no fault will be injected\n",
@@ -49,8 +47,7 @@ FaultSpec* ParseFaultSpec() {
       if (!points.empty()) points += ", ";
       points.append(point.data(), point.size());
     }
-    std::fprintf(stderr,
-                 "fisherd: %s=%s names an unknown fault point; known points: %s\n",
+    std::fprintf(stderr, "fisherd: %s=%s names an unknown fault point; known points: %s\n",
                  kFaultEnvironmentVariable, value, points.c_str());
     return spec;
   }

@@ -26,11 +26,9 @@ inline constexpr absl::string_view kFaultJournalAfterSync = "journal-after-sync"
 // RecordFileWriter::Commit: the temp file is synced, not yet renamed.
 inline constexpr absl::string_view kFaultSnapshotBeforeRename = "snapshot-before-rename";
 // RecordFileWriter::Commit: renamed, directory not yet synced.
-inline constexpr absl::string_view kFaultSnapshotBeforeDirSync =
-    "snapshot-before-dir-sync";
+inline constexpr absl::string_view kFaultSnapshotBeforeDirSync = "snapshot-before-dir-sync";
 // Journal::DropThrough: before old segments are deleted.
-inline constexpr absl::string_view kFaultJournalBeforeTruncate =
-    "journal-before-truncate";
+inline constexpr absl::string_view kFaultJournalBeforeTruncate = "journal-before-truncate";
 
 // The environment variable read.
 inline constexpr char kFaultEnvironmentVariable[] = "FISHERD_FAULT";

@@ -1,7 +1,7 @@
 #include "storage/file_util.h"
 
-#include <errno.h>
 #include <dirent.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
@@ -20,10 +20,10 @@
 namespace fisherd {
 
 void FatalIoError(absl::string_view what, absl::string_view path, int error_number) {
-  std::string message = absl::StrCat(
-      "fisherd: fatal: ", what, " ", path, ": ", ErrnoText(error_number),
-      "\nfisherd: stopping: a failed write or sync is never retried (the kernel may "
-      "have dropped the unwritten pages); a restart recovers from the log\n");
+  std::string message =
+      absl::StrCat("fisherd: fatal: ", what, " ", path, ": ", ErrnoText(error_number),
+                   "\nfisherd: stopping: a failed write or sync is never retried (the kernel may "
+                   "have dropped the unwritten pages); a restart recovers from the log\n");
   // One write(2): stderr may be shared with other threads that are still running.
   ssize_t ignored = write(STDERR_FILENO, message.data(), message.size());
   (void)ignored;
@@ -36,8 +36,7 @@ std::string ErrnoText(int error_number) {
   return strerror_r(error_number, buffer, sizeof(buffer));
 }
 
-absl::Status IoErrorStatus(absl::string_view what, absl::string_view path,
-                           int error_number) {
+absl::Status IoErrorStatus(absl::string_view what, absl::string_view path, int error_number) {
   std::string message = absl::StrCat(what, " ", path, ": ", ErrnoText(error_number));
   switch (error_number) {
     case ENOSPC:
@@ -91,8 +90,7 @@ void SyncDirectory(const std::string& path) {
   close(fd);
 }
 
-absl::Status PreadFully(int fd, const std::string& path, uint64_t offset, size_t n,
-                        char* out) {
+absl::Status PreadFully(int fd, const std::string& path, uint64_t offset, size_t n, char* out) {
   while (n > 0) {
     ssize_t got = pread(fd, out, n, static_cast<off_t>(offset));
     if (got < 0) {
@@ -184,12 +182,10 @@ absl::Status RecordFileWriter::Flush() {
   return status;
 }
 
-absl::Status RecordFileWriter::Append(uint8_t type, uint64_t sequence,
-                                      absl::string_view payload) {
+absl::Status RecordFileWriter::Append(uint8_t type, uint64_t sequence, absl::string_view payload) {
   if (!error_.ok()) return error_;
   if (committed_) {
-    return absl::FailedPreconditionError(
-        absl::StrCat(final_path_, ": Append after Commit"));
+    return absl::FailedPreconditionError(absl::StrCat(final_path_, ": Append after Commit"));
   }
   absl::Status valid = ValidateRecord(type, payload.size());
   if (!valid.ok()) return valid;
@@ -227,8 +223,7 @@ absl::Status RecordFileWriter::Commit() {
   fd_ = -1;
   MaybeCrashAt(kFaultSnapshotBeforeRename);
   if (rename(temp_path_.c_str(), final_path_.c_str()) != 0) {
-    return Fail(
-        IoErrorStatus("rename", absl::StrCat(temp_path_, " to ", final_path_), errno));
+    return Fail(IoErrorStatus("rename", absl::StrCat(temp_path_, " to ", final_path_), errno));
   }
   committed_ = true;
   MaybeCrashAt(kFaultSnapshotBeforeDirSync);

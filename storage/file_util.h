@@ -26,8 +26,7 @@ namespace fisherd {
 
 // Prints "fisherd: fatal: <what> <path>: <strerror>" and why the process stops to
 // stderr, then std::abort(). For failed writes and syncs of promised data.
-[[noreturn]] void FatalIoError(absl::string_view what, absl::string_view path,
-                               int error_number);
+[[noreturn]] void FatalIoError(absl::string_view what, absl::string_view path, int error_number);
 
 // strerror, thread-safe.
 std::string ErrnoText(int error_number);
@@ -35,8 +34,7 @@ std::string ErrnoText(int error_number);
 // A status for a failed operation on a file: "<what> <path>: <strerror>", with
 // ENOSPC/EDQUOT -> RESOURCE_EXHAUSTED; EROFS/EACCES/EPERM/ENOENT/ENOTDIR ->
 // FAILED_PRECONDITION (the directory is not usable as configured); others -> INTERNAL.
-absl::Status IoErrorStatus(absl::string_view what, absl::string_view path,
-                           int error_number);
+absl::Status IoErrorStatus(absl::string_view what, absl::string_view path, int error_number);
 
 // The directory part of a path ("." when there is none).
 std::string DirectoryOf(const std::string& path);
@@ -52,8 +50,7 @@ void SyncDirectory(const std::string& path);
 
 // Reads exactly n bytes at offset, retrying short reads and EINTR. INTERNAL naming the
 // path on an error, DATA_LOSS when the file ends first.
-absl::Status PreadFully(int fd, const std::string& path, uint64_t offset, size_t n,
-                        char* out);
+absl::Status PreadFully(int fd, const std::string& path, uint64_t offset, size_t n, char* out);
 
 // Writes all iovecs at offset with pwritev, retrying short writes and EINTR, in groups
 // of at most IOV_MAX. Returns 0 or the errno of the failure. Modifies `iov`.
@@ -69,8 +66,7 @@ int PwritevFully(int fd, struct iovec* iov, size_t count, uint64_t offset);
 class RecordFileWriter {
  public:
   // Creates (truncating) the temp file next to final_path.
-  static absl::StatusOr<std::unique_ptr<RecordFileWriter>> Create(
-      const std::string& final_path);
+  static absl::StatusOr<std::unique_ptr<RecordFileWriter>> Create(const std::string& final_path);
   // Removes the temp file unless Commit succeeded.
   ~RecordFileWriter();
 

@@ -51,9 +51,7 @@ uint64_t RoundUpToPage(uint64_t bytes) {
   return (bytes + kPageBytes - 1) / kPageBytes * kPageBytes;
 }
 
-bool IsDiskFull(int error_number) {
-  return error_number == ENOSPC || error_number == EDQUOT;
-}
+bool IsDiskFull(int error_number) { return error_number == ENOSPC || error_number == EDQUOT; }
 
 // A new, preallocated segment file, or the failed operation and its errno.
 struct Created {
@@ -83,11 +81,11 @@ Created CreateSegmentFile(const std::string& path, uint64_t bytes) {
   return result;
 }
 
-absl::Status DiskFullStatus(const std::string& dir, const std::string& path,
-                            uint64_t bytes, int error_number) {
+absl::Status DiskFullStatus(const std::string& dir, const std::string& path, uint64_t bytes,
+                            int error_number) {
   return absl::ResourceExhaustedError(
-      absl::StrCat("data directory full: ", dir, " has no room for a journal segment of ",
-                   bytes, " bytes (", path, "): ", ErrnoText(error_number)));
+      absl::StrCat("data directory full: ", dir, " has no room for a journal segment of ", bytes,
+                   " bytes (", path, "): ", ErrnoText(error_number)));
 }
 
 }  // namespace
@@ -95,9 +93,9 @@ absl::Status DiskFullStatus(const std::string& dir, const std::string& path,
 absl::Status JournalOptions::Validate() const {
   if (dir.empty()) return absl::InvalidArgumentError("JournalOptions.dir is empty");
   if (segment_bytes < control_reserve + kPageBytes) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "JournalOptions.segment_bytes (", segment_bytes,
-        ") must be at least control_reserve (", control_reserve, ") + ", kPageBytes));
+    return absl::InvalidArgumentError(absl::StrCat("JournalOptions.segment_bytes (", segment_bytes,
+                                                   ") must be at least control_reserve (",
+                                                   control_reserve, ") + ", kPageBytes));
   }
   return absl::OkStatus();
 }
@@ -149,9 +147,9 @@ absl::StatusOr<std::unique_ptr<Journal>> Journal::Open(const JournalOptions& opt
       if (!more.ok()) return more.status();
       if (!*more) break;
       if (record.sequence >= next_lsn) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            path, " holds LSN ", record.sequence, ", at or after next_lsn ", next_lsn,
-            ": Journal::Open must be given the next_lsn that Journal::Read returned"));
+        return absl::FailedPreconditionError(
+            absl::StrCat(path, " holds LSN ", record.sequence, ", at or after next_lsn ", next_lsn,
+                         ": Journal::Open must be given the next_lsn that Journal::Read returned"));
       }
     }
   }
@@ -169,8 +167,7 @@ absl::StatusOr<std::unique_ptr<Journal>> Journal::Open(const JournalOptions& opt
   Created created = CreateSegmentFile(active->path, active->size);
   if (created.fd < 0) {
     if (IsDiskFull(created.error_number)) {
-      return DiskFullStatus(options.dir, active->path, active->size,
-                            created.error_number);
+      return DiskFullStatus(options.dir, active->path, active->size, created.error_number);
     }
     return IoErrorStatus(created.failed, active->path, created.error_number);
   }
@@ -205,8 +202,7 @@ void Journal::Close() {
 // Appending.
 
 uint64_t Journal::SegmentSizeFor(uint64_t record_bytes) const {
-  return std::max(options_.segment_bytes,
-                  RoundUpToPage(record_bytes + options_.control_reserve));
+  return std::max(options_.segment_bytes, RoundUpToPage(record_bytes + options_.control_reserve));
 }
 
 bool Journal::Fits(const Segment& segment, uint64_t record_bytes, AppendKind kind) const {
@@ -224,8 +220,7 @@ absl::Status Journal::MakeRoom(uint64_t record_bytes) {
     // segment behind (whose successor would need the same first LSN, the same name).
     int error = posix_fallocate(active_->fd, 0, static_cast<off_t>(bytes));
     if (error != 0) {
-      if (IsDiskFull(error))
-        return DiskFullStatus(options_.dir, active_->path, bytes, error);
+      if (IsDiskFull(error)) return DiskFullStatus(options_.dir, active_->path, bytes, error);
       FatalIoError("preallocate journal segment", active_->path, error);
     }
     active_->size = bytes;
@@ -249,16 +244,14 @@ absl::Status Journal::MakeRoom(uint64_t record_bytes) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<uint64_t> Journal::Append(uint8_t type, std::string payload,
-                                         AppendKind kind) {
+absl::StatusOr<uint64_t> Journal::Append(uint8_t type, std::string payload, AppendKind kind) {
   absl::Status valid = ValidateRecord(type, payload.size());
   if (!valid.ok()) return valid;
   const uint64_t record_bytes = EncodedRecordSize(payload.size());
 
   absl::MutexLock lock(&mu_);
   if (closing_) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("journal ", options_.dir, " is closed"));
+    return absl::FailedPreconditionError(absl::StrCat("journal ", options_.dir, " is closed"));
   }
   // An active segment with nothing in it is already the fresh segment Rotate asks for.
   if (rotate_pending_ && active_->assigned_end == 0) rotate_pending_ = false;
@@ -394,8 +387,7 @@ void Journal::Publish(uint64_t lsn, const std::vector<Pending>& group) {
     }
     // Segments no longer appended to whose records are all written: close their files.
     for (const std::shared_ptr<Segment>& segment : segments_) {
-      if (segment->fd >= 0 && segment != active_ &&
-          segment->written_end == segment->assigned_end) {
+      if (segment->fd >= 0 && segment != active_ && segment->written_end == segment->assigned_end) {
         retired.push_back(segment);
       }
     }
@@ -416,8 +408,7 @@ void Journal::Publish(uint64_t lsn, const std::vector<Pending>& group) {
         return;
       }
       due.clear();
-      for (auto it = callbacks_.begin(); it != end; ++it)
-        due.push_back(std::move(it->second));
+      for (auto it = callbacks_.begin(); it != end; ++it) due.push_back(std::move(it->second));
       callbacks_.erase(callbacks_.begin(), end);
     }
     for (std::function<void()>& done : due) done();

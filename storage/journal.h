@@ -120,8 +120,8 @@ class Journal {
   // record are left for Open to remove (summary->empty_segments_after_end). Segments
   // that end before from_lsn are not read. FAILED_PRECONDITION when dir cannot be
   // listed.
-  static absl::Status Read(const std::string& dir, uint64_t from_lsn,
-                           const Visitor& visit, ReadSummary* summary);
+  static absl::Status Read(const std::string& dir, uint64_t from_lsn, const Visitor& visit,
+                           ReadSummary* summary);
 
   // Opens for appending after recovery: the first record appended gets next_lsn, in a
   // new segment. REQUIRES: next_lsn is ReadSummary::next_lsn of a Read of this dir.

@@ -10,8 +10,8 @@
 
 namespace fisherd {
 
-absl::Status Journal::Read(const std::string& dir, uint64_t from_lsn,
-                           const Visitor& visit, ReadSummary* summary) {
+absl::Status Journal::Read(const std::string& dir, uint64_t from_lsn, const Visitor& visit,
+                           ReadSummary* summary) {
   *summary = ReadSummary();
   absl::StatusOr<std::vector<SegmentFile>> listed = ListSegments(dir);
   if (!listed.ok()) return listed.status();
@@ -27,9 +27,9 @@ absl::Status Journal::Read(const std::string& dir, uint64_t from_lsn,
   }
   summary->first_lsn = segments.front().first_lsn;
   if (segments.front().first_lsn > from) {
-    return absl::DataLossError(absl::StrCat(
-        segments.front().path, ": the log starts at LSN ", segments.front().first_lsn,
-        ", but records from LSN ", from, " are needed"));
+    return absl::DataLossError(absl::StrCat(segments.front().path, ": the log starts at LSN ",
+                                            segments.front().first_lsn, ", but records from LSN ",
+                                            from, " are needed"));
   }
 
   uint64_t next = segments.front().first_lsn;  // the LSN the next record must have
@@ -56,26 +56,24 @@ absl::Status Journal::Read(const std::string& dir, uint64_t from_lsn,
     const bool last = i + 1 == segments.size();
     const bool continues = i == 0 || segment.first_lsn == next;
     auto gap = [&] {
-      const SegmentFile& first_bad =
-          empty_after_end != nullptr ? *empty_after_end : segment;
+      const SegmentFile& first_bad = empty_after_end != nullptr ? *empty_after_end : segment;
       return absl::DataLossError(absl::StrCat(
           previous_path, ": offset ", previous_end, ": the records end at LSN ", next - 1,
           previous_reason.empty() ? std::string()
                                   : absl::StrCat(" (the record there: ", previous_reason, ")"),
           ", but the next segment ", first_bad.path, " starts at LSN ", first_bad.first_lsn,
           ": records ", next, " to ", first_bad.first_lsn - 1, " are missing or damaged",
-          empty_after_end != nullptr
-              ? absl::StrCat(" (and ", segment.path, " holds records)")
-              : std::string()));
+          empty_after_end != nullptr ? absl::StrCat(" (and ", segment.path, " holds records)")
+                                     : std::string()));
     };
     // A segment that starts inside the records already read was not created by Append
     // (it numbers a new segment after the records before it): damage, not a crash. Found
     // by fuzz/journal_fuzzer.cc: Read accepted such an empty segment as one "after the
     // end", Open left it (it is below next_lsn), and the next Read failed on it.
     if (!continues && segment.first_lsn < next) {
-      return absl::DataLossError(absl::StrCat(
-          segment.path, ": the segment starts at LSN ", segment.first_lsn, ", but ",
-          previous_path, " already holds records up to LSN ", next - 1));
+      return absl::DataLossError(absl::StrCat(segment.path, ": the segment starts at LSN ",
+                                              segment.first_lsn, ", but ", previous_path,
+                                              " already holds records up to LSN ", next - 1));
     }
     if (continues) supersede_torn();
     if (continues && !last && segments[i + 1].first_lsn <= from) {
@@ -95,9 +93,9 @@ absl::Status Journal::Read(const std::string& dir, uint64_t from_lsn,
       if (!*more) break;
       if (!continues || empty_after_end != nullptr) return gap();
       if (record.sequence != next) {
-        return absl::DataLossError(absl::StrCat(segment.path, ": offset ", record.offset,
-                                                ": LSN ", record.sequence, " where LSN ",
-                                                next, " was expected"));
+        return absl::DataLossError(absl::StrCat(segment.path, ": offset ", record.offset, ": LSN ",
+                                                record.sequence, " where LSN ", next,
+                                                " was expected"));
       }
       if (next >= from) {
         absl::Status status = visit(next, record.type, record.payload);

@@ -70,8 +70,7 @@ uint64_t RecordChecksum(const char* header, absl::string_view payload) {
   if (payload.size() <= kSmallPayload) {
     char contiguous[kCovered + kSmallPayload];
     std::memcpy(contiguous, header + kChecksumBytes, kCovered);
-    if (!payload.empty())
-      std::memcpy(contiguous + kCovered, payload.data(), payload.size());
+    if (!payload.empty()) std::memcpy(contiguous + kCovered, payload.data(), payload.size());
     return XXH3_64bits(contiguous, kCovered + payload.size());
   }
   XXH3_state_t state;
@@ -82,16 +81,14 @@ uint64_t RecordChecksum(const char* header, absl::string_view payload) {
   return XXH3_64bits_digest(&state);
 }
 
-void EncodeRecordHeader(uint8_t type, uint64_t sequence, absl::string_view payload,
-                        char* header) {
+void EncodeRecordHeader(uint8_t type, uint64_t sequence, absl::string_view payload, char* header) {
   PutFixed32(header + kLengthOffset, static_cast<uint32_t>(payload.size()));
   header[kTypeOffset] = static_cast<char>(type);
   PutFixed64(header + kSequenceOffset, sequence);
   PutFixed64(header, RecordChecksum(header, payload));
 }
 
-void AppendRecord(uint8_t type, uint64_t sequence, absl::string_view payload,
-                  std::string* out) {
+void AppendRecord(uint8_t type, uint64_t sequence, absl::string_view payload, std::string* out) {
   char header[kRecordHeaderSize];
   EncodeRecordHeader(type, sequence, payload, header);
   out->append(header, kRecordHeaderSize);
@@ -103,17 +100,16 @@ absl::Status ValidateRecord(uint8_t type, uint64_t payload_size) {
     return absl::InvalidArgumentError("record type 0 is reserved (end of data)");
   }
   if (payload_size > kMaxRecordPayload) {
-    return absl::InvalidArgumentError(absl::StrCat("record payload of ", payload_size,
-                                                   " bytes is over the limit of ",
-                                                   kMaxRecordPayload));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "record payload of ", payload_size, " bytes is over the limit of ", kMaxRecordPayload));
   }
   return absl::OkStatus();
 }
 
 // RecordFileReader.
 
-absl::StatusOr<std::unique_ptr<RecordFileReader>> RecordFileReader::Open(
-    const std::string& path, TailPolicy policy) {
+absl::StatusOr<std::unique_ptr<RecordFileReader>> RecordFileReader::Open(const std::string& path,
+                                                                         TailPolicy policy) {
   int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     int error = errno;
@@ -133,8 +129,7 @@ absl::StatusOr<std::unique_ptr<RecordFileReader>> RecordFileReader::Open(
       new RecordFileReader(path, fd, static_cast<uint64_t>(info.st_size), policy));
 }
 
-RecordFileReader::RecordFileReader(std::string path, int fd, uint64_t file_size,
-                                   TailPolicy policy)
+RecordFileReader::RecordFileReader(std::string path, int fd, uint64_t file_size, TailPolicy policy)
     : path_(std::move(path)), fd_(fd), file_size_(file_size), policy_(policy) {}
 
 RecordFileReader::~RecordFileReader() { close(fd_); }
@@ -161,8 +156,7 @@ absl::Status RecordFileReader::Fill(uint64_t offset, uint64_t n) {
   }
   buffer_offset_ = offset;
   buffer_length_ = keep;
-  absl::Status status =
-      PreadFully(fd_, path_, offset + keep, want - keep, buffer_.get() + keep);
+  absl::Status status = PreadFully(fd_, path_, offset + keep, want - keep, buffer_.get() + keep);
   if (!status.ok()) return status;
   buffer_length_ = want;
   return absl::OkStatus();
@@ -196,8 +190,7 @@ absl::StatusOr<uint64_t> FirstNonZero(int fd, const std::string& path, uint64_t 
 // bad one has a sequence in that window; random bytes almost never do, which keeps the
 // checksum (over up to 1 GiB) from being computed at every offset.
 absl::StatusOr<std::optional<uint64_t>> FindIntactRecord(int fd, const std::string& path,
-                                                         uint64_t file_size,
-                                                         uint64_t from,
+                                                         uint64_t file_size, uint64_t from,
                                                          uint64_t after_sequence,
                                                          uint64_t max_step) {
   std::string window;
@@ -248,9 +241,9 @@ absl::Status RecordFileReader::ClassifyBadRecord(uint64_t offset, uint64_t decla
     nonzero = FirstNonZero(fd_, path_, declared_end, file_size_);
     if (!nonzero.ok()) return nonzero.status();
     if (*nonzero != file_size_) {
-      return Corruption(
-          offset, absl::StrCat(reason, ", and the bytes after its end (", declared_end,
-                               ") are not all zero (offset ", *nonzero, ")"));
+      return Corruption(offset,
+                        absl::StrCat(reason, ", and the bytes after its end (", declared_end,
+                                     ") are not all zero (offset ", *nonzero, ")"));
     }
   }
   if (policy_ == TailPolicy::kCleanEndOnly) {
@@ -274,9 +267,8 @@ absl::Status RecordFileReader::ClassifyBadRecord(uint64_t offset, uint64_t decla
       FindIntactRecord(fd_, path_, file_size_, offset + 1, after_sequence, max_step);
   if (!intact.ok()) return intact.status();
   if (intact->has_value()) {
-    return Corruption(
-        offset,
-        absl::StrCat(reason, ", and an intact record follows at offset ", **intact));
+    return Corruption(offset,
+                      absl::StrCat(reason, ", and an intact record follows at offset ", **intact));
   }
   torn_tail_ = true;
   torn_reason_ = reason;
@@ -319,17 +311,16 @@ absl::StatusOr<bool> RecordFileReader::Next(Record* record) {
   }
   if (length > kMaxRecordPayload) {
     return stop(Corruption(
-        offset,
-        absl::StrCat("length ", length, " is over the limit of ", kMaxRecordPayload)));
+        offset, absl::StrCat("length ", length, " is over the limit of ", kMaxRecordPayload)));
   }
   if (type == 0) {
     return stop(ClassifyBadRecord(offset, declared_end, "type 0 in a non-zero header"));
   }
   if (declared_end > file_size_) {
-    return stop(ClassifyBadRecord(
-        offset, declared_end,
-        absl::StrCat("length ", length, " past end of file (", left - kRecordHeaderSize,
-                     " bytes after the header)")));
+    return stop(
+        ClassifyBadRecord(offset, declared_end,
+                          absl::StrCat("length ", length, " past end of file (",
+                                       left - kRecordHeaderSize, " bytes after the header)")));
   }
   status = Fill(offset, kRecordHeaderSize + length);
   if (!status.ok()) return stop(status);

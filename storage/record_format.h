@@ -64,12 +64,10 @@ uint64_t RecordChecksum(const char* header, absl::string_view payload);
 // Writes the 21-byte header of a record into `header` (the payload is written by the
 // caller right after it, so a large payload need not be copied: see the journal's
 // writev). REQUIRES: type != 0, payload.size() <= kMaxRecordPayload.
-void EncodeRecordHeader(uint8_t type, uint64_t sequence, absl::string_view payload,
-                        char* header);
+void EncodeRecordHeader(uint8_t type, uint64_t sequence, absl::string_view payload, char* header);
 
 // Appends header and payload to `out`. REQUIRES: as EncodeRecordHeader.
-void AppendRecord(uint8_t type, uint64_t sequence, absl::string_view payload,
-                  std::string* out);
+void AppendRecord(uint8_t type, uint64_t sequence, absl::string_view payload, std::string* out);
 
 // InvalidArgument when a record of this type and payload size cannot be encoded.
 absl::Status ValidateRecord(uint8_t type, uint64_t payload_size);
@@ -128,8 +126,7 @@ class RecordFileReader {
   absl::Status Fill(uint64_t offset, uint64_t n);
   // Decides what the bad record at `offset` was (see the file comment). Returns OK for
   // a clean end or an allowed torn tail (setting the members), else DataLoss.
-  absl::Status ClassifyBadRecord(uint64_t offset, uint64_t declared_end,
-                                 const std::string& reason);
+  absl::Status ClassifyBadRecord(uint64_t offset, uint64_t declared_end, const std::string& reason);
   absl::Status Corruption(uint64_t offset, absl::string_view what) const;
 
   const std::string path_;

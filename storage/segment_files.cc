@@ -1,6 +1,5 @@
 #include "storage/segment_files.h"
 
-
 #include <algorithm>
 
 #include "absl/strings/ascii.h"
@@ -27,8 +26,7 @@ std::optional<uint64_t> ParseSegmentFileName(absl::string_view name) {
     return std::nullopt;
   }
   absl::string_view digits = name.substr(0, kDigits);
-  if (!std::all_of(digits.begin(), digits.end(),
-                   [](char c) { return absl::ascii_isdigit(c); })) {
+  if (!std::all_of(digits.begin(), digits.end(), [](char c) { return absl::ascii_isdigit(c); })) {
     return std::nullopt;
   }
   uint64_t lsn = 0;
@@ -48,9 +46,7 @@ absl::StatusOr<std::vector<SegmentFile>> ListSegments(const std::string& dir) {
     if (lsn.has_value()) segments.push_back({*lsn, absl::StrCat(dir, "/", name)});
   }
   std::sort(segments.begin(), segments.end(),
-            [](const SegmentFile& a, const SegmentFile& b) {
-              return a.first_lsn < b.first_lsn;
-            });
+            [](const SegmentFile& a, const SegmentFile& b) { return a.first_lsn < b.first_lsn; });
   return segments;
 }
 

@@ -35,17 +35,17 @@ absl::StatusOr<Digits> LoadDigits(const std::string& path) {
     if (text.empty()) continue;
     std::vector<absl::string_view> fields = absl::StrSplit(text, ',');
     if (fields.size() != kPixels + 1) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "%s:%d: %d fields, expected %d pixels and a label", path, line_number, fields.size(),
-          kPixels + 1));
+      return absl::InvalidArgumentError(
+          absl::StrFormat("%s:%d: %d fields, expected %d pixels and a label", path, line_number,
+                          fields.size(), kPixels + 1));
     }
     for (int j = 0; j <= kPixels; ++j) {
       int v;
       const int max = j < kPixels ? 16 : kClasses - 1;
       if (!absl::SimpleAtoi(fields[j], &v) || v < 0 || v > max) {
-        return absl::InvalidArgumentError(absl::StrFormat(
-            "%s:%d: field %d is '%s', expected an integer in [0, %d]", path, line_number, j + 1,
-            fields[j], max));
+        return absl::InvalidArgumentError(
+            absl::StrFormat("%s:%d: field %d is '%s', expected an integer in [0, %d]", path,
+                            line_number, j + 1, fields[j], max));
       }
       if (j < kPixels) {
         values.push_back(v / 16.0);

@@ -11,12 +11,12 @@ namespace fisherd::demo {
 
 struct GdRun {
   double learning_rate = 0;
-  int steps = 0;                // updates taken
+  int steps = 0;  // updates taken
   double final_loss = 0;
   double final_accuracy = 0;
-  int steps_to_target = -1;     // first step whose loss <= target_loss; -1: not reached
+  int steps_to_target = -1;  // first step whose loss <= target_loss; -1: not reached
   double seconds = 0;
-  bool diverged = false;        // the loss became non-finite
+  bool diverged = false;  // the loss became non-finite
 };
 
 // Called after every step with (step, loss, accuracy); may print progress.
@@ -29,8 +29,8 @@ GdRun RunGradientDescent(const Digits& data, double learning_rate, int max_steps
                          double target_loss, const GdProgress& progress = nullptr);
 
 struct RateTuning {
-  double best_rate = 0;        // lowest loss after the trial steps; diverged runs lose
-  std::vector<GdRun> trials;   // one per grid entry, in grid order
+  double best_rate = 0;       // lowest loss after the trial steps; diverged runs lose
+  std::vector<GdRun> trials;  // one per grid entry, in grid order
 };
 
 // Runs `steps` updates with every rate in `grid` (REQUIRES: non-empty, ascending) and,

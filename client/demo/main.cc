@@ -93,7 +93,8 @@ int Main(int argc, char** argv) {
   absl::StatusOr<Digits> data = LoadDigits(data_path);
   if (!data.ok()) return Failed(data.status());
 
-  absl::StatusOr<std::unique_ptr<client::FisherClient>> fisher = client::FisherClient::Create(options);
+  absl::StatusOr<std::unique_ptr<client::FisherClient>> fisher =
+      client::FisherClient::Create(options);
   if (!fisher.ok()) {
     if (fisher.status().code() == absl::StatusCode::kInvalidArgument) {
       return UsageError(fisher.status().message());
@@ -109,10 +110,11 @@ int Main(int argc, char** argv) {
   }
 
   absl::PrintF("digits: %d images, %d classes, %d parameters; server %s\n",
-              static_cast<int>(data->labels.size()), kClasses, kDim, target.c_str());
-  absl::PrintF("natural gradient: dense session %s, KL budget %g, damping %g, exact Fisher "
-              "(%d weighted rows per image)\n",
-              ng.session_id.c_str(), ng.kl_budget, ng.damping, kClasses);
+               static_cast<int>(data->labels.size()), kClasses, kDim, target.c_str());
+  absl::PrintF(
+      "natural gradient: dense session %s, KL budget %g, damping %g, exact Fisher "
+      "(%d weighted rows per image)\n",
+      ng.session_id.c_str(), ng.kl_budget, ng.damping, kClasses);
   std::fflush(stdout);
 
   // 1. Natural gradient through the server.
@@ -120,7 +122,7 @@ int Main(int argc, char** argv) {
       RunNaturalGradient(fisher->get(), *data, ng, [&](const NgStepRecord& r) {
         if (quiet) return;
         absl::PrintF("[ng] step %3d  loss %.6f  acc %6.2f%%  eta %.3f  kl %.3f  %6.2fs\n", r.step,
-                    r.loss, 100 * r.accuracy, r.eta, r.predicted_kl, r.seconds);
+                     r.loss, 100 * r.accuracy, r.eta, r.predicted_kl, r.seconds);
         std::fflush(stdout);
       });
   if (!ng_run.ok()) return Failed(ng_run.status());
@@ -143,10 +145,9 @@ int Main(int argc, char** argv) {
   const RateTuning tuning = TuneLearningRate(*data, grid, tune_steps);
   if (!quiet) {
     for (const GdRun& trial : tuning.trials) {
-      absl::PrintF("[gd] tuning: rate %-6g loss after %d steps %s\n", trial.learning_rate,
-                   tune_steps,
-                   trial.diverged ? std::string("diverged")
-                                  : absl::StrFormat("%.6f", trial.final_loss));
+      absl::PrintF(
+          "[gd] tuning: rate %-6g loss after %d steps %s\n", trial.learning_rate, tune_steps,
+          trial.diverged ? std::string("diverged") : absl::StrFormat("%.6f", trial.final_loss));
     }
   }
   absl::PrintF("[gd] chosen learning rate %g (lowest loss after %d steps of %d rates tried)\n",
@@ -165,31 +166,33 @@ int Main(int argc, char** argv) {
     return steps >= 0 ? absl::StrFormat("%d", steps) : std::string("not reached");
   };
   absl::PrintF("\nFisher check: server F g vs closed form, max relative error %.2e over %d steps\n",
-              ng_run->max_fvp_relative_error, ng_last.step);
-  absl::PrintF("score stream: %d rows in %d batches (%d resent, %d duplicate acks, %d reconnects)\n",
-              ng_run->rows_streamed, ng_run->streamer.batches_sent,
-              ng_run->streamer.batches_resent, ng_run->streamer.duplicate_acks,
-              ng_run->streamer.reconnects);
+               ng_run->max_fvp_relative_error, ng_last.step);
+  absl::PrintF(
+      "score stream: %d rows in %d batches (%d resent, %d duplicate acks, %d reconnects)\n",
+      ng_run->rows_streamed, ng_run->streamer.batches_sent, ng_run->streamer.batches_resent,
+      ng_run->streamer.duplicate_acks, ng_run->streamer.reconnects);
   if (ng_steps_to_target >= 0) {
-    absl::PrintF("target loss %.6f = natural gradient's loss when it first reached %.0f%% accuracy\n\n",
-                target_loss, 100 * kTargetAccuracy);
+    absl::PrintF(
+        "target loss %.6f = natural gradient's loss when it first reached %.0f%% accuracy\n\n",
+        target_loss, 100 * kTargetAccuracy);
   } else {
     absl::PrintF("natural gradient never reached %.0f%% accuracy\n\n", 100 * kTargetAccuracy);
   }
   absl::PrintF("%-26s %6s %12s %10s %10s %16s\n", "method", "steps", "final loss", "train acc",
-              "wall time", "steps to target");
-  absl::PrintF("%-26s %6d %12.6f %9.2f%% %9.2fs %16s\n", "natural gradient (fisherd)",
-              ng_last.step, ng_last.loss, 100 * ng_last.accuracy, ng_run->seconds,
-              steps_to(ng_steps_to_target).c_str());
+               "wall time", "steps to target");
+  absl::PrintF("%-26s %6d %12.6f %9.2f%% %9.2fs %16s\n", "natural gradient (fisherd)", ng_last.step,
+               ng_last.loss, 100 * ng_last.accuracy, ng_run->seconds,
+               steps_to(ng_steps_to_target).c_str());
   absl::PrintF("%-26s %6d %12.6f %9.2f%% %9.2fs %16s\n",
-              absl::StrFormat("gradient descent (lr %g)", gd.learning_rate).c_str(), gd.steps,
-              gd.final_loss, 100 * gd.final_accuracy, gd.seconds,
-              steps_to(gd.steps_to_target).c_str());
+               absl::StrFormat("gradient descent (lr %g)", gd.learning_rate).c_str(), gd.steps,
+               gd.final_loss, 100 * gd.final_accuracy, gd.seconds,
+               steps_to(gd.steps_to_target).c_str());
   for (const NgStepRecord& r : ng_run->trace) {
     if (r.loss <= gd.final_loss) {
-      absl::PrintF("natural gradient was below gradient descent's final loss (%.6f after %d steps) "
-                   "after %d steps\n",
-                   gd.final_loss, gd.steps, r.step);
+      absl::PrintF(
+          "natural gradient was below gradient descent's final loss (%.6f after %d steps) "
+          "after %d steps\n",
+          gd.final_loss, gd.steps, r.step);
       break;
     }
   }
@@ -199,27 +202,30 @@ int Main(int argc, char** argv) {
   bool pass = true;
   if (ng_steps_to_target < 0) {
     absl::PrintF("FAIL: natural gradient did not reach %.0f%% training accuracy in %d steps\n",
-                100 * kTargetAccuracy, ng_last.step);
+                 100 * kTargetAccuracy, ng_last.step);
     pass = false;
   } else if (gd.steps_to_target < 0) {
-    absl::PrintF("PASS: natural gradient reached %.2f%% accuracy; gradient descent did not reach "
-                "loss %.6f within its budget of %d steps (criterion met)\n",
-                100 * ng_last.accuracy, target_loss, gd_budget);
+    absl::PrintF(
+        "PASS: natural gradient reached %.2f%% accuracy; gradient descent did not reach "
+        "loss %.6f within its budget of %d steps (criterion met)\n",
+        100 * ng_last.accuracy, target_loss, gd_budget);
   } else if (kRequiredSpeedup * ng_steps_to_target <= gd.steps_to_target) {
-    absl::PrintF("PASS: natural gradient needed %d steps, gradient descent %d (%.1fx fewer; "
-                "required >= %dx)\n",
-                ng_steps_to_target, gd.steps_to_target,
-                static_cast<double>(gd.steps_to_target) / std::max(ng_steps_to_target, 1),
-                kRequiredSpeedup);
+    absl::PrintF(
+        "PASS: natural gradient needed %d steps, gradient descent %d (%.1fx fewer; "
+        "required >= %dx)\n",
+        ng_steps_to_target, gd.steps_to_target,
+        static_cast<double>(gd.steps_to_target) / std::max(ng_steps_to_target, 1),
+        kRequiredSpeedup);
   } else {
-    absl::PrintF("FAIL: natural gradient needed %d steps, gradient descent %d (required >= %dx "
-                "fewer)\n",
-                ng_steps_to_target, gd.steps_to_target, kRequiredSpeedup);
+    absl::PrintF(
+        "FAIL: natural gradient needed %d steps, gradient descent %d (required >= %dx "
+        "fewer)\n",
+        ng_steps_to_target, gd.steps_to_target, kRequiredSpeedup);
     pass = false;
   }
   if (ng_run->max_fvp_relative_error > 1e-3) {
     absl::PrintF("FAIL: the server's Fisher differs from the closed form (relative error %.2e)\n",
-                ng_run->max_fvp_relative_error);
+                 ng_run->max_fvp_relative_error);
     pass = false;
   }
   return pass ? 0 : 1;

@@ -45,12 +45,12 @@ struct NgOptions {
 };
 
 struct NgStepRecord {
-  int step = 0;           // updates taken so far
+  int step = 0;  // updates taken so far
   double loss = 0;
   double accuracy = 0;
-  double eta = 0;         // of the step that led here (0 at step 0)
+  double eta = 0;  // of the step that led here (0 at step 0)
   double predicted_kl = 0;
-  double seconds = 0;     // since the run started
+  double seconds = 0;  // since the run started
 };
 
 struct NgRun {

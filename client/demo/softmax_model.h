@@ -16,10 +16,10 @@ namespace fisherd::demo {
 inline constexpr int kDim = kClasses * kFeatures;
 
 struct Evaluation {
-  double loss = 0;               // mean -log p(y_i | x_i)
-  double accuracy = 0;           // fraction of argmax_k p = y_i
-  Eigen::VectorXd gradient;      // d loss / d theta, length kDim
-  Eigen::MatrixXd probabilities; // n x kClasses, p_ik
+  double loss = 0;                // mean -log p(y_i | x_i)
+  double accuracy = 0;            // fraction of argmax_k p = y_i
+  Eigen::VectorXd gradient;       // d loss / d theta, length kDim
+  Eigen::MatrixXd probabilities;  // n x kClasses, p_ik
 };
 
 // REQUIRES: theta.size() == kDim.

@@ -19,13 +19,13 @@ grpc::ServerUnaryReactor* HandleFisherVectorProduct(const ServiceResources& reso
     const int64_t dim = (*session)->options().dim;
     if (request->vector_size() != dim) {
       return absl::InvalidArgumentError(absl::StrCat("vector has ", request->vector_size(),
-                                                     " values, but session \"",
-                                                     request->session(), "\" has dim ", dim));
+                                                     " values, but session \"", request->session(),
+                                                     "\" has dim ", dim));
     }
     for (int i = 0; i < request->vector_size(); ++i) {
       if (!std::isfinite(request->vector(i))) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "vector[", i, "] is ", request->vector(i), "; the vector must be finite"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("vector[", i, "] is ", request->vector(i), "; the vector must be finite"));
       }
     }
 

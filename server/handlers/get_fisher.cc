@@ -67,17 +67,19 @@ class GetFisherReactor final : public grpc::ServerWriteReactor<v1::GetFisherResp
       // Only a low-rank block can get here (its dim is not bounded by --max-dense-dim):
       // one of its rows would not fit a message.
       return absl::ResourceExhaustedError(absl::StrCat(
-          "one row of ", request_->block().empty() ? "the estimate" : "block \"" + request_->block() + "\"",
-          " has ", entries_per_row_, " values, more than one message carries (",
-          block_values, "); ask for the summary only, or use FisherVectorProduct"));
+          "one row of ",
+          request_->block().empty() ? "the estimate" : "block \"" + request_->block() + "\"",
+          " has ", entries_per_row_, " values, more than one message carries (", block_values,
+          "); ask for the summary only, or use FisherVectorProduct"));
     }
     rows_per_block_ = std::max<int64_t>(1, block_values / entries_per_row_);
     if (rows_ > 0) {
-      const uint64_t bytes = static_cast<uint64_t>(rows_) *
-                             static_cast<uint64_t>(entries_per_row_) * sizeof(double);
+      const uint64_t bytes =
+          static_cast<uint64_t>(rows_) * static_cast<uint64_t>(entries_per_row_) * sizeof(double);
       if (absl::Status status = resources_.registry->ReserveWorkingMemory(
               bytes, absl::StrCat("a copy of the estimate of session \"", request_->session(),
-                                  "\" for GetFisher")); !status.ok()) {
+                                  "\" for GetFisher"));
+          !status.ok()) {
         return status;
       }
       reserved_bytes_ = bytes;
@@ -120,28 +122,29 @@ class GetFisherReactor final : public grpc::ServerWriteReactor<v1::GetFisherResp
     const BlockLayout& layout = session_->layout();
     if (!request_->block().empty()) {
       if (layout.empty()) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "block \"", absl::CHexEscape(request_->block().substr(0, 128)),
-            "\" is set but session \"", request_->session(), "\" has no blocks"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("block \"", absl::CHexEscape(request_->block().substr(0, 128)),
+                         "\" is set but session \"", request_->session(), "\" has no blocks"));
       }
       part.block = layout.Find(request_->block());
       if (part.block < 0) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "block \"", absl::CHexEscape(request_->block().substr(0, 128)),
-            "\" is not a block of session \"", request_->session(), "\""));
+        return absl::InvalidArgumentError(
+            absl::StrCat("block \"", absl::CHexEscape(request_->block().substr(0, 128)),
+                         "\" is not a block of session \"", request_->session(), "\""));
       }
     } else if (!layout.empty() && request_->include_matrix()) {
       return absl::InvalidArgumentError(absl::StrCat(
           "include_matrix on a layered session needs a block (and, for a kronecker block, a "
-          "factor); session \"", request_->session(), "\" has ", layout.size(), " blocks"));
+          "factor); session \"",
+          request_->session(), "\" has ", layout.size(), " blocks"));
     }
     if (absl::Status status = session_->CheckPart(part); !status.ok()) return status;
     if (part.block >= 0 && request_->include_matrix() && part.factor == Factor::kNone &&
         layout.block(part.block).kind == BlockKind::kKronecker) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "block \"", layout.block(part.block).name,
-          "\" is a kronecker block, whose G (x) A is never formed: set factor to "
-          "FACTOR_ACTIVATIONS or FACTOR_OUTPUT_GRADIENTS to stream that factor"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("block \"", layout.block(part.block).name,
+                       "\" is a kronecker block, whose G (x) A is never formed: set factor to "
+                       "FACTOR_ACTIVATIONS or FACTOR_OUTPUT_GRADIENTS to stream that factor"));
     }
     return part;
   }

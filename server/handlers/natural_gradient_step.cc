@@ -20,9 +20,9 @@ grpc::ServerUnaryReactor* HandleNaturalGradientStep(const ServiceResources& reso
 
     const int64_t dim = (*session)->options().dim;
     if (request->gradient_size() != dim) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "gradient has ", request->gradient_size(), " values, but session \"",
-          request->session(), "\" has dim ", dim));
+      return absl::InvalidArgumentError(absl::StrCat("gradient has ", request->gradient_size(),
+                                                     " values, but session \"", request->session(),
+                                                     "\" has dim ", dim));
     }
     for (int i = 0; i < request->gradient_size(); ++i) {
       if (!std::isfinite(request->gradient(i))) {

@@ -49,8 +49,7 @@ class StreamStepReactor final : public grpc::ServerBidiReactor<Request, Response
       Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the client stopped reading"));
       return;
     }
-    resources_.pool->Post(
-        [this] { RunStage(context_, this, &StreamStepReactor::WriteNextChunk); });
+    resources_.pool->Post([this] { RunStage(context_, this, &StreamStepReactor::WriteNextChunk); });
   }
 
   void OnDone() override { delete this; }
@@ -97,35 +96,35 @@ class StreamStepReactor final : public grpc::ServerBidiReactor<Request, Response
     if (session_ == nullptr) {
       if (absl::Status status = AcceptHeader(); !status.ok()) return status;
     } else if (request_.has_header()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "header is set again in a later message (at offset ", request_.offset(),
-          "); only the first message carries it"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("header is set again in a later message (at offset ", request_.offset(),
+                       "); only the first message carries it"));
     }
     const bool has_doubles = request_.gradient_size() > 0;
     const bool has_floats = !request_.gradient_f32().empty();
     if (has_doubles && has_floats) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "the chunk at offset ", request_.offset(),
-          " sets both gradient and gradient_f32; set one"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("the chunk at offset ", request_.offset(),
+                       " sets both gradient and gradient_f32; set one"));
     }
     if (request_.gradient_f32().size() % sizeof(float) != 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "gradient_f32 of the chunk at offset ", request_.offset(), " has ",
-          request_.gradient_f32().size(), " bytes, not a multiple of 4"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("gradient_f32 of the chunk at offset ", request_.offset(), " has ",
+                       request_.gradient_f32().size(), " bytes, not a multiple of 4"));
     }
     const int64_t count = has_doubles ? request_.gradient_size()
                                       : static_cast<int64_t>(request_.gradient_f32().size() / 4);
     const int64_t dim = gradient_.size();
     if (count > 0) {
       if (request_.offset() != static_cast<uint64_t>(filled_)) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "chunk offset is ", request_.offset(), " but the chunks so far end at ", filled_,
-            "; send the chunks in order, without gaps or overlaps"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("chunk offset is ", request_.offset(), " but the chunks so far end at ",
+                         filled_, "; send the chunks in order, without gaps or overlaps"));
       }
       if (count > dim - filled_) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "the chunk at offset ", filled_, " has ", count, " values, past the session's dim ",
-            dim));
+        return absl::InvalidArgumentError(absl::StrCat("the chunk at offset ", filled_, " has ",
+                                                       count, " values, past the session's dim ",
+                                                       dim));
       }
       double* out = gradient_.data() + filled_;
       if (has_doubles) {
@@ -141,8 +140,8 @@ class StreamStepReactor final : public grpc::ServerBidiReactor<Request, Response
       }
       for (int64_t i = 0; i < count; ++i) {
         if (!std::isfinite(out[i])) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              "gradient[", filled_ + i, "] is ", out[i], "; the gradient must be finite"));
+          return absl::InvalidArgumentError(absl::StrCat("gradient[", filled_ + i, "] is ", out[i],
+                                                         "; the gradient must be finite"));
         }
       }
       filled_ += count;
@@ -158,9 +157,9 @@ class StreamStepReactor final : public grpc::ServerBidiReactor<Request, Response
           "the stream closed before its first message; send header and the gradient's chunks");
     }
     if (filled_ != gradient_.size()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "the chunks cover [0, ", filled_, ") of the gradient, but session \"",
-          request_header_session(), "\" has dim ", gradient_.size()));
+      return absl::InvalidArgumentError(
+          absl::StrCat("the chunks cover [0, ", filled_, ") of the gradient, but session \"",
+                       request_header_session(), "\" has dim ", gradient_.size()));
     }
     absl::StatusOr<StepResult> result = session_->Step(
         gradient_, options_, StepLogger(resources_, request_header_session(), *session_));
@@ -178,8 +177,8 @@ class StreamStepReactor final : public grpc::ServerBidiReactor<Request, Response
     scalars.solver = result_.solver;
     StepResultToProto(scalars, header);
     // Both vectors of a chunk within about max_block_bytes.
-    chunk_values_ = std::max<int64_t>(
-        1, resources_.max_block_bytes / static_cast<int64_t>(2 * sizeof(double)));
+    chunk_values_ =
+        std::max<int64_t>(1, resources_.max_block_bytes / static_cast<int64_t>(2 * sizeof(double)));
     StartWrite(&response_);
     return StageOutcome::kStarted;
   }
@@ -199,8 +198,7 @@ class StreamStepReactor final : public grpc::ServerBidiReactor<Request, Response
     response_.set_offset(static_cast<uint64_t>(next_));
     response_.mutable_natural_gradient()->Assign(result_.natural_gradient.data() + next_,
                                                  result_.natural_gradient.data() + end);
-    response_.mutable_update()->Assign(result_.update.data() + next_,
-                                       result_.update.data() + end);
+    response_.mutable_update()->Assign(result_.update.data() + next_, result_.update.data() + end);
     next_ = end;
     StartWrite(&response_);
     return StageOutcome::kStarted;

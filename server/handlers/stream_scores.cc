@@ -30,8 +30,7 @@ namespace {
 // read ahead of it. Bounds the memory a stream holds to two messages.
 constexpr int kMaxUnacked = 2;
 
-class StreamScoresReactor final
-    : public grpc::ServerBidiReactor<v1::ScoreBatch, v1::ScoreAck> {
+class StreamScoresReactor final : public grpc::ServerBidiReactor<v1::ScoreBatch, v1::ScoreAck> {
  public:
   StreamScoresReactor(const ServiceResources& resources, grpc::CallbackServerContext* context)
       : resources_(resources), context_(context) {
@@ -216,10 +215,10 @@ class StreamScoresReactor final
   };
   // Acks in batch order; the front one is being written (deque keeps it in place).
   std::deque<PendingAck> to_write_ ABSL_GUARDED_BY(mu_);
-  uint64_t front_id_ ABSL_GUARDED_BY(mu_) = 0;  // id of to_write_.front(); ids count acks
-  uint64_t stream_lsn_ ABSL_GUARDED_BY(mu_) = 0;  // highest LSN an ack of this stream waits for
+  uint64_t front_id_ ABSL_GUARDED_BY(mu_) = 0;     // id of to_write_.front(); ids count acks
+  uint64_t stream_lsn_ ABSL_GUARDED_BY(mu_) = 0;   // highest LSN an ack of this stream waits for
   int awaiting_durable_ ABSL_GUARDED_BY(mu_) = 0;  // WhenDurable callbacks not yet run
-  int unacked_ ABSL_GUARDED_BY(mu_) = 0;  // read, not yet acknowledged or dropped
+  int unacked_ ABSL_GUARDED_BY(mu_) = 0;           // read, not yet acknowledged or dropped
   bool reading_ ABSL_GUARDED_BY(mu_) = false;
   bool applying_ ABSL_GUARDED_BY(mu_) = false;
   bool writing_ ABSL_GUARDED_BY(mu_) = false;

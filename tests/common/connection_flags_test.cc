@@ -30,8 +30,7 @@ absl::Status ParseAndRead(const std::vector<std::string>& args, ClientOptions* o
 }
 
 std::string TempFile(const std::string& name, const std::string& contents) {
-  const std::string path =
-      ::testing::TempDir() + "/" + name + "." + std::to_string(getpid());
+  const std::string path = ::testing::TempDir() + "/" + name + "." + std::to_string(getpid());
   std::ofstream(path, std::ios::binary) << contents;
   return path;
 }
@@ -48,10 +47,10 @@ TEST(ConnectionFlagsTest, DefaultsAreThoseOfClientOptions) {
 
 TEST(ConnectionFlagsTest, EveryFlagRoundTrips) {
   ClientOptions options;
-  const absl::Status status = ParseAndRead(
-      {"--target", "h:1", "--tls-ca=ca.pem", "--tls-cert", "c.pem", "--tls-key=k.pem",
-       "--tls-server-name", "name", "--token=secret"},
-      &options);
+  const absl::Status status =
+      ParseAndRead({"--target", "h:1", "--tls-ca=ca.pem", "--tls-cert", "c.pem", "--tls-key=k.pem",
+                    "--tls-server-name", "name", "--token=secret"},
+                   &options);
   ASSERT_TRUE(status.ok()) << status;
   EXPECT_EQ(options.target, "h:1");
   EXPECT_TRUE(options.tls.enabled);
@@ -88,11 +87,14 @@ TEST(ConnectionFlagsTest, ErrorsNameTheFlag) {
            {{"--tls=maybe"}, absl::StatusCode::kInvalidArgument, "--tls=maybe: not true or false"},
            {{"--token="}, absl::StatusCode::kInvalidArgument, "--token is empty"},
            {{"--token-file="}, absl::StatusCode::kInvalidArgument, "--token-file is empty"},
-           {{"--token=a", "--token-file=f"}, absl::StatusCode::kInvalidArgument,
+           {{"--token=a", "--token-file=f"},
+            absl::StatusCode::kInvalidArgument,
             "give --token or --token-file, not both"},
-           {{"--tls-cert=c.pem"}, absl::StatusCode::kInvalidArgument,
+           {{"--tls-cert=c.pem"},
+            absl::StatusCode::kInvalidArgument,
             "--tls-cert and --tls-key go together"},
-           {{"--token-file=/nonexistent/token"}, absl::StatusCode::kNotFound,
+           {{"--token-file=/nonexistent/token"},
+            absl::StatusCode::kNotFound,
             "--token-file: cannot read /nonexistent/token"},
            {{"--token-file=" + empty_file}, absl::StatusCode::kInvalidArgument, "is empty"},
        }) {

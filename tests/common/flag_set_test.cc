@@ -66,9 +66,14 @@ TEST(FlagSetTest, BothFormsOfAValue) {
 }
 
 TEST(FlagSetTest, BooleanForms) {
-  for (const auto& [arg, expected] : std::vector<std::pair<std::string, bool>>{
-           {"--on", true}, {"--on=true", true}, {"--on=1", true}, {"--on=yes", true},
-           {"--on=false", false}, {"--on=0", false}, {"--on=no", false}}) {
+  for (const auto& [arg, expected] :
+       std::vector<std::pair<std::string, bool>>{{"--on", true},
+                                                 {"--on=true", true},
+                                                 {"--on=1", true},
+                                                 {"--on=yes", true},
+                                                 {"--on=false", false},
+                                                 {"--on=0", false},
+                                                 {"--on=no", false}}) {
     Values v;
     v.on = !expected;
     ASSERT_TRUE(Parse({arg}, &v).ok()) << arg;
@@ -161,9 +166,9 @@ TEST(FlagSetTest, HelpIsGeneratedAndWinsOverErrors) {
     ASSERT_TRUE(set.Parse(args, &help).ok()) << args[0];
     EXPECT_TRUE(help) << args[0];
     const std::string text = set.Help();
-    for (const char* entry : {"prog", "Does things.", "--text=default", "--count=5",
-                              "--ratio=0.25", "--on ", "--item=TEXT", "(repeatable)",
-                              "an integer in [1, 100]", "--help", "More words."}) {
+    for (const char* entry :
+         {"prog", "Does things.", "--text=default", "--count=5", "--ratio=0.25", "--on ",
+          "--item=TEXT", "(repeatable)", "an integer in [1, 100]", "--help", "More words."}) {
       EXPECT_THAT(text, HasSubstr(entry));
     }
   }

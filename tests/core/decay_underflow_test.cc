@@ -75,7 +75,7 @@ struct Kind {
   std::function<std::unique_ptr<ScoreStatistics>()> make;
   Representation representation;
   int64_t dim;
-  int64_t window;  // rows held at most (a low-rank window), 0 for all
+  int64_t window;                      // rows held at most (a low-rank window), 0 for all
   std::vector<int64_t> first_batches;  // rows of the batches streamed first
   std::vector<int64_t> new_batches;    // rows of the batches after the decays
 };
@@ -93,18 +93,22 @@ std::vector<Kind> Kinds() {
       };
     };
     // dim 64 holds up to 4 rows in its low-rank start: 2 rows, then 2 more, stay there.
-    kinds.push_back({"dense low-rank start" + suffix, dense(64), Representation::kDense, 64, 0,
-                     {2}, {2}});
+    kinds.push_back(
+        {"dense low-rank start" + suffix, dense(64), Representation::kDense, 64, 0, {2}, {2}});
     // The same start, decayed, then materialized by the batch that overflows it: the
     // held rows go into M at the decayed scale, the fold follows.
-    kinds.push_back({"dense start materialized after the decays" + suffix, dense(64),
-                     Representation::kDense, 64, 0, {3}, {5, 4}});
+    kinds.push_back({"dense start materialized after the decays" + suffix,
+                     dense(64),
+                     Representation::kDense,
+                     64,
+                     0,
+                     {3},
+                     {5, 4}});
     // dim 32 holds 2 rows: 1, then 20 materialize M before the decays.
-    kinds.push_back({"dense materialized" + suffix, dense(32), Representation::kDense, 32, 0,
-                     {1, 20}, {40}});
+    kinds.push_back(
+        {"dense materialized" + suffix, dense(32), Representation::kDense, 32, 0, {1, 20}, {40}});
     // dim 12 holds none: materialized from the start.
-    kinds.push_back({"dense small" + suffix, dense(12), Representation::kDense, 12, 0, {30},
-                     {20}});
+    kinds.push_back({"dense small" + suffix, dense(12), Representation::kDense, 12, 0, {30}, {20}});
     kinds.push_back({"diagonal" + suffix,
                      [centered]() -> std::unique_ptr<ScoreStatistics> {
                        SessionOptions options;
@@ -113,7 +117,11 @@ std::vector<Kind> Kinds() {
                        options.representation = Representation::kDiagonal;
                        return std::make_unique<DiagonalStatistics>(options);
                      },
-                     Representation::kDiagonal, 10, 0, {30}, {20}});
+                     Representation::kDiagonal,
+                     10,
+                     0,
+                     {30},
+                     {20}});
     // A window of 8 over dim 20: 6 rows, then 5 new ones after the decays (it wraps),
     // which leave 3 old rows in the window (zeros after the fold).
     kinds.push_back({"low-rank window" + suffix,
@@ -127,7 +135,11 @@ std::vector<Kind> Kinds() {
                        session.centered = centered;
                        return std::make_unique<LowRankStatistics>(block, session);
                      },
-                     Representation::kDense, 20, 8, {3, 3}, {5}});
+                     Representation::kDense,
+                     20,
+                     8,
+                     {3, 3},
+                     {5}});
   }
   return kinds;
 }
@@ -138,8 +150,7 @@ std::vector<double> Stream(ScoreStatistics& statistics, const Kind& kind,
   std::vector<double> held;
   for (int64_t rows : batches) {
     const std::vector<float> weights = RandomWeights(rows, rng);
-    statistics.Add(testing::Prepare(RandomRows(rows, kind.dim, rng), kind.representation,
-                                    weights));
+    statistics.Add(testing::Prepare(RandomRows(rows, kind.dim, rng), kind.representation, weights));
     held.insert(held.end(), weights.begin(), weights.end());
   }
   if (kind.window > 0 && static_cast<int64_t>(held.size()) > kind.window) {
@@ -290,8 +301,8 @@ TEST(DecayUnderflowTest, ReportedWeightIsTheDecayedWeight) {
   };
   for (const Schedule schedule : {Schedule{0.5, 100}, Schedule{0.99, 1000}}) {
     for (const Kind& kind : Kinds()) {
-      SCOPED_TRACE(::testing::Message() << kind.name << ", " << schedule.decays
-                                        << " decays at " << schedule.rho);
+      SCOPED_TRACE(::testing::Message()
+                   << kind.name << ", " << schedule.decays << " decays at " << schedule.rho);
       std::mt19937_64 rng(1013);
       std::unique_ptr<ScoreStatistics> statistics = kind.make();
       const std::vector<double> held = Stream(*statistics, kind, kind.first_batches, rng);
@@ -449,8 +460,8 @@ TEST(DecayUnderflowTest, FrozenBlocksOfALayeredSessionStepForever) {
       view.dim = b.dim;
       view.scores = scores.data();
       view.weights = weights.data();
-      session.AddScores("", 0, PrepareBlockBatch(view, b, index, Factor::kNone,
-                                                 DenseKernel::kFloat64));
+      session.AddScores("", 0,
+                        PrepareBlockBatch(view, b, index, Factor::kNone, DenseKernel::kFloat64));
     };
     const int64_t rows_per_block[] = {3, 20, 3, 8, 5};
     for (int64_t i = 0; i < 5; ++i) stream(i, rows_per_block[i]);

@@ -13,15 +13,14 @@
 namespace fisherd {
 namespace {
 
-using ::testing::HasSubstr;
 using testing::DenseEstimate;
+using ::testing::HasSubstr;
 using testing::Prepare;
 using testing::ReferenceFisher;
 using testing::RelativeError;
 using testing::RowMatrixF;
 
-SessionOptions Dense(int64_t dim, bool centered = false, double decay = 1.0,
-                     double damping = 0.0) {
+SessionOptions Dense(int64_t dim, bool centered = false, double decay = 1.0, double damping = 0.0) {
   SessionOptions options;
   options.dim = dim;
   options.centered = centered;
@@ -184,8 +183,8 @@ TEST(DenseStatisticsTest, GaussianScoresConvergeToTheClosedForm) {
   RowMatrixF rows(n, 2);
   for (int i = 0; i < n; ++i) {
     const double z = normal(rng);
-    rows(i, 0) = static_cast<float>(z / sigma);                // d/dmu log p
-    rows(i, 1) = static_cast<float>((z * z - 1.0) / sigma);    // d/dsigma log p
+    rows(i, 0) = static_cast<float>(z / sigma);              // d/dmu log p
+    rows(i, 1) = static_cast<float>((z * z - 1.0) / sigma);  // d/dsigma log p
   }
   Session session(Dense(2));
   Stream(session, rows);
@@ -485,8 +484,7 @@ TEST(DenseStatisticsTest, Float32KernelMillionSamplesStayWithinOnePpmOfFloat64) 
   for (int b = 0; b < batches; ++b) {
     for (float& x : rows.reshaped()) x = uniform(rng);
     fast.AddScores("", 0, PrepareBatch(view, Representation::kDense, DenseKernel::kFloat32));
-    reference.AddScores("", 0,
-                        PrepareBatch(view, Representation::kDense, DenseKernel::kFloat64));
+    reference.AddScores("", 0, PrepareBatch(view, Representation::kDense, DenseKernel::kFloat64));
   }
   const double error = RelativeError(DenseEstimate(fast), DenseEstimate(reference));
   EXPECT_LT(error, 1e-6);

@@ -158,8 +158,7 @@ TEST_P(KroneckerOracleTest, MatchesExplicitKroneckerProduct) {
   const Eigen::VectorXd v = Eigen::VectorXd::Random(n);
   EXPECT_LT(VectorError(statistics.Multiply(v), k * v), 1e-12);
   // The V convention itself: F vec(V) = vec(G V A) in V's row-major order.
-  EXPECT_LT(VectorError(statistics.Multiply(v), FromV(block, g * ToV(block, v, na) * a)),
-            1e-12);
+  EXPECT_LT(VectorError(statistics.Multiply(v), FromV(block, g * ToV(block, v, na) * a)), 1e-12);
 
   // Solves: the eigendecompositions' backward error (~ n eps) times the condition number
   // of K + lambda I (below ~1e3 here, with 20 and 17 rows for factors of 6 and 4)
@@ -226,7 +225,7 @@ TEST_P(KroneckerOracleTest, FactoredDampingMatchesFormula) {
     const double pi = std::sqrt((a.trace() / na) / (g.trace() / 4.0));
     const Eigen::MatrixXd g_damped = g + std::sqrt(lambda) / pi * Eigen::MatrixXd::Identity(4, 4);
     const Eigen::MatrixXd a_damped = a + pi * std::sqrt(lambda) * Eigen::MatrixXd::Identity(na, na);
-    const Eigen::MatrixXd left = g_damped.llt().solve(v);                           // G_d^-1 V
+    const Eigen::MatrixXd left = g_damped.llt().solve(v);                            // G_d^-1 V
     const Eigen::MatrixXd n_v = a_damped.llt().solve(left.transpose()).transpose();  // .. A_d^-1
     const absl::StatusOr<SolveResult> result = statistics.Solve(grad, lambda);
     ASSERT_TRUE(result.ok()) << result.status();
@@ -292,7 +291,8 @@ TEST(KroneckerStatisticsTest, EqualsTrueFisherOfCartesianProductData) {
         const int row = i * q + j;
         weights[row] = a_rows.weights[i] * g_rows.weights[j];
         for (int o = 0; o < 3; ++o) {
-          for (int c = 0; c < 4; ++c) scores(row, o * 4 + c) = g_rows.rows(j, o) * a_rows.rows(i, c);
+          for (int c = 0; c < 4; ++c)
+            scores(row, o * 4 + c) = g_rows.rows(j, o) * a_rows.rows(i, c);
           if (bias) scores(row, 12 + o) = g_rows.rows(j, o);  // d loss / d b_o = g_o
         }
       }
@@ -304,7 +304,8 @@ TEST(KroneckerStatisticsTest, EqualsTrueFisherOfCartesianProductData) {
 
     // Both are float64 sums of exact products: only summation round-off (~1e-15) differs.
     const double entries_error = RelativeError(Entries(statistics), Entries(dense));
-    RecordProperty(bias ? "true_fisher_error_bias" : "true_fisher_error", absl::StrCat(entries_error));
+    RecordProperty(bias ? "true_fisher_error_bias" : "true_fisher_error",
+                   absl::StrCat(entries_error));
     EXPECT_LT(entries_error, 1e-12);
     // And a solve: the same F, damped to a condition number of ~1e2, so ~1e-13.
     const Eigen::VectorXd grad = Eigen::VectorXd::Random(n);
@@ -449,7 +450,8 @@ TEST(KroneckerStatisticsTest, CheckReadyNamesMissingFactor) {
   status = no_gradients.CheckReady("a step");
   EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(status.message(), HasSubstr("output_gradients has no weighted rows yet (0 rows"));
-  EXPECT_EQ(no_gradients.weight_sum(), no_gradients.FactorStatistics(Factor::kActivations)->weight_sum());
+  EXPECT_EQ(no_gradients.weight_sum(),
+            no_gradients.FactorStatistics(Factor::kActivations)->weight_sum());
 }
 
 TEST(KroneckerStatisticsTest, SingularFactorsFailWithoutDamping) {

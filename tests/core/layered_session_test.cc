@@ -17,11 +17,11 @@
 namespace fisherd {
 namespace {
 
-using ::testing::HasSubstr;
 using ::fisherd::testing::Block;
 using ::fisherd::testing::Kronecker;
 using ::fisherd::testing::RandomRows;
 using ::fisherd::testing::RandomWeights;
+using ::testing::HasSubstr;
 using testing::ReferenceFisher;
 using testing::RowMatrixF;
 
@@ -43,8 +43,8 @@ SessionOptions MixedLayout(double damping, double decay = 1.0) {
   return options;
 }
 
-PreparedBatch ForBlock(const Session& session, int64_t index, Factor factor,
-                       const RowMatrixF& rows, const std::vector<float>& weights) {
+PreparedBatch ForBlock(const Session& session, int64_t index, Factor factor, const RowMatrixF& rows,
+                       const std::vector<float>& weights) {
   ScoreBatchView view;
   view.rows = rows.rows();
   view.dim = rows.cols();
@@ -140,8 +140,7 @@ TEST_F(LayeredSessionTest, StepEqualsTheBlockDiagonalDenseSolve) {
   const Eigen::MatrixXd f = BlockDiagonalFisher();
   const Eigen::VectorXd g = Eigen::VectorXd::Random(33);
   const double lambda = 0.1;
-  const Eigen::VectorXd expected =
-      (f + lambda * Eigen::MatrixXd::Identity(33, 33)).llt().solve(g);
+  const Eigen::VectorXd expected = (f + lambda * Eigen::MatrixXd::Identity(33, 33)).llt().solve(g);
 
   StepOptions options;
   options.learning_rate = 0.5;
@@ -200,7 +199,8 @@ TEST_F(LayeredSessionTest, ProductSummaryAndEntriesAreThoseOfTheBlockDiagonalF) 
   ASSERT_TRUE(summary.ok()) << summary.status();
   EXPECT_NEAR(summary->trace, f.trace(), kTolerance * f.trace());
   EXPECT_NEAR(summary->frobenius_norm, f.norm(), kTolerance * f.norm());
-  const Eigen::VectorXd eigenvalues = Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd>(f).eigenvalues();
+  const Eigen::VectorXd eigenvalues =
+      Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd>(f).eigenvalues();
   // The low-rank block (3 rows, dim 7) makes F singular: its smallest eigenvalue is 0 up
   // to round-off of the largest.
   EXPECT_NEAR(summary->min_eigenvalue, eigenvalues.minCoeff(), 1e-12 * eigenvalues.maxCoeff());
@@ -232,9 +232,9 @@ TEST_F(LayeredSessionTest, DecayNeverChangesTheStep) {
   absl::StatusOr<StepResult> later = session.Step(g, StepOptions());
   ASSERT_TRUE(later.ok()) << later.status();
   // 600 halvings fold every block's stored scale (below 1e-150) at least once.
-  EXPECT_LT((later->natural_gradient - first->natural_gradient).norm() /
-                first->natural_gradient.norm(),
-            kTolerance);
+  EXPECT_LT(
+      (later->natural_gradient - first->natural_gradient).norm() / first->natural_gradient.norm(),
+      kTolerance);
   EXPECT_LT(session.Stats().weight_sum, 1e-150);
 }
 

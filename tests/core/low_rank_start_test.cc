@@ -17,8 +17,8 @@
 namespace fisherd {
 namespace {
 
-using ::testing::HasSubstr;
 using testing::DenseEstimate;
+using ::testing::HasSubstr;
 using testing::Prepare;
 using testing::ReferenceFisher;
 using testing::RelativeError;
@@ -171,8 +171,8 @@ TEST(LowRankStartTest, PassingTheBoundFoldsTheRowsIntoM) {
     Stream(grown, second, w2);
     Stream(direct, Stack(first, second), Concat(w1, w2));
 
-    const Eigen::MatrixXd reference = ReferenceFisher(Stack(first, second), Concat(w1, w2),
-                                                      centered);
+    const Eigen::MatrixXd reference =
+        ReferenceFisher(Stack(first, second), Concat(w1, w2), centered);
     EXPECT_LT(RelativeError(DenseEstimate(grown), reference), 1e-14);
     absl::StatusOr<StepResult> a = grown.Step(g, options), b = direct.Step(g, options);
     ASSERT_TRUE(a.ok() && b.ok());

@@ -114,24 +114,21 @@ double RelativeError(const Eigen::VectorXd& actual, const Eigen::VectorXd& expec
 
 // (F + damping I)^-1 g by Cholesky, after checking the damping keeps the solve within
 // kTolerance (see above).
-Eigen::VectorXd ReferenceSolve(const Eigen::MatrixXd& f, const Eigen::VectorXd& g,
-                               double damping) {
+Eigen::VectorXd ReferenceSolve(const Eigen::MatrixXd& f, const Eigen::VectorXd& g, double damping) {
   const Eigen::MatrixXd damped = f + damping * Eigen::MatrixXd::Identity(f.rows(), f.cols());
-  const Eigen::VectorXd eigenvalues = Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd>(
-                                          damped, Eigen::EigenvaluesOnly).eigenvalues();
+  const Eigen::VectorXd eigenvalues =
+      Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd>(damped, Eigen::EigenvaluesOnly).eigenvalues();
   EXPECT_LT(eigenvalues.maxCoeff() / eigenvalues.minCoeff(), kMaxCondition);
   return damped.llt().solve(g);
 }
 
 // Every answer of `statistics` against `reference`: F (all of it, and three middle rows),
 // W, F v, trace, Frobenius norm, extreme eigenvalues and the step.
-void ExpectMatches(ScoreStatistics& statistics, const ReferenceWindow& reference,
-                   double damping) {
+void ExpectMatches(ScoreStatistics& statistics, const ReferenceWindow& reference, double damping) {
   const int64_t dim = statistics.dim();
   const Eigen::MatrixXd f = reference.Fisher();
   ASSERT_TRUE(statistics.CheckReady("a test").ok());
-  EXPECT_NEAR(statistics.weight_sum(), reference.WeightSum(),
-              kTolerance * reference.WeightSum());
+  EXPECT_NEAR(statistics.weight_sum(), reference.WeightSum(), kTolerance * reference.WeightSum());
   EXPECT_LT((CopyAll(statistics) - f).norm(), kTolerance * f.norm());
 
   const int64_t begin = dim / 3;

@@ -37,11 +37,11 @@
 namespace fisherd {
 namespace {
 
-using ::testing::HasSubstr;
 using ::fisherd::testing::Block;
 using ::fisherd::testing::Kronecker;
 using ::fisherd::testing::RandomRows;
 using ::fisherd::testing::RandomWeights;
+using ::testing::HasSubstr;
 using testing::RowMatrixF;
 
 // --- an in-memory snapshot ---
@@ -134,8 +134,10 @@ class MemoryStateVisitor final : public StateVisitor {
     if (entry == nullptr) return;
     const int64_t n = values->rows();
     if (values->cols() != n) {
-      Fail(absl::InternalError(absl::StrCat(entry->name, ": UpperTriangle REQUIRES a square "
-                                            "matrix, got ", n, " x ", values->cols())));
+      Fail(absl::InternalError(absl::StrCat(entry->name,
+                                            ": UpperTriangle REQUIRES a square "
+                                            "matrix, got ",
+                                            n, " x ", values->cols())));
       return;
     }
     if (loading_ && entry->rows != n) {
@@ -207,9 +209,8 @@ class MemoryStateVisitor final : public StateVisitor {
     }
     Entry& entry = entries_[position_];
     if (entry.name != full || entry.kind != kind) {
-      Fail(absl::DataLossError(absl::StrCat("expected ", full, " of kind ",
-                                            static_cast<int>(kind), ", the snapshot has ",
-                                            entry.name, " of kind ",
+      Fail(absl::DataLossError(absl::StrCat("expected ", full, " of kind ", static_cast<int>(kind),
+                                            ", the snapshot has ", entry.name, " of kind ",
                                             static_cast<int>(entry.kind))));
       return nullptr;
     }
@@ -379,8 +380,8 @@ void ExpectSameRefreshes(const std::vector<FactorRefresh>& actual,
 // Solves with both and compares everything the solve returns, and the refreshes it
 // made. compare_cached: also whether the factorization was reused (only where no cache
 // outside the state, a Cholesky factor, is involved).
-void ExpectSameSolve(ScoreStatistics& actual, ScoreStatistics& expected,
-                     const Eigen::VectorXd& g, double damping, bool compare_cached) {
+void ExpectSameSolve(ScoreStatistics& actual, ScoreStatistics& expected, const Eigen::VectorXd& g,
+                     double damping, bool compare_cached) {
   SCOPED_TRACE(absl::StrCat("solve with damping ", damping));
   const absl::StatusOr<SolveResult> e = expected.Solve(g, damping);
   const absl::StatusOr<SolveResult> a = actual.Solve(g, damping);
@@ -539,9 +540,9 @@ TEST(StateRoundTripTest, DenseLayoutIsTheSnapshotFormat) {
 
   dense->Add(SessionBatch(1, 32, Representation::kDense, rng));  // past the start
   Snapshot matrix = Save(*dense);
-  EXPECT_EQ(names(matrix), (std::vector<std::string>{"sample_count", "weight_sum", "log_scale",
-                                                     "mean_sum", "holding_rows",
-                                                     "raw_second_moment"}));
+  EXPECT_EQ(names(matrix),
+            (std::vector<std::string>{"sample_count", "weight_sum", "log_scale", "mean_sum",
+                                      "holding_rows", "raw_second_moment"}));
   EXPECT_EQ(Find(matrix, "holding_rows")->integer, 0);
   EXPECT_EQ(Find(matrix, "weight_sum")->values[0], dense->weight_sum());
 }
@@ -561,7 +562,7 @@ TEST(StateRoundTripTest, DenseMaterializedAndDecayed) {
     std::unique_ptr<ScoreStatistics> original = make();
     original->Add(SessionBatch(30, dim, Representation::kDense, rng, DenseKernel::kFloat32));
     original->Add(SessionBatch(20, dim, Representation::kDense, rng, DenseKernel::kFloat64));
-    ASSERT_TRUE(original->Solve(g, 0.01).ok());  // the original has a cached factor
+    ASSERT_TRUE(original->Solve(g, 0.01).ok());          // the original has a cached factor
     for (int k = 0; k < 600; ++k) original->Decay(0.5);  // 0.5^600 ~ 1e-181: folds next
 
     std::unique_ptr<ScoreStatistics> restored = RoundTrip(*original, make);
@@ -673,7 +674,7 @@ TEST(StateRoundTripTest, KroneckerKeepsRefreshClock) {
 
     original->StepTaken();
     original->Add(BlockBatch(block, 0, Factor::kActivations, 5, rng));  // A materializes
-    ASSERT_TRUE(original->Solve(g, 0.1).ok());  // stale A, age 1
+    ASSERT_TRUE(original->Solve(g, 0.1).ok());                          // stale A, age 1
     original->StepTaken();
     original->Decay(0.9);
 
@@ -848,8 +849,8 @@ TEST(StateReplayTest, LayeredReplayIncludingFailedSolve) {
     }
     // At step 4 a first attempt without damping fails in the dense block, after the
     // Kronecker block (index 0) refreshed; the step is retried with damping.
-    for (const double damping : step == 4 ? std::vector<double>{0.0, 0.1}
-                                          : std::vector<double>{0.1}) {
+    for (const double damping :
+         step == 4 ? std::vector<double>{0.0, 0.1} : std::vector<double>{0.1}) {
       const absl::StatusOr<SolveResult> result = solved->Solve(g, damping);
       const std::vector<FactorRefresh> events = Take(*solved);
       for (const FactorRefresh& event : events) {
@@ -945,9 +946,9 @@ TEST(StateMismatchTest, CorruptWindowPositionFails) {
     const char* name;
     int64_t value;
   };
-  for (const Corruption corruption : {Corruption{"next_row", 5}, Corruption{"next_row", -1},
-                                      Corruption{"next_row", 1}, Corruption{"row_count", 6},
-                                      Corruption{"row_count", -2}}) {
+  for (const Corruption corruption :
+       {Corruption{"next_row", 5}, Corruption{"next_row", -1}, Corruption{"next_row", 1},
+        Corruption{"row_count", 6}, Corruption{"row_count", -2}}) {
     SCOPED_TRACE(absl::StrCat(corruption.name, " = ", corruption.value));
     Snapshot corrupt = snapshot;
     Find(corrupt, corruption.name)->integer = corruption.value;

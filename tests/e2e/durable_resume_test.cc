@@ -39,11 +39,11 @@
 namespace fisherd::testing {
 namespace {
 
-using ::testing::HasSubstr;
 using client::ClientOptions;
 using client::FisherClient;
 using client::ScoreStreamer;
 using client::ScoreStreamerOptions;
+using ::testing::HasSubstr;
 using RowMatrixF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 using RowMatrixD = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
@@ -255,10 +255,10 @@ absl::Status AppendRows(ScoreStreamer& streamer, const Workload& w, int begin, i
   const int dim = static_cast<int>(w.scores.cols());
   for (int row = begin; row < end; row += rows_per_append) {
     const int count = std::min(rows_per_append, end - row);
-    absl::Status status = streamer.Append(
-        absl::MakeConstSpan(w.scores.data() + static_cast<size_t>(row) * dim,
-                            static_cast<size_t>(count) * dim),
-        absl::MakeConstSpan(w.weights.data() + row, count));
+    absl::Status status =
+        streamer.Append(absl::MakeConstSpan(w.scores.data() + static_cast<size_t>(row) * dim,
+                                            static_cast<size_t>(count) * dim),
+                        absl::MakeConstSpan(w.weights.data() + row, count));
     if (!status.ok()) return status;
   }
   return absl::OkStatus();
@@ -388,8 +388,7 @@ TEST_F(DurableResumeTest, StreamerResumesAcrossSigkillAndRestart) {
     recovered1 = sequence;
   }
 
-  ASSERT_TRUE(AppendRows(streamer, workload, kill1, kill2, per_append).ok())
-      << streamer.failure();
+  ASSERT_TRUE(AppendRows(streamer, workload, kill1, kill2, per_append).ok()) << streamer.failure();
   const uint64_t reconnects_before_second_kill = streamer.stats().reconnects;
   EXPECT_GE(reconnects_before_second_kill, 1u);
   // Every batch the server lacked after the kill must have gone out again. (Not
@@ -419,9 +418,9 @@ TEST_F(DurableResumeTest, StreamerResumesAcrossSigkillAndRestart) {
   EXPECT_EQ(streamer.stats().last_ack.sample_count(), static_cast<uint64_t>(kRows));
   ASSERT_TRUE(streamer.Close().ok());
   const client::ScoreStreamerStats& stats = streamer.stats();
-  std::cout << "kill 2: sent " << sent2 << ", acknowledged " << acked2 << "; streamer: "
-            << stats.batches_sent << " batches sent, " << stats.batches_resent << " resent, "
-            << stats.duplicate_acks << " duplicate acks, " << stats.reconnects
+  std::cout << "kill 2: sent " << sent2 << ", acknowledged " << acked2
+            << "; streamer: " << stats.batches_sent << " batches sent, " << stats.batches_resent
+            << " resent, " << stats.duplicate_acks << " duplicate acks, " << stats.reconnects
             << " reconnect attempts, " << stats.streams_opened << " streams\n";
 
   Reference reference;
@@ -459,7 +458,7 @@ TEST_F(DurableResumeTest, NewStreamerAfterRestartContinuesTheRecoveredSequence) 
     ASSERT_TRUE(AppendRows(**streamer, first, 0, first.scores.rows(), 5 * kRowsPerBatch).ok());
     ASSERT_TRUE((*streamer)->Close().ok()) << (*streamer)->failure();
   }
-  KillAndRestart();  // the sequence the new worker sees is the recovered one
+  KillAndRestart();                       // the sequence the new worker sees is the recovered one
   control = Connect(server_->address());  // see Connect
   ASSERT_NE(control, nullptr);
 

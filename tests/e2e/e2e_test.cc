@@ -23,12 +23,12 @@
 namespace fisherd::testing {
 namespace {
 
-using ::testing::HasSubstr;
 using client::ClientOptions;
 using client::FisherClient;
 using client::HealthCheckResponse;
 using client::ScoreStreamer;
 using client::ScoreStreamerOptions;
+using ::testing::HasSubstr;
 using RowMatrixF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
 std::unique_ptr<FisherClient> Connect(const std::string& target, int max_message_bytes = 64 << 20) {
@@ -70,9 +70,8 @@ Eigen::MatrixXd Fetch(FisherClient& client, const std::string& session, int dim)
       estimate->values.data(), dim, dim);
 }
 
-absl::Status StreamRows(FisherClient* client, const std::string& session,
-                        const std::string& worker, const RowMatrixF& rows, int rows_per_batch,
-                        int rows_per_append) {
+absl::Status StreamRows(FisherClient* client, const std::string& session, const std::string& worker,
+                        const RowMatrixF& rows, int rows_per_batch, int rows_per_append) {
   ScoreStreamerOptions options;
   options.session = session;
   options.worker_id = worker;
@@ -161,7 +160,8 @@ TEST_F(EndToEndTest, BrokenConnectionsAreResentAndCountedOnce) {
   ASSERT_TRUE(streamer.ok()) << streamer.status();
   int cuts = 0;
   for (int begin = 0; begin < total; begin += 200) {
-    ASSERT_TRUE((*streamer)->Append(absl::MakeConstSpan(rows.data() + begin * dim, 200 * dim)).ok());
+    ASSERT_TRUE(
+        (*streamer)->Append(absl::MakeConstSpan(rows.data() + begin * dim, 200 * dim)).ok());
     if (begin % 1000 == 0) {
       proxy.Cut();
       ++cuts;
@@ -247,9 +247,9 @@ TEST_F(EndToEndTest, FisherctlManagesSessions) {
   EXPECT_EQ(health.exit_code, 0) << health.output;
   EXPECT_EQ(health.output, "SERVING\n");
 
-  CommandResult created = RunCommand(
-      {FisherctlPath(), target, "create", "ctl", "--dim=5", "--representation=diagonal",
-       "--decay=0.9", "--damping=0.01"});
+  CommandResult created =
+      RunCommand({FisherctlPath(), target, "create", "ctl", "--dim=5", "--representation=diagonal",
+                  "--decay=0.9", "--damping=0.01"});
   EXPECT_EQ(created.exit_code, 0) << created.output;
   EXPECT_THAT(created.output, HasSubstr("sessions/ctl"));
   absl::StatusOr<v1::Session> session = client_->GetSession("ctl");
@@ -342,11 +342,12 @@ TEST(HealthCheckTest, OnlyServingPasses) {
     client::ServingStatus reported;
     std::string printed;
   };
-  for (const Case& c : std::vector<Case>{{1, HealthCheckResponse::SERVING, "SERVING"},
-                                         {2, HealthCheckResponse::NOT_SERVING, "NOT_SERVING"},
-                                         {3, HealthCheckResponse::SERVICE_UNKNOWN, "SERVICE_UNKNOWN"},
-                                         {0, HealthCheckResponse::UNKNOWN, "UNKNOWN"},
-                                         {7, HealthCheckResponse::UNKNOWN, "UNKNOWN"}}) {
+  for (const Case& c :
+       std::vector<Case>{{1, HealthCheckResponse::SERVING, "SERVING"},
+                         {2, HealthCheckResponse::NOT_SERVING, "NOT_SERVING"},
+                         {3, HealthCheckResponse::SERVICE_UNKNOWN, "SERVICE_UNKNOWN"},
+                         {0, HealthCheckResponse::UNKNOWN, "UNKNOWN"},
+                         {7, HealthCheckResponse::UNKNOWN, "UNKNOWN"}}) {
     SCOPED_TRACE(c.sent);
     health.status = c.sent;
     for (const std::string service : {"", "svc"}) {

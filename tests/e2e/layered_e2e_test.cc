@@ -31,13 +31,13 @@
 namespace fisherd::testing {
 namespace {
 
-using ::testing::HasSubstr;
 using client::ClientOptions;
 using client::FisherClient;
 using client::ScoreStreamer;
 using client::ScoreStreamerOptions;
 using client::ScoreTarget;
 using client::StepParams;
+using ::testing::HasSubstr;
 using RowMatrixF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
 constexpr int kDefaultMessageLimit = 4 << 20;  // gRPC's default, both directions
@@ -136,7 +136,8 @@ Eigen::MatrixXd ExactKroneckerSolve(const Eigen::MatrixXd& a, const Eigen::Matri
   Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> ea(a), eg(g);
   Eigen::MatrixXd t = eg.eigenvectors().transpose() * v * ea.eigenvectors();
   for (int i = 0; i < t.rows(); ++i) {
-    for (int j = 0; j < t.cols(); ++j) t(i, j) /= eg.eigenvalues()(i) * ea.eigenvalues()(j) + lambda;
+    for (int j = 0; j < t.cols(); ++j)
+      t(i, j) /= eg.eigenvalues()(i) * ea.eigenvalues()(j) + lambda;
   }
   return eg.eigenvectors() * t * ea.eigenvectors().transpose();
 }
@@ -149,8 +150,8 @@ Eigen::MatrixXd FactoredKroneckerSolve(const Eigen::MatrixXd& a, const Eigen::Ma
   const double root = std::sqrt(lambda);
   const Eigen::MatrixXd ga = g + (root / pi) * Eigen::MatrixXd::Identity(g.rows(), g.rows());
   const Eigen::MatrixXd aa = a + (pi * root) * Eigen::MatrixXd::Identity(a.rows(), a.rows());
-  const Eigen::MatrixXd left = ga.llt().solve(v);                            // G_d^-1 V
-  return aa.llt().solve(left.transpose()).transpose();                       // ... A_d^-1
+  const Eigen::MatrixXd left = ga.llt().solve(v);       // G_d^-1 V
+  return aa.llt().solve(left.transpose()).transpose();  // ... A_d^-1
 }
 
 double RelativeError(const Eigen::VectorXd& got, const Eigen::VectorXd& want) {
@@ -299,8 +300,7 @@ TEST_F(LayeredEndToEndTest, NetworkLayoutStepMatchesEigendecompositionOracle) {
   const double lambda = 1e-2;
   const std::vector<v1::BlockConfig> blocks = {
       Kronecker("fc1", 784, 1000, true), Kronecker("fc2", 1000, 1000, true),
-      Kronecker("fc3", 1000, 10, true), Kronecker("conv1", 27, 16, true),
-      Diagonal("bn1", 64)};
+      Kronecker("fc3", 1000, 10, true), Kronecker("conv1", 27, 16, true), Diagonal("bn1", 64)};
   absl::StatusOr<v1::Session> created = client_->CreateSession("mlp", Layered(blocks, lambda));
   ASSERT_TRUE(created.ok()) << created.status();
   int64_t dim = 0;
@@ -458,10 +458,11 @@ TEST_F(LayeredEndToEndTest, NetworkLayoutStepMatchesEigendecompositionOracle) {
             1e-15 * Natural(*step).norm());
   EXPECT_NEAR(step->natural_norm_sq(), g_dot_n, 1e-8 * std::abs(g_dot_n));
   EXPECT_NEAR(step->predicted_kl(), 0.5 * n_f_n, 1e-8 * 0.5 * n_f_n);
-  std::printf("[ timing ] %d-parameter layered session: streamed in %.2f s, step %.2f s "
-              "(server %.2f s), oracle %.2f s; worst block relative error %.2g\n",
-              static_cast<int>(dim), stream_seconds, step_seconds, step->solver().seconds(),
-              absl::ToDoubleSeconds(absl::Now() - oracle_start), worst);
+  std::printf(
+      "[ timing ] %d-parameter layered session: streamed in %.2f s, step %.2f s "
+      "(server %.2f s), oracle %.2f s; worst block relative error %.2g\n",
+      static_cast<int>(dim), stream_seconds, step_seconds, step->solver().seconds(),
+      absl::ToDoubleSeconds(absl::Now() - oracle_start), worst);
 }
 
 // Factored Tikhonov damping against its closed form, and the unary and streamed forms of
@@ -523,9 +524,10 @@ TEST_F(LayeredEndToEndTest, FactoredDampingAndEveryStepFormAgree) {
 // A single streamer serving several targets cuts a batch at every change of target, so
 // the batches the server applies hold one target each and one sequence space is used.
 TEST_F(LayeredEndToEndTest, OneStreamerCutsABatchWhenTheTargetChanges) {
-  ASSERT_TRUE(client_->CreateSession(
-                  "cuts", Layered({Kronecker("fc", 6, 4, false), Diagonal("bn", 3)}, 0.1))
-                  .ok());
+  ASSERT_TRUE(
+      client_
+          ->CreateSession("cuts", Layered({Kronecker("fc", 6, 4, false), Diagonal("bn", 3)}, 0.1))
+          .ok());
   ScoreStreamerOptions options;
   options.session = "cuts";
   options.worker_id = "w";
@@ -564,9 +566,9 @@ TEST_F(LayeredEndToEndTest, OneStreamerCutsABatchWhenTheTargetChanges) {
 // Unknown blocks and factors: the client names them before sending; the server, sent
 // them anyway, answers INVALID_ARGUMENT naming them too.
 TEST_F(LayeredEndToEndTest, UnknownBlocksAndFactorsAreInvalidArguments) {
-  ASSERT_TRUE(client_->CreateSession(
-                  "bad", Layered({Kronecker("fc", 6, 4, true), Diagonal("bn", 3)}, 0.1))
-                  .ok());
+  ASSERT_TRUE(
+      client_->CreateSession("bad", Layered({Kronecker("fc", 6, 4, true), Diagonal("bn", 3)}, 0.1))
+          .ok());
   ScoreStreamerOptions options;
   options.session = "bad";
   options.worker_id = "w";
@@ -712,8 +714,8 @@ TEST_F(LayeredEndToEndTest, ThirtyMillionParametersStepThroughTheStream) {
       };
       const std::string layer = absl::StrCat("layer", w);
       append({layer, v1::FACTOR_ACTIVATIONS}, factor_rows([&](int j) { return scale(w, j); }), {});
-      append({layer, v1::FACTOR_OUTPUT_GRADIENTS},
-             factor_rows([&](int i) { return gscale(w, i); }), {});
+      append({layer, v1::FACTOR_OUTPUT_GRADIENTS}, factor_rows([&](int i) { return gscale(w, i); }),
+             {});
       for (int d = w; d < kDiagonalBlocks; d += workers) {
         append({absl::StrCat("norm", d), v1::FACTOR_UNSPECIFIED}, diagonal_rows[d],
                diagonal_weights);
@@ -757,7 +759,8 @@ TEST_F(LayeredEndToEndTest, ThirtyMillionParametersStepThroughTheStream) {
         for (int i = 0; i < kWidth; ++i) {
           const double gi = std::pow(static_cast<double>(gscale(b, i)), 2) / kWidth;
           for (int j = 0; j < cols; ++j) {
-            const double aj = j < kWidth ? std::pow(static_cast<double>(scale(b, j)), 2) / kWidth : 1.0;
+            const double aj =
+                j < kWidth ? std::pow(static_cast<double>(scale(b, j)), 2) / kWidth : 1.0;
             const int64_t at = j < kWidth ? static_cast<int64_t>(i) * kWidth + j
                                           : static_cast<int64_t>(kWidth) * kWidth + i;
             expected(at) = g[offset + at] / (gi * aj + lambda);
@@ -796,10 +799,11 @@ TEST_F(LayeredEndToEndTest, ThirtyMillionParametersStepThroughTheStream) {
   const double f32_seconds = absl::ToDoubleSeconds(absl::Now() - f32_start);
   ASSERT_TRUE(f32.ok()) << f32.status();
   check(*f32);
-  std::printf("[ timing ] %lld parameters: %.2f s to stream the rows, step %.2f s (server "
-              "solve %.2f s), float32 upload %.2f s; worst block relative error %.2g\n",
-              static_cast<long long>(dim), stream_seconds, step_seconds, server_seconds,
-              f32_seconds, worst);
+  std::printf(
+      "[ timing ] %lld parameters: %.2f s to stream the rows, step %.2f s (server "
+      "solve %.2f s), float32 upload %.2f s; worst block relative error %.2g\n",
+      static_cast<long long>(dim), stream_seconds, step_seconds, server_seconds, f32_seconds,
+      worst);
   ASSERT_TRUE(client_->DeleteSession("huge").ok());
 }
 
@@ -840,9 +844,8 @@ TEST_F(LayeredEndToEndTest, FisherctlCreatesAndDescribesLayeredSessions) {
   EXPECT_THAT(described.output, HasSubstr("emb"));
   EXPECT_THAT(described.output, HasSubstr("5000/16"));
 
-  CommandResult factor =
-      RunCommand({FisherctlPath(), target, "fisher", "ctl-layers", "--block=conv1",
-                  "--factor=activations", "--matrix"});
+  CommandResult factor = RunCommand({FisherctlPath(), target, "fisher", "ctl-layers",
+                                     "--block=conv1", "--factor=activations", "--matrix"});
   ASSERT_EQ(factor.exit_code, 0) << factor.output;
   EXPECT_THAT(factor.output, HasSubstr("factor:         ACTIVATIONS"));
   EXPECT_THAT(factor.output, HasSubstr("dim:            28"));
@@ -857,15 +860,15 @@ TEST_F(LayeredEndToEndTest, FisherctlCreatesAndDescribesLayeredSessions) {
   const std::string layout = ::testing::TempDir() + "/layout.txt";
   std::ofstream(layout) << "# a small network\nfc1:kronecker:784x1000+bias\n\n"
                            "bn1:diagonal:64   # after fc1\n";
-  CommandResult from_file = RunCommand(
-      {FisherctlPath(), target, "create", "ctl-file", "--layout=" + layout});
+  CommandResult from_file =
+      RunCommand({FisherctlPath(), target, "create", "ctl-file", "--layout=" + layout});
   ASSERT_EQ(from_file.exit_code, 0) << from_file.output;
   absl::StatusOr<v1::Session> from_layout = client_->GetSession("ctl-file");
   ASSERT_TRUE(from_layout.ok()) << from_layout.status();
   EXPECT_EQ(from_layout->config().dim(), 785064u);
   std::ofstream(layout) << "fc1:kronecker:784x1000+bias\nfc2:kronecker:1000\n";
-  CommandResult bad_file = RunCommand(
-      {FisherctlPath(), target, "create", "ctl-bad", "--layout=" + layout});
+  CommandResult bad_file =
+      RunCommand({FisherctlPath(), target, "create", "ctl-bad", "--layout=" + layout});
   EXPECT_EQ(bad_file.exit_code, 2);
   EXPECT_THAT(bad_file.output, HasSubstr("line 2"));
   CommandResult bad_kind =
@@ -873,8 +876,8 @@ TEST_F(LayeredEndToEndTest, FisherctlCreatesAndDescribesLayeredSessions) {
   EXPECT_EQ(bad_kind.exit_code, 2);
   EXPECT_THAT(bad_kind.output, HasSubstr("sparse"));
   // Server-side checks come back verbatim: a duplicate block name.
-  CommandResult duplicate = RunCommand({FisherctlPath(), target, "create", "ctl-dup",
-                                        "--block=a:diagonal:3", "--block=a:dense:2"});
+  CommandResult duplicate = RunCommand(
+      {FisherctlPath(), target, "create", "ctl-dup", "--block=a:diagonal:3", "--block=a:dense:2"});
   EXPECT_EQ(duplicate.exit_code, 1) << duplicate.output;
   EXPECT_THAT(duplicate.output, HasSubstr("INVALID_ARGUMENT"));
 }
@@ -920,7 +923,9 @@ class FakeStepService final : public v1::FisherService::Service {
       if (f == Fault::kShort && end == dim) break;
       v1::StreamNaturalGradientStepResponse chunk;
       chunk.set_block("only");
-      chunk.set_offset(f == Fault::kGap && at > 0 ? at + 1 : f == Fault::kOverlap && at > 0 ? at - 1 : at);
+      chunk.set_offset(f == Fault::kGap && at > 0       ? at + 1
+                       : f == Fault::kOverlap && at > 0 ? at - 1
+                                                        : at);
       if (f == Fault::kTooLong && end == dim) ++end;
       for (uint64_t i = at; i < end; ++i) {
         const double v = i < dim ? received[i] : 0.0;
@@ -961,7 +966,7 @@ TEST(StreamStepProtocolTest, ChunksGoUpInOrderAndBadAnswersAreDataLoss) {
   ok = client->StreamStep("s", g, params);
   ASSERT_TRUE(ok.ok()) << ok.status();
   EXPECT_THAT(service.offsets, ::testing::ElementsAre(0u));  // 10 floats: one chunk
-  EXPECT_EQ(service.received, g);  // exact: every value is a float
+  EXPECT_EQ(service.received, g);                            // exact: every value is a float
 
   // An empty gradient still sends the header (the server judges the length).
   ok = client->StreamStep("s", {}, {});

@@ -31,7 +31,7 @@ class TcpProxy {
   const int target_port_;
   std::atomic<bool> stopping_{false};
   std::mutex mu_;
-  std::vector<int> open_fds_;  // guarded by mu_
+  std::vector<int> open_fds_;         // guarded by mu_
   std::vector<std::thread> threads_;  // guarded by mu_
   std::thread acceptor_;
 };

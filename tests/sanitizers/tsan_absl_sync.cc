@@ -50,8 +50,8 @@ F Get(F* cache, const char* rest) {
   return f;
 }
 
-#define FISHERD_REAL(type, rest)   \
-  static type cache_ = nullptr;    \
+#define FISHERD_REAL(type, rest) \
+  static type cache_ = nullptr;  \
   type real_ = Get(&cache_, rest)
 
 // absl evaluates a Condition while it holds the mutex, in the waiting thread or in the

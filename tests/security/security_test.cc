@@ -26,9 +26,9 @@
 namespace fisherd::testing {
 namespace {
 
-using ::testing::HasSubstr;
 using client::ClientOptions;
 using client::FisherClient;
+using ::testing::HasSubstr;
 
 constexpr char kToken[] = "s3cr3t-token-for-tests";
 
@@ -47,9 +47,7 @@ int FreePort() {
 
 std::string Join(const std::string& dir, const std::string& name) { return dir + "/" + name; }
 
-void WriteFile(const std::string& path, const std::string& text) {
-  std::ofstream(path) << text;
-}
+void WriteFile(const std::string& path, const std::string& text) { std::ofstream(path) << text; }
 
 // Runs openssl; fails the current test with its output when it does not succeed.
 void OpenSsl(const std::vector<std::string>& args) {
@@ -76,14 +74,15 @@ class SecurityTest : public ::testing::Test {
     }
     // Leaf certificates: name, signing CA, extensions.
     const std::vector<std::vector<std::string>> leaves = {
-        {"server", "ca", "server.ext"}, {"client", "ca", "client.ext"},
+        {"server", "ca", "server.ext"},
+        {"client", "ca", "client.ext"},
         {"rogue-client", "rogue-ca", "client.ext"}};
     for (const auto& leaf : leaves) {
       OpenSsl({"req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=" + leaf[0], "-keyout",
                Join(d, leaf[0] + ".key"), "-out", Join(d, leaf[0] + ".csr")});
       OpenSsl({"x509", "-req", "-in", Join(d, leaf[0] + ".csr"), "-CA", Join(d, leaf[1] + ".pem"),
-               "-CAkey", Join(d, leaf[1] + ".key"), "-CAcreateserial", "-days", "2",
-               "-extfile", Join(d, leaf[2]), "-out", Join(d, leaf[0] + ".pem")});
+               "-CAkey", Join(d, leaf[1] + ".key"), "-CAcreateserial", "-days", "2", "-extfile",
+               Join(d, leaf[2]), "-out", Join(d, leaf[0] + ".pem")});
     }
   }
 
@@ -181,13 +180,13 @@ TEST_F(SecurityTest, MutualTlsNeedsAClientCertificateFromTheClientCa) {
 
   // fisherctl with the same material.
   const std::string tls_flags_ca = "--tls-ca=" + Path("ca.pem");
-  CommandResult ok = RunCommand({FisherctlPath(), "--target=" + server.address(), tls_flags_ca,
-                                 "--tls-cert=" + Path("client.pem"),
-                                 "--tls-key=" + Path("client.key"), "list"});
+  CommandResult ok =
+      RunCommand({FisherctlPath(), "--target=" + server.address(), tls_flags_ca,
+                  "--tls-cert=" + Path("client.pem"), "--tls-key=" + Path("client.key"), "list"});
   EXPECT_EQ(ok.exit_code, 0) << ok.output;
   EXPECT_THAT(ok.output, HasSubstr("sessions/mtls"));
-  CommandResult refused = RunCommand({FisherctlPath(), "--target=" + server.address(),
-                                      tls_flags_ca, "--timeout-seconds=3", "list"});
+  CommandResult refused = RunCommand({FisherctlPath(), "--target=" + server.address(), tls_flags_ca,
+                                      "--timeout-seconds=3", "list"});
   EXPECT_EQ(refused.exit_code, 1) << refused.output;
   EXPECT_EQ(server.Terminate(), 0);
 }
@@ -226,8 +225,7 @@ TEST_F(SecurityTest, TokenOverPlaintext) {
   EXPECT_EQ(*health, client::HealthCheckResponse::SERVING);
 
   // The streaming RPCs are gated like the unary ones.
-  absl::StatusOr<client::FisherEstimate> fisher =
-      (*probe)->GetFisher("with-token", false, false);
+  absl::StatusOr<client::FisherEstimate> fisher = (*probe)->GetFisher("with-token", false, false);
   EXPECT_EQ(fisher.status().code(), absl::StatusCode::kUnauthenticated) << fisher.status();
   client::ScoreStreamerOptions stream;
   stream.session = "with-token";
@@ -309,8 +307,8 @@ TEST_F(SecurityTest, HealthListenerServesOnlyHealthInPlaintext) {
 
 TEST_F(SecurityTest, BadSecurityFlagsStopTheServerWithAMessage) {
   const std::vector<std::vector<std::string>> cases = {
-      {"--tls-cert=" + Path("server.pem")},                 // no key
-      {"--tls-client-ca=" + Path("ca.pem")},                // no server certificate
+      {"--tls-cert=" + Path("server.pem")},   // no key
+      {"--tls-client-ca=" + Path("ca.pem")},  // no server certificate
       {"--tls-cert=" + Path("missing.pem"), "--tls-key=" + Path("server.key")},
       {"--tls-cert=" + Path("token"), "--tls-key=" + Path("server.key")},  // not PEM
       {"--auth-token-file=" + Path("missing-token")}};

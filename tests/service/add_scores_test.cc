@@ -80,63 +80,81 @@ TEST_F(ServiceTest, EveryBadBatchIsRefusedWholeAndNamesItsField) {
   const std::vector<Case> cases = {
       {"scores_f32 one float short",
        [](v1::ScoreBatch* b) { b->mutable_scores_f32()->resize(b->scores_f32().size() - 4); },
-       grpc::StatusCode::INVALID_ARGUMENT, {"scores_f32", "20 bytes", "expected rows*dim*4 = 24"}},
+       grpc::StatusCode::INVALID_ARGUMENT,
+       {"scores_f32", "20 bytes", "expected rows*dim*4 = 24"}},
       {"scores_f32 with an odd byte count",
        [](v1::ScoreBatch* b) { b->mutable_scores_f32()->push_back('\0'); },
-       grpc::StatusCode::INVALID_ARGUMENT, {"scores_f32", "25 bytes"}},
+       grpc::StatusCode::INVALID_ARGUMENT,
+       {"scores_f32", "25 bytes"}},
       {"dim mismatch: rows of dim 4 sent to a dim-3 session",
        [](v1::ScoreBatch* b) {
          const RowMatrixF wide = Rows(2, kDim + 1, 1.0f);
          b->set_scores_f32(ToLittleEndianBytes(wide.data(), wide.size()));
        },
-       grpc::StatusCode::INVALID_ARGUMENT, {"scores_f32", "session dim 3"}},
+       grpc::StatusCode::INVALID_ARGUMENT,
+       {"scores_f32", "session dim 3"}},
       {"repeated scores of the wrong count",
        [](v1::ScoreBatch* b) {
          b->clear_scores_f32();
          for (int k = 0; k < 5; ++k) b->add_scores(1.0f);
        },
-       grpc::StatusCode::INVALID_ARGUMENT, {"scores has 5 values", "rows*dim = 6"}},
+       grpc::StatusCode::INVALID_ARGUMENT,
+       {"scores has 5 values", "rows*dim = 6"}},
       {"NaN score",
        [nan](v1::ScoreBatch* b) {
          RowMatrixF r = Rows(2, kDim, 1.0f);
          r(1, 2) = nan;
          b->set_scores_f32(ToLittleEndianBytes(r.data(), r.size()));
        },
-       grpc::StatusCode::INVALID_ARGUMENT, {"scores", "NaN", "row 1", "column 2"}},
+       grpc::StatusCode::INVALID_ARGUMENT,
+       {"scores", "NaN", "row 1", "column 2"}},
       {"infinite score (repeated field)",
        [inf](v1::ScoreBatch* b) {
          b->clear_scores_f32();
          for (int k = 0; k < 6; ++k) b->add_scores(k == 4 ? -inf : 1.0f);
        },
-       grpc::StatusCode::INVALID_ARGUMENT, {"scores", "infinite"}},
+       grpc::StatusCode::INVALID_ARGUMENT,
+       {"scores", "infinite"}},
       {"negative weight",
        [](v1::ScoreBatch* b) {
          b->add_weights(1.0f);
          b->add_weights(-0.5f);
        },
-       grpc::StatusCode::INVALID_ARGUMENT, {"weights[1]"}},
+       grpc::StatusCode::INVALID_ARGUMENT,
+       {"weights[1]"}},
       {"NaN weight",
        [nan](v1::ScoreBatch* b) {
          b->add_weights(nan);
          b->add_weights(1.0f);
        },
-       grpc::StatusCode::INVALID_ARGUMENT, {"weights[0]"}},
+       grpc::StatusCode::INVALID_ARGUMENT,
+       {"weights[0]"}},
       {"weights count neither 0 nor rows",
        [](v1::ScoreBatch* b) { b->add_weights(1.0f); },
-       grpc::StatusCode::INVALID_ARGUMENT, {"weights has 1 values"}},
-      {"zero rows", [](v1::ScoreBatch* b) { b->set_rows(0); },
-       grpc::StatusCode::INVALID_ARGUMENT, {"rows"}},
+       grpc::StatusCode::INVALID_ARGUMENT,
+       {"weights has 1 values"}},
+      {"zero rows",
+       [](v1::ScoreBatch* b) { b->set_rows(0); },
+       grpc::StatusCode::INVALID_ARGUMENT,
+       {"rows"}},
       {"both score fields",
        [](v1::ScoreBatch* b) {
          for (int k = 0; k < 6; ++k) b->add_scores(1.0f);
        },
-       grpc::StatusCode::INVALID_ARGUMENT, {"scores_f32", "scores", "both"}},
-      {"neither score field", [](v1::ScoreBatch* b) { b->clear_scores_f32(); },
-       grpc::StatusCode::INVALID_ARGUMENT, {"scores_f32", "scores", "neither"}},
-      {"unknown session", [](v1::ScoreBatch* b) { b->set_session("sessions/nope"); },
-       grpc::StatusCode::NOT_FOUND, {"sessions/nope"}},
-      {"malformed session name", [](v1::ScoreBatch* b) { b->set_session("nope"); },
-       grpc::StatusCode::INVALID_ARGUMENT, {"session", "nope"}},
+       grpc::StatusCode::INVALID_ARGUMENT,
+       {"scores_f32", "scores", "both"}},
+      {"neither score field",
+       [](v1::ScoreBatch* b) { b->clear_scores_f32(); },
+       grpc::StatusCode::INVALID_ARGUMENT,
+       {"scores_f32", "scores", "neither"}},
+      {"unknown session",
+       [](v1::ScoreBatch* b) { b->set_session("sessions/nope"); },
+       grpc::StatusCode::NOT_FOUND,
+       {"sessions/nope"}},
+      {"malformed session name",
+       [](v1::ScoreBatch* b) { b->set_session("nope"); },
+       grpc::StatusCode::INVALID_ARGUMENT,
+       {"session", "nope"}},
   };
 
   uint64_t sequence = 100;

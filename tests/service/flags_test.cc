@@ -37,12 +37,14 @@ TEST(FlagsTest, DefaultsAndValues) {
 // Every flag, in both forms (`--name=VALUE` and `--name VALUE`), reaches ServerOptions.
 TEST(FlagsTest, EveryFlagRoundTrips) {
   const std::vector<std::pair<std::string, std::string>> given = {
-      {"listen", "0.0.0.0:7"}, {"max-sessions", "3"}, {"max-dense-dim", "100"},
-      {"memory-budget-mb", "5"}, {"max-message-mb", "8"}, {"math-threads", "3"},
-      {"drain-seconds", "0.5"}, {"tls-cert", "c.pem"}, {"tls-key", "k.pem"},
-      {"tls-client-ca", "ca.pem"}, {"auth-token-file", "t"},
-      {"health-listen", "127.0.0.1:9"}, {"data-dir", "d"},
-      {"snapshot-interval-seconds", "7.5"}, {"snapshot-log-mb", "2"}};
+      {"listen", "0.0.0.0:7"},  {"max-sessions", "3"},
+      {"max-dense-dim", "100"}, {"memory-budget-mb", "5"},
+      {"max-message-mb", "8"},  {"math-threads", "3"},
+      {"drain-seconds", "0.5"}, {"tls-cert", "c.pem"},
+      {"tls-key", "k.pem"},     {"tls-client-ca", "ca.pem"},
+      {"auth-token-file", "t"}, {"health-listen", "127.0.0.1:9"},
+      {"data-dir", "d"},        {"snapshot-interval-seconds", "7.5"},
+      {"snapshot-log-mb", "2"}};
   for (const bool joined : {true, false}) {
     std::vector<std::string> args;
     for (const auto& [name, value] : given) {
@@ -104,9 +106,9 @@ TEST(FlagsTest, DefaultsAreThoseOfServerOptions) {
 TEST(FlagsTest, LastValueWinsAndEmptyValues) {
   ServerFlags flags;
   bool help = false;
-  ASSERT_TRUE(Parse({"--listen=127.0.0.1:0", "--listen=0.0.0.0:5", "--health-listen="}, &flags,
-                    &help)
-                  .ok());
+  ASSERT_TRUE(
+      Parse({"--listen=127.0.0.1:0", "--listen=0.0.0.0:5", "--health-listen="}, &flags, &help)
+          .ok());
   EXPECT_EQ(flags.listen, "0.0.0.0:5");
   EXPECT_EQ(flags.health_listen, "");
 }
@@ -121,10 +123,9 @@ TEST(FlagsTest, HelpListsEveryFlagWithItsDefault) {
   const std::string text = set.Help();
   for (const char* entry :
        {"--listen=127.0.0.1:50051", "--max-sessions=64", "--max-dense-dim=16384",
-        "--memory-budget-mb=16384", "--max-message-mb=64", "--math-threads=",
-        "--drain-seconds=10", "--tls-cert=", "--tls-key=", "--tls-client-ca=",
-        "--auth-token-file=", "--health-listen=", "--data-dir=",
-        "--snapshot-interval-seconds=300", "--snapshot-log-mb=1024", "--help"}) {
+        "--memory-budget-mb=16384", "--max-message-mb=64", "--math-threads=", "--drain-seconds=10",
+        "--tls-cert=", "--tls-key=", "--tls-client-ca=", "--auth-token-file=", "--health-listen=",
+        "--data-dir=", "--snapshot-interval-seconds=300", "--snapshot-log-mb=1024", "--help"}) {
     EXPECT_THAT(text, HasSubstr(entry));
   }
 }

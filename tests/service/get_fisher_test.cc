@@ -74,8 +74,8 @@ TEST_F(ServiceTest, GetFisherSummaryOnlyWithEigenvalues) {
   ASSERT_TRUE(AddScores(MakeBatch(name, "w", 1, rows)).ok());
 
   std::vector<v1::GetFisherResponse> messages;
-  ASSERT_TRUE(GetFisher(name, /*include_matrix=*/false, /*include_eigenvalues=*/true, &messages)
-                  .ok());
+  ASSERT_TRUE(
+      GetFisher(name, /*include_matrix=*/false, /*include_eigenvalues=*/true, &messages).ok());
   ASSERT_EQ(messages.size(), 1u);
   const v1::FisherSummary& summary = messages[0].summary();
   EXPECT_EQ(summary.trace(), 14.0);

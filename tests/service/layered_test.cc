@@ -207,7 +207,8 @@ TEST_F(LayeredServiceTest, BadBatchesNameTheBlockAndChangeNothing) {
     const grpc::Status status = AddScores(c.batch);
     EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << c.expected;
     EXPECT_THAT(status.error_message(), HasSubstr(c.expected));
-    EXPECT_THAT(status.error_message(), HasSubstr("sequence " + std::to_string(c.batch.sequence())));
+    EXPECT_THAT(status.error_message(),
+                HasSubstr("sequence " + std::to_string(c.batch.sequence())));
   }
   EXPECT_EQ(MustGetStats(name).DebugString(), before.DebugString());
 }

@@ -16,8 +16,8 @@ using ::grpc::health::v1::HealthCheckRequest;
 using ::grpc::health::v1::HealthCheckResponse;
 
 // grpc.health.v1.Health/Check through the generated stub (proto/grpc/health/v1).
-grpc::Status HealthCheck(const std::shared_ptr<grpc::Channel>& channel,
-                         const std::string& service, HealthCheckResponse* response) {
+grpc::Status HealthCheck(const std::shared_ptr<grpc::Channel>& channel, const std::string& service,
+                         HealthCheckResponse* response) {
   HealthCheckRequest request;
   request.set_service(service);
   grpc::ClientContext context;
@@ -42,9 +42,8 @@ std::string ListServicesByReflection(grpc::Channel* channel, grpc::Status* statu
   grpc::GenericStub stub(channel->shared_from_this());
   grpc::ClientContext context;
   grpc::CompletionQueue cq;
-  auto call = stub.PrepareCall(&context,
-                               "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-                               &cq);
+  auto call = stub.PrepareCall(
+      &context, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &cq);
   void* tag = nullptr;
   bool ok = false;
   auto await = [&](intptr_t expected) {

@@ -236,8 +236,8 @@ TEST(SnapshotFileVerify, RefusesAHeaderOfAnotherFormat) {
   header.set_session_id("s");
   std::string file;
   AppendRecord(durable::v1::SNAPSHOT_RECORD_TYPE_HEADER, 0, header.SerializeAsString(), &file);
-  AppendRecord(durable::v1::SNAPSHOT_RECORD_TYPE_END, 1, durable::v1::SnapshotEnd().SerializeAsString(),
-               &file);
+  AppendRecord(durable::v1::SNAPSHOT_RECORD_TYPE_END, 1,
+               durable::v1::SnapshotEnd().SerializeAsString(), &file);
   const std::string path = ::testing::TempDir() + "/verify-format.snap";
   {
     std::ofstream out(path, std::ios::binary | std::ios::trunc);

@@ -208,9 +208,9 @@ TEST_F(StepTest, SingularFisherNeedsDamping) {
   ASSERT_TRUE(Step(request, &response).ok());
   Eigen::MatrixXd f = row.cast<double>().transpose() * row.cast<double>();
   f += Eigen::MatrixXd::Identity(4, 4);
-  EXPECT_LT(RelativeError(ToVector(response.natural_gradient()),
-                          f.llt().solve(Eigen::VectorXd::Ones(4))),
-            1e-12);
+  EXPECT_LT(
+      RelativeError(ToVector(response.natural_gradient()), f.llt().solve(Eigen::VectorXd::Ones(4))),
+      1e-12);
 }
 
 TEST_F(StepTest, RejectsBadStepRequests) {
@@ -226,12 +226,16 @@ TEST_F(StepTest, RejectsBadStepRequests) {
     std::vector<std::string> mentions;
   };
   std::vector<Case> cases;
-  cases.push_back({"short gradient", StepRequest(name, Eigen::VectorXd::Ones(3)),
-                   grpc::StatusCode::INVALID_ARGUMENT, {"gradient has 3 values", "dim 4"}});
+  cases.push_back({"short gradient",
+                   StepRequest(name, Eigen::VectorXd::Ones(3)),
+                   grpc::StatusCode::INVALID_ARGUMENT,
+                   {"gradient has 3 values", "dim 4"}});
   {
     Eigen::VectorXd bad = g;
     bad(1) = std::numeric_limits<double>::quiet_NaN();
-    cases.push_back({"NaN gradient", StepRequest(name, bad), grpc::StatusCode::INVALID_ARGUMENT,
+    cases.push_back({"NaN gradient",
+                     StepRequest(name, bad),
+                     grpc::StatusCode::INVALID_ARGUMENT,
                      {"gradient[1]"}});
   }
   {
@@ -250,8 +254,10 @@ TEST_F(StepTest, RejectsBadStepRequests) {
     r.set_kl_budget(std::numeric_limits<double>::infinity());
     cases.push_back({"infinite KL budget", r, grpc::StatusCode::INVALID_ARGUMENT, {"kl_budget"}});
   }
-  cases.push_back({"unknown session", StepRequest("sessions/missing", g),
-                   grpc::StatusCode::NOT_FOUND, {"sessions/missing"}});
+  cases.push_back({"unknown session",
+                   StepRequest("sessions/missing", g),
+                   grpc::StatusCode::NOT_FOUND,
+                   {"sessions/missing"}});
   for (const Case& c : cases) {
     SCOPED_TRACE(c.what);
     v1::NaturalGradientStepResponse response;
@@ -275,8 +281,7 @@ TEST_F(StepTest, DiagonalSession) {
   v1::NaturalGradientStepResponse response;
   ASSERT_TRUE(Step(StepRequest(name, Eigen::Vector3d(2, 8, 10)), &response).ok());
   EXPECT_EQ(response.solver().method(), "diagonal");
-  EXPECT_LT(RelativeError(ToVector(response.natural_gradient()), Eigen::Vector3d(2, 2, 2)),
-            1e-15);
+  EXPECT_LT(RelativeError(ToVector(response.natural_gradient()), Eigen::Vector3d(2, 2, 2)), 1e-15);
 }
 
 // F v for F = A exactly; the product sums dim exact-ish terms, so 1e-12 relative.

@@ -178,7 +178,8 @@ class ServiceTest : public ::testing::Test {
 
 // F = sum w s s^T / sum w for rows s with weights w (empty: all 1), in double from the
 // same float values the server received.
-inline Eigen::MatrixXd ReferenceFisher(const RowMatrixF& rows, const std::vector<float>& weights = {}) {
+inline Eigen::MatrixXd ReferenceFisher(const RowMatrixF& rows,
+                                       const std::vector<float>& weights = {}) {
   const Eigen::MatrixXd s = rows.cast<double>();
   Eigen::VectorXd w = Eigen::VectorXd::Ones(rows.rows());
   if (!weights.empty()) {

@@ -42,8 +42,7 @@ class TinyTmpfsTest : public ::testing::Test {
     dir_ = pattern;
     if (mount("tmpfs", dir_.c_str(), "tmpfs", 0, options) != 0) {
       *why = absl::StrCat("mounting a tmpfs (", options, ") on ", dir_,
-                          " failed: ", std::strerror(errno),
-                          " (needs root with CAP_SYS_ADMIN)");
+                          " failed: ", std::strerror(errno), " (needs root with CAP_SYS_ADMIN)");
       return false;
     }
     mounted_ = true;

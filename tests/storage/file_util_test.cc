@@ -28,8 +28,7 @@ TEST(FileUtilTest, IoErrorStatusMapsErrnoToCodesAndNamesThePath) {
   EXPECT_EQ(full.message(), "write /data/x: No space left on device");
   EXPECT_EQ(IoErrorStatus("w", "p", EDQUOT).code(), absl::StatusCode::kResourceExhausted);
   EXPECT_EQ(IoErrorStatus("w", "p", EROFS).code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_EQ(IoErrorStatus("w", "p", EACCES).code(),
-            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(IoErrorStatus("w", "p", EACCES).code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(IoErrorStatus("w", "p", EIO).code(), absl::StatusCode::kInternal);
 }
 
@@ -71,8 +70,7 @@ TEST(RecordFileWriterTest, CommitReplacesTheFileAtomically) {
     EXPECT_EQ(read.records[i].sequence, i);
     EXPECT_EQ(read.records[i].payload, payloads[i]);
   }
-  EXPECT_EQ((*writer)->Append(9, 99, "late").code(),
-            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ((*writer)->Append(9, 99, "late").code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ((*writer)->Commit().code(), absl::StatusCode::kFailedPrecondition);
 }
 

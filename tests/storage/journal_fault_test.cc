@@ -62,8 +62,7 @@ std::string SnapshotPayload(const std::string& version, int index) {
 uint64_t RecoveredNextLsn(const std::string& dir) {
   ReadSummary summary;
   absl::Status status = Journal::Read(
-      dir, 1, [](uint64_t, uint8_t, absl::string_view) { return absl::OkStatus(); },
-      &summary);
+      dir, 1, [](uint64_t, uint8_t, absl::string_view) { return absl::OkStatus(); }, &summary);
   if (!status.ok()) {
     ADD_FAILURE() << status;
     std::exit(3);
@@ -90,9 +89,8 @@ void ChildJournal(const std::string& dir) {
               1, Payload(t, i), i % 5 == 0 ? AppendKind::kControl : AppendKind::kData);
           if (!lsn.ok()) std::abort();
           appended = *lsn;
-          (*journal)->WhenDurable(appended, [appended, t, i] {
-            ReportLine(absl::StrCat(appended, " ", t, " ", i));
-          });
+          (*journal)->WhenDurable(
+              appended, [appended, t, i] { ReportLine(absl::StrCat(appended, " ", t, " ", i)); });
         }
         if (i % 25 == 24) (*journal)->WaitDurable(appended);
       }
@@ -147,8 +145,7 @@ TEST(StorageFaultChild, Run) {
   }
 }
 
-ChildResult Spawn(const std::string& mode, const std::string& dir,
-                  const std::string& fault) {
+ChildResult Spawn(const std::string& mode, const std::string& dir, const std::string& fault) {
   std::vector<std::string> environment = {absl::StrCat(kModeVariable, "=", mode),
                                           absl::StrCat(kDirVariable, "=", dir)};
   if (!fault.empty()) environment.push_back(absl::StrCat("FISHERD_FAULT=", fault));
@@ -168,8 +165,7 @@ std::map<uint64_t, Ack> ParseAcks(const std::string& reported) {
     uint64_t lsn;
     Ack ack;
     if (fields.size() == 3 && absl::SimpleAtoi(fields[0], &lsn) &&
-        absl::SimpleAtoi(fields[1], &ack.thread) &&
-        absl::SimpleAtoi(fields[2], &ack.index)) {
+        absl::SimpleAtoi(fields[1], &ack.thread) && absl::SimpleAtoi(fields[2], &ack.index)) {
       EXPECT_TRUE(acks.emplace(lsn, ack).second) << "acknowledged twice: " << lsn;
     }
   }
@@ -212,8 +208,8 @@ TEST_P(JournalFaultTest, AcknowledgedRecordsSurviveTheCrash) {
     ASSERT_NE(found, recovered.records.end()) << "acknowledged LSN " << lsn << " lost";
     EXPECT_EQ(found->second, Payload(ack.thread, ack.index)) << lsn;
   }
-  std::cout << GetParam() << ": " << acks.size() << " acknowledged, "
-            << recovered.records.size() << " recovered\n";
+  std::cout << GetParam() << ": " << acks.size() << " acknowledged, " << recovered.records.size()
+            << " recovered\n";
 
   // The restart continues the log where the recovery ended.
   {
@@ -221,8 +217,7 @@ TEST_P(JournalFaultTest, AcknowledgedRecordsSurviveTheCrash) {
         Journal::Open(ChildJournalOptions(dir.path()), recovered.summary.next_lsn);
     ASSERT_TRUE(journal.ok()) << journal.status();
     for (int i = 0; i < 3; ++i) {
-      absl::StatusOr<uint64_t> lsn =
-          (*journal)->Append(2, "restarted", AppendKind::kControl);
+      absl::StatusOr<uint64_t> lsn = (*journal)->Append(2, "restarted", AppendKind::kControl);
       ASSERT_TRUE(lsn.ok());
       EXPECT_EQ(*lsn, recovered.summary.next_lsn + i);
     }
@@ -233,8 +228,7 @@ TEST_P(JournalFaultTest, AcknowledgedRecordsSurviveTheCrash) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Points, JournalFaultTest,
-                         ::testing::Values("journal-before-write",
-                                           "journal-before-write:4",
+                         ::testing::Values("journal-before-write", "journal-before-write:4",
                                            "journal-after-write", "journal-after-write:4",
                                            "journal-after-sync", "journal-after-sync:4"),
                          [](const ::testing::TestParamInfo<const char*>& info) {
@@ -324,8 +318,7 @@ TEST(TruncateFaultTest, CrashBeforeTruncateKeepsEverySegment) {
   ChildResult finished = Spawn("truncate", clean.path(), "");
   ASSERT_TRUE(finished.exited_ok) << finished.stderr_text;
   EXPECT_THAT(finished.reported, HasSubstr("dropped"));
-  EXPECT_THAT(testing_storage::ListDir(clean.path()),
-              ::testing::ElementsAre(SegmentFileName(101)));
+  EXPECT_THAT(testing_storage::ListDir(clean.path()), ::testing::ElementsAre(SegmentFileName(101)));
 }
 
 }  // namespace

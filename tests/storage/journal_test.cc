@@ -100,8 +100,7 @@ TEST(JournalTest, AppendThenReadReturnsExactlyWhatWasAppended) {
     EXPECT_EQ(journal->durable_lsn(), 0u);
     for (uint64_t i = 1; i <= 300; ++i) {
       payloads.push_back(std::string(i * 7 % 900, static_cast<char>('a' + i % 26)));
-      EXPECT_EQ(AppendOrDie(*journal, static_cast<uint8_t>(1 + i % 3), payloads.back()),
-                i);
+      EXPECT_EQ(AppendOrDie(*journal, static_cast<uint8_t>(1 + i % 3), payloads.back()), i);
     }
     EXPECT_EQ(journal->last_lsn(), 300u);
     journal->WaitDurable(300);
@@ -109,8 +108,7 @@ TEST(JournalTest, AppendThenReadReturnsExactlyWhatWasAppended) {
     JournalStats stats = journal->stats();
     EXPECT_EQ(stats.records, 300u);
     uint64_t bytes = 0;
-    for (const std::string& payload : payloads)
-      bytes += EncodedRecordSize(payload.size());
+    for (const std::string& payload : payloads) bytes += EncodedRecordSize(payload.size());
     EXPECT_EQ(stats.bytes_written, bytes);
     EXPECT_GT(stats.segments_created, 1u);  // 64 KiB segments
   }
@@ -170,8 +168,8 @@ TEST(JournalTest, ConcurrentAppendsGroupCommitAndCallbacksFireOnceInLsnOrder) {
           uint64_t lsn = 0;
           {
             std::lock_guard<std::mutex> lock(apply_mu);
-            absl::StatusOr<uint64_t> appended_lsn = journal->Append(
-                1, payload, i % 10 == 0 ? AppendKind::kControl : AppendKind::kData);
+            absl::StatusOr<uint64_t> appended_lsn =
+                journal->Append(1, payload, i % 10 == 0 ? AppendKind::kControl : AppendKind::kData);
             ASSERT_TRUE(appended_lsn.ok()) << appended_lsn.status();
             lsn = *appended_lsn;
             appended[lsn] = payload;
@@ -435,8 +433,7 @@ TEST(JournalTest, EmptySegmentStartingInsideTheRecordsIsDataLoss) {
   testing_storage::WriteFile(overlapping, std::string(4096, '\0'));
   Replayed replayed = ReadJournal(dir.path(), 1);
   EXPECT_EQ(replayed.status.code(), absl::StatusCode::kDataLoss);
-  EXPECT_THAT(replayed.status.message(),
-              HasSubstr(overlapping + ": the segment starts at LSN 5"));
+  EXPECT_THAT(replayed.status.message(), HasSubstr(overlapping + ": the segment starts at LSN 5"));
   EXPECT_THAT(replayed.status.message(), HasSubstr("already holds records up to LSN 10"));
 }
 
@@ -462,8 +459,7 @@ TEST(JournalTest, DamageOutsideTheTailIsDataLossNamingFileAndOffset) {
     testing_storage::WriteFile(first, damaged);
     Replayed replayed = ReadJournal(dir.path(), 1);
     EXPECT_EQ(replayed.status.code(), absl::StatusCode::kDataLoss);
-    EXPECT_THAT(replayed.status.message(),
-                HasSubstr(dir.File(SegmentFileName(segments[1]))));
+    EXPECT_THAT(replayed.status.message(), HasSubstr(dir.File(SegmentFileName(segments[1]))));
     EXPECT_THAT(replayed.status.message(), HasSubstr("starts at LSN"));
   }
   // A record in the middle of a segment.
@@ -486,14 +482,12 @@ TEST(JournalTest, DamageOutsideTheTailIsDataLossNamingFileAndOffset) {
   EXPECT_EQ(gap.status.code(), absl::StatusCode::kDataLoss);
   // The message names where the missing records should have been (the end of the
   // segment before the gap) and the segment after it.
-  EXPECT_THAT(gap.status.message(),
-              HasSubstr(absl::StrCat(first, ": offset ")));
+  EXPECT_THAT(gap.status.message(), HasSubstr(absl::StrCat(first, ": offset ")));
   EXPECT_THAT(gap.status.message(),
               HasSubstr(absl::StrCat("the next segment ", dir.File(SegmentFileName(segments[2])),
                                      " starts at LSN ", segments[2])));
-  EXPECT_THAT(gap.status.message(),
-              HasSubstr(absl::StrCat("records ", segments[1], " to ", segments[2] - 1,
-                                     " are missing")));
+  EXPECT_THAT(gap.status.message(), HasSubstr(absl::StrCat("records ", segments[1], " to ",
+                                                           segments[2] - 1, " are missing")));
 }
 
 TEST(JournalTest, RecordsLargerThanASegmentGetASegmentOfTheirOwn) {
@@ -551,13 +545,11 @@ TEST(JournalTest, OpenErrorsNameThePath) {
 
   testing_storage::WriteFile(dir.File("file"), "x");
   options.dir = dir.File("file");
-  EXPECT_EQ(Journal::Open(options, 1).status().code(),
-            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(Journal::Open(options, 1).status().code(), absl::StatusCode::kFailedPrecondition);
 
   options = SmallSegments(dir.path());
   options.segment_bytes = options.control_reserve;
-  EXPECT_EQ(Journal::Open(options, 1).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Journal::Open(options, 1).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(Journal::Open(SmallSegments(dir.path()), 0).status().code(),
             absl::StatusCode::kInvalidArgument);
 }

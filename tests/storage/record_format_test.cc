@@ -39,8 +39,7 @@ std::string Pattern(size_t size, uint32_t seed) {
 }
 
 // Encodes the records; offsets[i] is where record i starts, offsets.back() the end.
-std::string Encode(const std::vector<TestRecord>& records,
-                   std::vector<uint64_t>* offsets) {
+std::string Encode(const std::vector<TestRecord>& records, std::vector<uint64_t>* offsets) {
   std::string file;
   offsets->clear();
   for (const TestRecord& record : records) {
@@ -52,8 +51,7 @@ std::string Encode(const std::vector<TestRecord>& records,
 }
 
 std::vector<TestRecord> SmallRecords() {
-  return {
-      {1, 10, ""}, {7, 11, "abcde"}, {2, 12, Pattern(40, 1)}, {255, 13, Pattern(300, 2)}};
+  return {{1, 10, ""}, {7, 11, "abcde"}, {2, 12, Pattern(40, 1)}, {255, 13, Pattern(300, 2)}};
 }
 
 // The records read equal the first `count` of `expected`.
@@ -153,17 +151,15 @@ TEST(RecordFileReaderTest, MissingFileIsNotFound) {
 // with everything before it intact. (When the surviving bytes of record k are all
 // zero, that is indistinguishable from, and reported as, a clean end.)
 void CheckCut(const std::string& path, const std::string& encoded,
-              const std::vector<TestRecord>& records,
-              const std::vector<uint64_t>& offsets, size_t k, uint64_t cut,
-              size_t zero_padding) {
+              const std::vector<TestRecord>& records, const std::vector<uint64_t>& offsets,
+              size_t k, uint64_t cut, size_t zero_padding) {
   SCOPED_TRACE(absl::StrCat("record ", k, ", cut at ", cut, ", padding ", zero_padding));
   WriteFile(path, encoded.substr(0, cut) + std::string(zero_padding, '\0'));
   auto is_zero = [](char c) { return c == 0; };
   const std::string partial = encoded.substr(offsets[k], cut - offsets[k]);
   const bool all_zero = std::all_of(partial.begin(), partial.end(), is_zero);
   const std::string removed = encoded.substr(cut, offsets[k + 1] - cut);
-  if (zero_padding >= removed.size() &&
-      std::all_of(removed.begin(), removed.end(), is_zero)) {
+  if (zero_padding >= removed.size() && std::all_of(removed.begin(), removed.end(), is_zero)) {
     // Only zero bytes were cut and the padding puts them back: record k is whole.
     FileReadResult whole = ReadAllRecords(path, TailPolicy::kCleanEndOnly);
     ASSERT_TRUE(whole.status.ok()) << whole.status;
@@ -208,8 +204,8 @@ TEST(RecordFileReaderTest, CutInsideAnEarlierRecordDropsItAndTheRest) {
   const std::string encoded = Encode(records, &offsets);
   const std::string path = dir.File("cut");
   for (size_t k = 0; k + 1 < records.size(); ++k) {
-    for (uint64_t into : {uint64_t{1}, uint64_t{8}, uint64_t{20}, uint64_t{21},
-                          offsets[k + 1] - offsets[k] - 1}) {
+    for (uint64_t into :
+         {uint64_t{1}, uint64_t{8}, uint64_t{20}, uint64_t{21}, offsets[k + 1] - offsets[k] - 1}) {
       const uint64_t cut = offsets[k] + into;
       if (cut <= offsets[k] || cut >= offsets[k + 1]) continue;
       CheckCut(path, encoded, records, offsets, k, cut, 0);
@@ -223,14 +219,13 @@ TEST(RecordFileReaderTest, CutInsideAnEarlierRecordDropsItAndTheRest) {
 // torn tail that drops exactly record k. A flip in the zero padding after the records
 // damages no record: DATA_LOSS at the end of the records, or a torn tail there.
 void CheckFlip(const std::string& path, const std::string& file,
-               const std::vector<TestRecord>& records,
-               const std::vector<uint64_t>& offsets, uint64_t bit) {
+               const std::vector<TestRecord>& records, const std::vector<uint64_t>& offsets,
+               uint64_t bit) {
   const uint64_t byte = bit / 8;
   std::string flipped = file;
   flipped[byte] = static_cast<char>(flipped[byte] ^ (1 << (bit % 8)));
   WriteFile(path, flipped);
-  const size_t k =
-      std::upper_bound(offsets.begin(), offsets.end(), byte) - offsets.begin() - 1;
+  const size_t k = std::upper_bound(offsets.begin(), offsets.end(), byte) - offsets.begin() - 1;
   const bool in_padding = k == records.size();
   const bool in_last = k + 1 == records.size();
   SCOPED_TRACE(absl::StrCat("bit ", bit, " (byte ", byte, ", record ", k, ")"));
@@ -239,8 +234,7 @@ void CheckFlip(const std::string& path, const std::string& file,
   if (!result.status.ok()) {
     EXPECT_EQ(result.status.code(), absl::StatusCode::kDataLoss) << result.status;
     EXPECT_THAT(result.status.message(), HasSubstr(path));
-    EXPECT_THAT(result.status.message(),
-                HasSubstr(absl::StrCat("offset ", offsets[k], ":")));
+    EXPECT_THAT(result.status.message(), HasSubstr(absl::StrCat("offset ", offsets[k], ":")));
     ExpectPrefix(result, records, k, offsets);
   } else {
     ASSERT_TRUE(in_last || in_padding)
@@ -312,8 +306,8 @@ TEST(RecordFileReaderTest, CorruptionMessagesNameFileOffsetAndCause) {
   payload_flip[offsets[2] + kRecordHeaderSize + 3] ^= 0x10;
   absl::Status status = read_error(payload_flip);
   EXPECT_EQ(status.code(), absl::StatusCode::kDataLoss);
-  EXPECT_THAT(status.message(), HasSubstr(absl::StrCat(path, ": offset ", offsets[2],
-                                                       ": checksum mismatch")));
+  EXPECT_THAT(status.message(),
+              HasSubstr(absl::StrCat(path, ": offset ", offsets[2], ": checksum mismatch")));
 
   // Record 1's length made to run past the end: records 2 and 3 are still there.
   std::string long_length = encoded;
@@ -334,16 +328,14 @@ TEST(RecordFileReaderTest, CorruptionMessagesNameFileOffsetAndCause) {
   type_zero[offsets[1] + 12] = 0;
   status = read_error(type_zero);
   EXPECT_EQ(status.code(), absl::StatusCode::kDataLoss);
-  EXPECT_THAT(status.message(),
-              HasSubstr(absl::StrCat("offset ", offsets[1], ": type 0")));
+  EXPECT_THAT(status.message(), HasSubstr(absl::StrCat("offset ", offsets[1], ": type 0")));
 
   // A zero header with data after it is not an end of data.
   std::string zero_then_data =
       encoded.substr(0, offsets[2]) + std::string(21, '\0') + encoded.substr(offsets[2]);
   status = read_error(zero_then_data);
   EXPECT_EQ(status.code(), absl::StatusCode::kDataLoss);
-  EXPECT_THAT(status.message(),
-              HasSubstr(absl::StrCat("offset ", offsets[2], ": zero header")));
+  EXPECT_THAT(status.message(), HasSubstr(absl::StrCat("offset ", offsets[2], ": zero header")));
   EXPECT_THAT(status.message(),
               HasSubstr(absl::StrCat("not all zero (offset ", offsets[2] + 21, ")")));
 

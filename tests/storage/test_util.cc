@@ -63,8 +63,7 @@ std::vector<std::string> ListDir(const std::string& dir) {
 
 FileReadResult ReadAllRecords(const std::string& path, TailPolicy policy) {
   FileReadResult result;
-  absl::StatusOr<std::unique_ptr<RecordFileReader>> reader =
-      RecordFileReader::Open(path, policy);
+  absl::StatusOr<std::unique_ptr<RecordFileReader>> reader = RecordFileReader::Open(path, policy);
   if (!reader.ok()) {
     result.status = reader.status();
     return result;
@@ -115,8 +114,7 @@ void Drain(int report_fd, int stderr_fd, std::string* report, std::string* err) 
 
 }  // namespace
 
-ChildResult RunChild(const std::string& gtest_filter,
-                     const std::vector<std::string>& environment) {
+ChildResult RunChild(const std::string& gtest_filter, const std::vector<std::string>& environment) {
   ChildResult result;
   int report[2];
   int err[2];
@@ -133,8 +131,7 @@ ChildResult RunChild(const std::string& gtest_filter,
   }
   for (const std::string& entry : environment) env_strings.push_back(entry);
   const int child_report_fd = 3;
-  env_strings.push_back(std::string(kReportFdVariable) + "=" +
-                        std::to_string(child_report_fd));
+  env_strings.push_back(std::string(kReportFdVariable) + "=" + std::to_string(child_report_fd));
   std::vector<char*> envp;
   for (std::string& entry : env_strings) envp.push_back(entry.data());
   envp.push_back(nullptr);

@@ -65,8 +65,7 @@ struct ChildResult {
 // Re-executes this test binary running only `gtest_filter`, with the extra environment
 // variables (NAME=value) set and kReportFdVariable naming a pipe the child may write
 // to. Returns once the child is gone.
-ChildResult RunChild(const std::string& gtest_filter,
-                     const std::vector<std::string>& environment);
+ChildResult RunChild(const std::string& gtest_filter, const std::vector<std::string>& environment);
 
 // The environment variable through which a child finds its report pipe.
 inline constexpr char kReportFdVariable[] = "FISHERD_TEST_REPORT_FD";
