@@ -81,10 +81,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                                    fisherd::Factor::kOutputGradients}) {
       const fisherd::EstimatePart part{b, factor};
       if (!session.CheckPart(part).ok()) continue;
-      session.SummarizePart(part, (flags & 2) != 0).IgnoreError();
-      std::vector<double> part_entries(
-          static_cast<size_t>(session.PartRows(part) * session.PartEntriesPerRow(part)));
-      session.CopyPartEntries(part, 0, session.PartRows(part), part_entries.data()).IgnoreError();
+      const absl::StatusOr<fisherd::PartReading> reading =
+          session.ReadPart(part, (flags & 2) != 0, /*with_entries=*/true);
+      if (reading.ok()) {
+        FUZZ_CHECK(static_cast<int64_t>(reading->entries.size()) ==
+                   session.PartRows(part) * session.PartEntriesPerRow(part));
+      }
     }
   }
   fisherd::StepOptions step;
