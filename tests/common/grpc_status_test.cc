@@ -25,11 +25,13 @@ TEST(GrpcStatusTest, ContextPrefixesTheMessage) {
   EXPECT_EQ(status, absl::NotFoundError("GetSession: no session"));
 }
 
+// absl::StatusCode has a fixed underlying type, so a code from a newer abseil is a valid
+// value this table does not know. grpc::StatusCode has none: a value outside its
+// enumerators cannot even be formed without undefined behaviour (UBSan stops at the load
+// in grpc::Status::error_code()), so only the absl side is tested with one.
 TEST(GrpcStatusTest, UnknownCodesBecomeUnknown) {
   EXPECT_EQ(ToGrpcStatus(absl::Status(static_cast<absl::StatusCode>(99), "m")).error_code(),
             grpc::StatusCode::UNKNOWN);
-  EXPECT_EQ(FromGrpcStatus(grpc::Status(static_cast<grpc::StatusCode>(99), "m")).code(),
-            absl::StatusCode::kUnknown);
 }
 
 }  // namespace
