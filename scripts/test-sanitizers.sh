@@ -3,9 +3,8 @@
 #   asan  ASan + UBSan (preset asan-ubsan, build-asan/): every test but the docker label,
 #         the Python suites included (they launch the instrumented fisherd through
 #         FISHERD_BIN; the Python process itself is not instrumented and needs no preload).
-#   tsan  TSan (preset tsan, build-tsan/): the unit, service and e2e labels, except the
-#         Python-driven and slow tests (TSan is 5-15x slower; the Python suites exercise
-#         the same server paths as the C++ end-to-end suite).
+#   tsan  TSan (preset tsan, build-tsan/): the unit label (core, storage, common, fuzz
+#         replays; see below for why not yet the service and e2e suites).
 # Any sanitizer report fails the test that produced it: UBSan is built with
 # -fno-sanitize-recover, ASan and TSan halt on the first error. Extra ctest arguments are
 # passed on, e.g. `scripts/test-sanitizers.sh asan -L unit`.
@@ -26,7 +25,11 @@ case "$stage" in
     ;;
   tsan)
     preset=tsan
-    labels=(-L "unit|service|e2e" -LE "docker|slow|python")
+    # The unit suites only, for now: Debian's gRPC is not built with TSan, and every call
+    # through it (the service and e2e suites, and the in-process service fuzz replay)
+    # draws false reports from its slices, TCP writes and completion queues. Taking those
+    # suites in needs narrow suppressions for each, or an instrumented gRPC.
+    labels=(-L unit -E fuzz_replay_service)
     ;;
   *)
     echo "usage: scripts/test-sanitizers.sh asan|tsan [ctest arguments]" >&2

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "Eigen/Dense"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "client/fisher_client.h"
 #include "client/score_streamer.h"
@@ -105,6 +106,17 @@ class DurableFisherd {
   std::string output() {
     std::lock_guard<std::mutex> lock(mu_);
     return output_;
+  }
+
+  // Whether `text` appears in the output within 20 s: fisherd prints its recovery line
+  // after the listening line that Start waits for, so it may still be in the pipe.
+  bool WaitForOutput(absl::string_view text) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (absl::StrContains(output(), text)) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return false;
   }
 
  private:
@@ -382,7 +394,7 @@ TEST_F(DurableResumeTest, StreamerResumesAcrossSigkillAndRestart) {
     EXPECT_GE(sequence, acked1);
     EXPECT_LE(sequence, sent1);
     EXPECT_EQ(recovered->stats().sample_count(), sequence * kRowsPerBatch);
-    EXPECT_THAT(server_->output(), HasSubstr("recovered 1 session(s)"));
+    EXPECT_TRUE(server_->WaitForOutput("recovered 1 session(s)")) << server_->output();
     std::cout << "kill 1: sent " << sent1 << ", acknowledged " << acked1 << ", recovered "
               << sequence << "\n";
     recovered1 = sequence;
