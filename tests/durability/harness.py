@@ -160,6 +160,17 @@ class Fisherd:
     def stderr(self):
         return self.stderr_path.read_text(errors="replace")
 
+    def stderr_matching(self, pattern, timeout=20.0):
+        """stderr once it matches `pattern` (a regex, case-insensitive), or as it is after
+        `timeout` s: fisherd writes its recovery report after the listening line that
+        start() waits for, so the report may still be on its way."""
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.stderr()
+            if re.search(pattern, text, re.I) or time.monotonic() > deadline:
+                return text
+            time.sleep(0.02)
+
     def alive(self):
         return self.process is not None and self.process.poll() is None
 
