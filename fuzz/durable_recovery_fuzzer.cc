@@ -15,20 +15,13 @@
 #include <string>
 
 #include "fuzz/fuzz_util.h"
+#include "fuzz/layouts.h"
 #include "server/durable_store.h"
 #include "server/session_registry.h"
 #include "server/snapshot_file.h"
 #include "storage/segment_files.h"
 
 namespace {
-
-fisherd::server::RegistryLimits SmallLimits() {
-  fisherd::server::RegistryLimits limits;
-  limits.max_sessions = 4;
-  limits.max_dense_dim = 32;
-  limits.memory_budget_bytes = uint64_t{1} << 20;
-  return limits;
-}
 
 fisherd::server::DurabilityOptions Options(const std::string& dir) {
   fisherd::server::DurabilityOptions options;
@@ -89,7 +82,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 
   std::map<std::string, Found> before;
   {
-    fisherd::server::SessionRegistry registry(SmallLimits());
+    fisherd::server::SessionRegistry registry(fisherd::fuzz::SmallLimits());
     fisherd::server::RecoveryReport report;
     auto store = fisherd::server::DurableStore::Open(Options(dir), &registry, &report);
     if (fisherd::fuzz::Verbose()) {
@@ -112,7 +105,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     FUZZ_CHECK(snapshot.ok());
     store->reset();
   }
-  fisherd::server::SessionRegistry registry(SmallLimits());
+  fisherd::server::SessionRegistry registry(fisherd::fuzz::SmallLimits());
   fisherd::server::RecoveryReport report;
   auto store = fisherd::server::DurableStore::Open(Options(dir), &registry, &report);
   if (!store.ok()) std::fprintf(stderr, "second recovery: %s\n", store.status().ToString().c_str());

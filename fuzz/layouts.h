@@ -1,16 +1,29 @@
 // The small session layouts the fuzz targets run against (and the seed writer writes
 // batches for): dense, dense with float32 products, diagonal (centered, decayed), and a
 // layered session with one block of each kind (Kronecker with bias, diagonal, dense,
-// low-rank). Dims stay tiny so that each input costs microseconds.
+// low-rank), and the registry limits of the targets that recover sessions. Dims stay tiny
+// so that each input costs microseconds.
 #ifndef FISHERD_FUZZ_LAYOUTS_H_
 #define FISHERD_FUZZ_LAYOUTS_H_
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
 #include "fisherd/v1/fisher.pb.h"
+#include "server/session_registry.h"
 
 namespace fisherd::fuzz {
+
+// Limits small enough that a fuzzed log or snapshot naming a huge session is refused
+// rather than allocated.
+inline server::RegistryLimits SmallLimits() {
+  server::RegistryLimits limits;
+  limits.max_sessions = 4;
+  limits.max_dense_dim = 32;
+  limits.memory_budget_bytes = uint64_t{1} << 20;
+  return limits;
+}
 
 struct FuzzLayout {
   std::string id;  // session id in the service target: "sessions/<id>"

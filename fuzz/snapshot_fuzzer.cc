@@ -10,20 +10,11 @@
 #include <string>
 
 #include "fuzz/fuzz_util.h"
+#include "fuzz/layouts.h"
 #include "server/session_registry.h"
 #include "server/snapshot_file.h"
 
-namespace {
-
-fisherd::server::RegistryLimits SmallLimits() {
-  fisherd::server::RegistryLimits limits;
-  limits.max_sessions = 4;
-  limits.max_dense_dim = 32;
-  limits.memory_budget_bytes = uint64_t{1} << 20;
-  return limits;
-}
-
-}  // namespace
+namespace {}  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   fisherd::fuzz::ByteReader in(data, size);
@@ -45,7 +36,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     return 0;
   }
   const fisherd::durable::v1::SnapshotHeader header = (*reader)->header();
-  fisherd::server::SessionRegistry registry(SmallLimits());
+  fisherd::server::SessionRegistry registry(fisherd::fuzz::SmallLimits());
   auto entry = registry.Recreate("s", header.config(), header.incarnation());
   if (!entry.ok()) return 0;
   fisherd::Session& session = *entry->session;
@@ -77,7 +68,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   FUZZ_CHECK(reverified.ok());
   auto reread = fisherd::server::SnapshotReader::Open(copy);
   FUZZ_CHECK(reread.ok());
-  fisherd::server::SessionRegistry registry2(SmallLimits());
+  fisherd::server::SessionRegistry registry2(fisherd::fuzz::SmallLimits());
   auto entry2 = registry2.Recreate("s", header.config(), header.incarnation());
   FUZZ_CHECK(entry2.ok());
   const absl::Status restored2 = (*reread)->Restore(*entry2->session);
