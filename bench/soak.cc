@@ -160,7 +160,6 @@ std::unique_ptr<client::FisherClient> Connect(const std::string& address) {
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
   auto c = std::make_unique<client::FisherClient>(
       grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args), options);
   if (!c->CheckHealth(absl::Seconds(30)).ok()) return nullptr;

@@ -2,7 +2,8 @@
 # TLS and --auth-token-file, certificates made at test time with openssl.
 add_executable(security_test
   security/security_test.cc
-  e2e/process.cc)
+  e2e/process.cc
+  e2e/tcp_proxy.cc)
 target_compile_definitions(security_test PRIVATE
   FISHERD_BIN="$<TARGET_FILE:fisherd>"
   FISHERCTL_BIN="$<TARGET_FILE:fisherctl>")

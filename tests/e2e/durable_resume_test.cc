@@ -207,7 +207,6 @@ std::unique_ptr<FisherClient> Connect(const std::string& target) {
   args.SetMaxSendMessageSize(options.max_message_bytes);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   return std::make_unique<FisherClient>(
       grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args), options);

@@ -20,7 +20,8 @@ sockaddr_in Loopback(int port) {
 
 }  // namespace
 
-TcpProxy::TcpProxy(int target_port) : target_port_(target_port) {
+TcpProxy::TcpProxy(int target_port, std::chrono::milliseconds delay)
+    : target_port_(target_port), delay_(delay) {
   listen_fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   sockaddr_in address = Loopback(0);
   bind(listen_fd_, reinterpret_cast<sockaddr*>(&address), sizeof address);
@@ -78,6 +79,7 @@ void TcpProxy::Relay(int client_fd, int server_fd) {
           closed = true;
           break;
         }
+        if (delay_.count() > 0) std::this_thread::sleep_for(delay_);
         for (ssize_t sent = 0; sent < n;) {
           const ssize_t m = send(fds[1 - i].fd, buffer + sent, n - sent, MSG_NOSIGNAL);
           if (m <= 0) {

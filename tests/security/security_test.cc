@@ -22,6 +22,7 @@
 #include "gtest/gtest.h"
 #include "server/auth.h"
 #include "tests/e2e/process.h"
+#include "tests/e2e/tcp_proxy.h"
 
 namespace fisherd::testing {
 namespace {
@@ -188,6 +189,35 @@ TEST_F(SecurityTest, MutualTlsNeedsAClientCertificateFromTheClientCa) {
   CommandResult refused = RunCommand({FisherctlPath(), "--target=" + server.address(), tls_flags_ca,
                                       "--timeout-seconds=3", "list"});
   EXPECT_EQ(refused.exit_code, 1) << refused.output;
+  EXPECT_EQ(server.Terminate(), 0);
+}
+
+// A TLS handshake over a link with 250 ms one-way delay takes well over a second (TCP
+// accept, then each TLS flight and the HTTP/2 preface each wait for the other side).
+// The client must wait for it: it once capped every connection attempt at 100 ms
+// (GRPC_ARG_MIN_RECONNECT_BACKOFF_MS is gRPC's minimum connect timeout), which failed
+// every such connection with "handshaker shutdown", and mutual TLS under CI's load.
+TEST_F(SecurityTest, MutualTlsConnectsOverASlowLink) {
+  std::vector<std::string> flags = TlsFlags();
+  flags.push_back("--tls-client-ca=" + Path("ca.pem"));
+  ServerProcess server(flags);
+  ASSERT_FALSE(server.address().empty());
+  const int port = std::stoi(server.address().substr(server.address().rfind(':') + 1));
+  TcpProxy slow_link(port, std::chrono::milliseconds(250));
+
+  ClientOptions options = TlsOptions(server);
+  options.target = slow_link.address();
+  options.tls.cert_chain_file = Path("client.pem");
+  options.tls.private_key_file = Path("client.key");
+  options.call_timeout = absl::Seconds(30);
+  EXPECT_TRUE(CreateAndList(options, "slow-link").ok());
+
+  // fisherctl goes through the same channel setup.
+  CommandResult listed = RunCommand(
+      {FisherctlPath(), "--target=" + slow_link.address(), "--tls-ca=" + Path("ca.pem"),
+       "--tls-cert=" + Path("client.pem"), "--tls-key=" + Path("client.key"), "list"});
+  EXPECT_EQ(listed.exit_code, 0) << listed.output;
+  EXPECT_THAT(listed.output, HasSubstr("sessions/slow-link"));
   EXPECT_EQ(server.Terminate(), 0);
 }
 
