@@ -43,6 +43,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "client/session_name.h"
 #include "common/defaults.h"
 #include "common/flag_set.h"
 #include "common/grpc_status.h"
@@ -97,6 +98,7 @@ std::string RandomPayload(int64_t rows, int64_t dim, uint64_t seed) {
 
 absl::Status CreateSession(FisherService::Stub* stub, const Config& config, bool dense) {
   grpc::ClientContext context;
+  fisherd::client::AddSessionMetadata(&context, config.session_id);
   context.set_wait_for_ready(true);
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
   fisherd::v1::CreateSessionRequest request;
@@ -113,6 +115,7 @@ absl::Status CreateSession(FisherService::Stub* stub, const Config& config, bool
 
 void DeleteSession(FisherService::Stub* stub, const std::string& name) {
   grpc::ClientContext context;
+  fisherd::client::AddSessionMetadata(&context, name);
   fisherd::v1::DeleteSessionRequest request;
   request.set_name(name);
   fisherd::v1::DeleteSessionResponse response;
@@ -140,6 +143,7 @@ void RunWorker(const Config& config, std::shared_ptr<grpc::Channel> channel, int
                                    RandomPayload(config.batch, config.dim, 2 * index + 2)};
 
   grpc::ClientContext context;
+  fisherd::client::AddSessionMetadata(&context, session_name);
   context.set_wait_for_ready(true);
   auto stream = stub->StreamScores(&context);
 
@@ -286,12 +290,14 @@ int RunStep(const Config& config) {
   uint64_t sequence = 0;
   auto add = [&]() -> absl::Status {
     grpc::ClientContext context;
+    fisherd::client::AddSessionMetadata(&context, session_name);
     batch.set_sequence(++sequence);
     fisherd::v1::ScoreAck ack;
     return fisherd::common::FromGrpcStatus(stub->AddScores(&context, batch, &ack), "AddScores");
   };
   auto take_step = [&](fisherd::v1::NaturalGradientStepResponse* response) -> absl::Status {
     grpc::ClientContext context;
+    fisherd::client::AddSessionMetadata(&context, session_name);
     return fisherd::common::FromGrpcStatus(stub->NaturalGradientStep(&context, step, response),
                                            "NaturalGradientStep");
   };
@@ -390,6 +396,7 @@ int RunAccuracy(const Config& config) {
   // One stream, all batches written before the acks are read back (gRPC's flow control
   // bounds what is in flight).
   grpc::ClientContext context;
+  fisherd::client::AddSessionMetadata(&context, name);
   auto stream = stub->StreamScores(&context);
   fisherd::v1::ScoreBatch batch;
   batch.set_session(name);
@@ -416,6 +423,7 @@ int RunAccuracy(const Config& config) {
   std::vector<double> f(static_cast<size_t>(config.dim * config.dim), 0.0);
   if (status.ok()) {
     grpc::ClientContext get_context;
+    fisherd::client::AddSessionMetadata(&get_context, name);
     fisherd::v1::GetFisherRequest request;
     request.set_session(name);
     request.set_include_matrix(true);
@@ -485,6 +493,7 @@ int RunFreshStep(const Config& config) {
 
     const auto t0 = Clock::now();
     grpc::ClientContext add_context;
+    fisherd::client::AddSessionMetadata(&add_context, name);
     fisherd::v1::ScoreAck ack;
     status =
         fisherd::common::FromGrpcStatus(stub->AddScores(&add_context, batch, &ack), "AddScores");
@@ -492,6 +501,7 @@ int RunFreshStep(const Config& config) {
     fisherd::v1::NaturalGradientStepResponse response;
     if (status.ok()) {
       grpc::ClientContext step_context;
+      fisherd::client::AddSessionMetadata(&step_context, name);
       status = fisherd::common::FromGrpcStatus(
           stub->NaturalGradientStep(&step_context, step, &response), "NaturalGradientStep");
     }

@@ -62,6 +62,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "client/session_name.h"
 #include "common/defaults.h"
 #include "common/flag_set.h"
 #include "common/grpc_status.h"
@@ -151,6 +152,7 @@ std::string RandomPayload(int64_t rows, int64_t width, uint64_t seed) {
 
 void DeleteSession(FisherService::Stub* stub, const std::string& name) {
   grpc::ClientContext context;
+  fisherd::client::AddSessionMetadata(&context, name);
   fisherd::v1::DeleteSessionRequest request;
   request.set_name(name);
   fisherd::v1::DeleteSessionResponse response;
@@ -194,6 +196,7 @@ std::vector<Layer> ResNet18(int64_t divisor) {
 absl::Status CreateLayeredSession(FisherService::Stub* stub, const Config& config,
                                   const std::vector<Layer>& layers, int64_t* dim) {
   grpc::ClientContext context;
+  fisherd::client::AddSessionMetadata(&context, config.session_id);
   context.set_wait_for_ready(true);
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
   fisherd::v1::CreateSessionRequest request;
@@ -232,6 +235,7 @@ struct RowJob {
 absl::Status StreamRows(FisherService::Stub* stub, const std::string& session,
                         const std::vector<RowJob>& jobs, int64_t batch_rows) {
   grpc::ClientContext context;
+  fisherd::client::AddSessionMetadata(&context, session);
   auto stream = stub->StreamScores(&context);
   int64_t batches = 0;
   for (const RowJob& job : jobs) batches += (job.rows + batch_rows - 1) / batch_rows;
@@ -285,6 +289,7 @@ absl::StatusOr<int64_t> IngestWindow(FisherService::Stub* stub, const Config& co
   batch.set_rows(static_cast<uint32_t>(config.batch));
 
   grpc::ClientContext context;
+  fisherd::client::AddSessionMetadata(&context, session);
   auto stream = stub->StreamScores(&context);
   std::mutex mu;
   std::condition_variable cv;
@@ -431,6 +436,7 @@ absl::Status ReadFactor(FisherService::Stub* stub, const std::string& session,
                         std::vector<double>* out) {
   out->assign(static_cast<size_t>(n * n), 0.0);
   grpc::ClientContext context;
+  fisherd::client::AddSessionMetadata(&context, session);
   fisherd::v1::GetFisherRequest request;
   request.set_session(session);
   request.set_block(block);
@@ -479,6 +485,7 @@ absl::Status StreamStep(FisherService::Stub* stub, const Config& config, const s
   const int64_t dim = static_cast<int64_t>(gradient.size());
   natural_gradient->assign(gradient.size(), 0.0);
   grpc::ClientContext context;
+  fisherd::client::AddSessionMetadata(&context, session);
   auto stream = stub->StreamNaturalGradientStep(&context);
   fisherd::v1::StreamNaturalGradientStepRequest request;
   const auto t0 = Clock::now();

@@ -258,7 +258,7 @@ void Worker::FaultCancelStream() {
   const SessionSpec& spec = RandomChecked();
   const std::string id = absl::StrFormat("w%d-c%d", index_, serial_++);
   grpc::ClientContext context;
-  client()->PrepareContext(&context);
+  client()->PrepareContext(&context, spec.id);
   auto stream = client()->stub()->StreamScores(&context);
   const int batches = Uniform(1, 6);
   for (int seq = 1; seq <= batches; ++seq) {
@@ -281,7 +281,7 @@ void Worker::FaultDeadline() {
   const std::chrono::microseconds tiny(Uniform(0, 800));
   const SessionSpec& spec = RandomChecked();
   grpc::ClientContext context;
-  client()->PrepareContext(&context);
+  client()->PrepareContext(&context, spec.id);
   context.set_deadline(In(tiny));
   const std::initializer_list<StatusCode> expected = {StatusCode::kDeadlineExceeded};
   switch (Uniform(0, 3)) {
@@ -385,7 +385,7 @@ void Worker::Churn() {
                         client()->AddScores(MakeBatch(spec, wid, seq)).status());
   }
   grpc::ClientContext context;
-  client()->PrepareContext(&context);
+  client()->PrepareContext(&context, id);
   auto stream = client()->stub()->StreamScores(&context);
   v1::ScoreAck ack;
   const bool wrote = stream->Write(MakeBatch(spec, wid, 3)) && stream->Read(&ack);

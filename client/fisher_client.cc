@@ -130,10 +130,11 @@ FisherClient::FisherClient(std::shared_ptr<grpc::Channel> channel, const ClientO
       channel_(std::move(channel)),
       stub_(v1::FisherService::NewStub(channel_)) {}
 
-void FisherClient::PrepareContext(grpc::ClientContext* context) const {
+void FisherClient::PrepareContext(grpc::ClientContext* context, absl::string_view session) const {
   context->set_deadline(absl::ToChronoTime(absl::Now() + options_.call_timeout));
   context->set_wait_for_ready(options_.wait_for_ready);
   AddToken(context);
+  AddSessionMetadata(context, session);
 }
 
 void FisherClient::AddToken(grpc::ClientContext* context) const {
@@ -146,7 +147,7 @@ absl::StatusOr<v1::Session> FisherClient::CreateSession(absl::string_view sessio
   request.set_session_id(std::string(session_id));
   *request.mutable_config() = config;
   grpc::ClientContext context;
-  PrepareContext(&context);
+  PrepareContext(&context, session_id);
   v1::Session session;
   grpc::Status status = stub_->CreateSession(&context, request, &session);
   if (!status.ok()) return FromGrpcStatus(status);
@@ -157,7 +158,7 @@ absl::StatusOr<v1::Session> FisherClient::GetSession(absl::string_view name) {
   v1::GetSessionRequest request;
   request.set_name(SessionName(name));
   grpc::ClientContext context;
-  PrepareContext(&context);
+  PrepareContext(&context, name);
   v1::Session session;
   grpc::Status status = stub_->GetSession(&context, request, &session);
   if (!status.ok()) return FromGrpcStatus(status);
@@ -177,14 +178,14 @@ absl::Status FisherClient::DeleteSession(absl::string_view name) {
   v1::DeleteSessionRequest request;
   request.set_name(SessionName(name));
   grpc::ClientContext context;
-  PrepareContext(&context);
+  PrepareContext(&context, name);
   v1::DeleteSessionResponse response;
   return FromGrpcStatus(stub_->DeleteSession(&context, request, &response));
 }
 
 absl::StatusOr<v1::ScoreAck> FisherClient::AddScores(const v1::ScoreBatch& batch) {
   grpc::ClientContext context;
-  PrepareContext(&context);
+  PrepareContext(&context, batch.session());
   v1::ScoreAck ack;
   grpc::Status status = stub_->AddScores(&context, batch, &ack);
   if (!status.ok()) return FromGrpcStatus(status);
@@ -199,7 +200,7 @@ absl::StatusOr<v1::NaturalGradientStepResponse> FisherClient::Step(
   v1::NaturalGradientStepRequest request = StepHeader(session, params);
   request.mutable_gradient()->Add(gradient.begin(), gradient.end());
   grpc::ClientContext context;
-  PrepareContext(&context);
+  PrepareContext(&context, session);
   v1::NaturalGradientStepResponse response;
   grpc::Status status = stub_->NaturalGradientStep(&context, request, &response);
   if (!status.ok()) return FromGrpcStatus(status);
@@ -216,7 +217,7 @@ absl::StatusOr<v1::NaturalGradientStepResponse> FisherClient::StreamStep(
   }
   const size_t chunk = StepChunkValues(params, options_.max_message_bytes);
   grpc::ClientContext context;
-  PrepareContext(&context);
+  PrepareContext(&context, session);
   std::unique_ptr<grpc::ClientReaderWriter<v1::StreamNaturalGradientStepRequest,
                                            v1::StreamNaturalGradientStepResponse>>
       stream = stub_->StreamNaturalGradientStep(&context);
@@ -319,7 +320,7 @@ absl::StatusOr<v1::FisherVectorProductResponse> FisherClient::FisherVectorProduc
   request.set_session(SessionName(session));
   request.mutable_vector()->Add(vector.begin(), vector.end());
   grpc::ClientContext context;
-  PrepareContext(&context);
+  PrepareContext(&context, session);
   v1::FisherVectorProductResponse response;
   grpc::Status status = stub_->FisherVectorProduct(&context, request, &response);
   if (!status.ok()) return FromGrpcStatus(status);
@@ -345,7 +346,7 @@ absl::StatusOr<FisherEstimate> FisherClient::GetFisher(absl::string_view session
   request.set_block(query.block);
   request.set_factor(query.factor);
   grpc::ClientContext context;
-  PrepareContext(&context);
+  PrepareContext(&context, session);
   std::unique_ptr<grpc::ClientReader<v1::GetFisherResponse>> reader =
       stub_->GetFisher(&context, request);
 

@@ -219,8 +219,10 @@ class FisherClient {
   const std::shared_ptr<grpc::Channel>& channel() const { return channel_; }
   const ClientOptions& options() const { return options_; }
 
-  // Applies the per-call deadline, wait-for-ready setting and token to a fresh context.
-  void PrepareContext(grpc::ClientContext* context) const;
+  // Applies the per-call deadline, wait-for-ready setting and token to a fresh context,
+  // and for a session-scoped call (session not empty) the x-fisherd-session metadata
+  // that proxies route by (client/session_name.h).
+  void PrepareContext(grpc::ClientContext* context, absl::string_view session = {}) const;
   // Only the token (for calls that set their own deadline, such as streams).
   void AddToken(grpc::ClientContext* context) const;
 

@@ -439,6 +439,7 @@ bool ScoreStreamer::OpenAndResend() {
   context_ = std::make_unique<grpc::ClientContext>();
   context_->set_deadline(absl::ToChronoTime(absl::Now() + options_.stream_deadline));
   client_->AddToken(context_.get());
+  AddSessionMetadata(context_.get(), options_.session);
   stream_ = client_->stub()->StreamScores(context_.get());
   stream_opened_ = absl::Now();
   ++stats_.streams_opened;
