@@ -14,6 +14,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/time/time.h"
 #include "client/cli_flags.h"
 #include "client/connection_flags.h"
@@ -80,6 +81,8 @@ struct CtlFlags {
   std::string layout;
   std::string kronecker_damping;
   int64_t factor_refresh_period = 0;
+  // list
+  std::vector<std::string> replicas;
   // fisher
   std::string block;
   std::string factor;
@@ -93,6 +96,7 @@ struct Command {
   const CliFlags& given;  // the command's flag set, to ask which flags were given
   FisherClient* client = nullptr;
   absl::Duration timeout;
+  const ClientOptions* options = nullptr;  // the connection client was made with
 };
 
 int RunHealth(Command& cmd) {
@@ -185,8 +189,47 @@ int RunGet(Command& cmd) {
   return kOk;
 }
 
+// `list --replica A --replica B ...`: behind a proxy that routes sessions over replicas,
+// ListSessions reaches one replica only, so ask each one directly (with the same TLS
+// and token flags) and say where every session lives. A session on two replicas is
+// reported: the proxy can reach only one of them.
+int RunListReplicas(Command& cmd) {
+  std::map<std::string, std::vector<std::string>> homes;  // session name -> replicas
+  int total = 0;
+  bool failed = false;
+  for (const std::string& replica : cmd.flags.replicas) {
+    ClientOptions options = *cmd.options;
+    options.target = replica;
+    absl::StatusOr<std::unique_ptr<FisherClient>> client = FisherClient::Create(options);
+    absl::StatusOr<std::vector<v1::Session>> sessions =
+        client.ok() ? (*client)->ListSessions() : client.status();
+    if (!sessions.ok()) {
+      std::cerr << "fisherctl: replica " << replica << ": "
+                << absl::StatusCodeToString(sessions.status().code()) << ": "
+                << sessions.status().message() << "\n";
+      failed = true;
+      continue;
+    }
+    for (const v1::Session& session : *sessions) {
+      std::cout << replica << "  " << DescribeSessionBrief(session) << "\n";
+      homes[session.name()].push_back(replica);
+      ++total;
+    }
+  }
+  for (const auto& [name, replicas] : homes) {
+    if (replicas.size() > 1) {
+      std::cerr << "fisherctl: " << name << " is on " << replicas.size()
+                << " replicas: " << absl::StrJoin(replicas, ", ") << "\n";
+    }
+  }
+  std::cout << total << (total == 1 ? " session on " : " sessions on ") << cmd.flags.replicas.size()
+            << " replicas\n";
+  return failed ? kFailed : kOk;
+}
+
 int RunList(Command& cmd) {
   if (!cmd.flags.args.empty()) return UsageError("list takes no arguments");
+  if (!cmd.flags.replicas.empty()) return RunListReplicas(cmd);
   absl::StatusOr<std::vector<v1::Session>> sessions = cmd.client->ListSessions();
   if (!sessions.ok()) return Failed(sessions.status());
   for (const v1::Session& session : *sessions) std::cout << DescribeSessionBrief(session) << "\n";
@@ -282,7 +325,11 @@ std::map<std::string, CliFlags*> DefineFlags(CtlFlags* f, CliFlags* set) {
           "block: spec, parameters, and the rows and W applied",
           "NAME");
   command("describe", "the same as get", "NAME");
-  command("list", "list sessions", "");
+  CliFlags* list = command("list", "list sessions", "");
+  list->AddRepeated("replica", &f->replicas,
+                    "HOST:PORT of a replica behind a session-routing proxy; repeat it to "
+                    "list the sessions of every replica, each line prefixed with its replica "
+                    "(--target is then not used)");
   command("delete", "delete a session", "NAME");
   CliFlags* fisher =
       command("fisher", "summary of the Fisher estimate; --matrix also prints it", "NAME");
@@ -335,7 +382,7 @@ int Main(int argc, char** argv) {
     return Failed(client.status());
   }
 
-  Command cmd{f, *commands.at(name), client->get(), options.call_timeout};
+  Command cmd{f, *commands.at(name), client->get(), options.call_timeout, &options};
   if (name == "health") return RunHealth(cmd);
   if (name == "create") return RunCreate(cmd);
   if (name == "get" || name == "describe") return RunGet(cmd);

@@ -1,5 +1,7 @@
 #include "server/fisher_server.h"
 
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdio>
 #include <string>
@@ -20,6 +22,13 @@ namespace {
 absl::string_view HostOf(absl::string_view listen) {
   const size_t colon = listen.rfind(':');
   return colon == absl::string_view::npos ? listen : listen.substr(0, colon);
+}
+
+// This machine's name (a StatefulSet pod's is its stable identity, e.g. fisherd-1).
+std::string HostName() {
+  char name[256] = {};
+  if (gethostname(name, sizeof name - 1) != 0 || name[0] == '\0') return "localhost";
+  return name;
 }
 
 }  // namespace
@@ -78,6 +87,10 @@ absl::StatusOr<std::unique_ptr<FisherServer>> FisherServer::Start(const ServerOp
                                                " (address in use, not local, or malformed?)"));
   }
   server->address_ = absl::StrCat(HostOf(options.listen), ":", server->port_);
+  server->replica_name_ = options.replica_name.empty()
+                              ? absl::StrCat(HostName(), ":", server->port_)
+                              : options.replica_name;
+  server->registry_->SetReplicaName(server->replica_name_);
   if (!options.health_listen.empty()) {
     // Its own grpc::Server, so that nothing but health is reachable without TLS.
     grpc::ServerBuilder health_builder;

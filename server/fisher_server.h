@@ -37,6 +37,10 @@ struct ServerOptions {
   // HOST:PORT of a second, plaintext listener that serves only grpc.health.v1 (for
   // probes that cannot speak TLS, such as Kubernetes' gRPC probes). Empty: none.
   std::string health_listen;
+  // How NOT_FOUND errors name this server, for clients that reach it through a proxy
+  // routing sessions over several replicas (--replica-name). Empty: the host name and
+  // the bound port, "host:port".
+  std::string replica_name;
   // Durable sessions: a data directory (--data-dir) and when to snapshot. An empty
   // data_dir keeps sessions in memory only.
   DurabilityOptions durability;
@@ -58,6 +62,8 @@ class FisherServer {
 
   // "HOST:PORT" with the port actually bound (the listen host as given).
   const std::string& address() const { return address_; }
+  // The name NOT_FOUND errors give this replica (ServerOptions::replica_name).
+  const std::string& replica_name() const { return replica_name_; }
   int port() const { return port_; }
   // The health-only listener's bound port; 0 when there is none.
   int health_port() const { return health_port_; }
@@ -77,6 +83,7 @@ class FisherServer {
   FisherServer() = default;
 
   std::string address_;
+  std::string replica_name_;
   int port_ = 0;
   int health_port_ = 0;
   bool shut_down_ = false;

@@ -66,6 +66,9 @@ void DefineServerFlags(ServerFlags* flags, FlagSet* set) {
   set->AddStringCheck("health-listen", [](absl::string_view value) {
     return value.empty() ? absl::OkStatus() : CheckAddress("health-listen", value);
   });
+  set->AddString("replica-name", &flags->replica_name,
+                 "How NOT_FOUND errors name this server when several replicas sit behind a "
+                 "proxy that routes sessions (default: host name and bound port).");
   set->AddString("data-dir", &flags->data_dir,
                  "Directory for durable sessions: every change is logged and fdatasync'd "
                  "before it is acknowledged, snapshots are taken, and a restart recovers "
@@ -90,6 +93,7 @@ ServerFlags::ServerFlags(const ServerOptions& defaults)
       tls_client_ca(defaults.tls.client_ca_file),
       auth_token_file(defaults.auth_token_file),
       health_listen(defaults.health_listen),
+      replica_name(defaults.replica_name),
       data_dir(defaults.durability.data_dir),
       snapshot_interval_seconds(absl::ToDoubleSeconds(defaults.durability.snapshot_interval)),
       snapshot_log_mb(static_cast<int64_t>(defaults.durability.snapshot_log_bytes >> 20)) {}
@@ -107,6 +111,7 @@ ServerOptions ServerFlags::ToServerOptions() const {
   options.tls.client_ca_file = tls_client_ca;
   options.auth_token_file = auth_token_file;
   options.health_listen = health_listen;
+  options.replica_name = replica_name;
   options.durability.data_dir = data_dir;
   options.durability.snapshot_interval = absl::Seconds(snapshot_interval_seconds);
   options.durability.snapshot_log_bytes = static_cast<uint64_t>(snapshot_log_mb) << 20;

@@ -36,6 +36,7 @@ struct ServerFlags {
   std::string tls_client_ca;
   std::string auth_token_file;
   std::string health_listen;
+  std::string replica_name;
   std::string data_dir;
   double snapshot_interval_seconds;
   int64_t snapshot_log_mb;

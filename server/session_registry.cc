@@ -229,6 +229,18 @@ absl::StatusOr<SessionRegistry::Entry> SessionRegistry::CreateSession(
   return Entry{name, std::move(session)};
 }
 
+void SessionRegistry::SetReplicaName(std::string replica) {
+  absl::MutexLock lock(&mu_);
+  replica_ = std::move(replica);
+}
+
+absl::Status SessionRegistry::NotFound(absl::string_view name) const {
+  if (replica_.empty())
+    return absl::NotFoundError(absl::StrCat("session ", Quote(name), " not found"));
+  return absl::NotFoundError(
+      absl::StrCat("session ", Quote(name), " not found on replica ", Quote(replica_)));
+}
+
 absl::StatusOr<std::shared_ptr<Session>> SessionRegistry::Get(absl::string_view name,
                                                               absl::string_view field) const {
   if (absl::StatusOr<std::string> id = ParseSessionName(name, field); !id.ok()) {
@@ -237,7 +249,7 @@ absl::StatusOr<std::shared_ptr<Session>> SessionRegistry::Get(absl::string_view 
   absl::MutexLock lock(&mu_);
   auto it = sessions_.find(std::string(name));
   if (it == sessions_.end()) {
-    return absl::NotFoundError(absl::StrCat("session ", Quote(name), " not found"));
+    return NotFound(name);
   }
   return it->second.session;
 }
@@ -250,7 +262,7 @@ absl::Status SessionRegistry::Delete(absl::string_view name) {
   absl::MutexLock lock(&mu_);
   auto it = sessions_.find(std::string(name));
   if (it == sessions_.end()) {
-    return absl::NotFoundError(absl::StrCat("session ", Quote(name), " not found"));
+    return NotFound(name);
   }
   if (log_ != nullptr) {
     absl::StatusOr<uint64_t> lsn = log_->LogDeleted(std::string(name.substr(kCollection.size())),

@@ -81,6 +81,12 @@ class SessionRegistry {
   // before serving. REQUIRES: log outlives the registry's use.
   void set_log(RegistryLog* log) { log_ = log; }
 
+  // The name NOT_FOUND errors give this server ("replica \"host:port\""), so that a
+  // client behind a proxy that routes sessions over several replicas sees which replica
+  // answered that it does not hold the session. Empty (the default): not named. May be
+  // set while serving.
+  void SetReplicaName(std::string replica) ABSL_LOCKS_EXCLUDED(mu_);
+
   // Creates "sessions/{session_id}" from the wire config (see SessionOptionsFromProto
   // for its defaults). INVALID_ARGUMENT for a bad id or config, ALREADY_EXISTS when the
   // name is taken (or being created), RESOURCE_EXHAUSTED naming the flag when a limit
@@ -95,7 +101,8 @@ class SessionRegistry {
                                  uint64_t incarnation) ABSL_LOCKS_EXCLUDED(mu_);
 
   // The session named `name` ("sessions/{id}"). INVALID_ARGUMENT naming `field` for a
-  // malformed name; NOT_FOUND naming the session when there is none.
+  // malformed name; NOT_FOUND naming the session (and the replica, if set) when there is
+  // none.
   absl::StatusOr<std::shared_ptr<Session>> Get(absl::string_view name,
                                                absl::string_view field = "name") const
       ABSL_LOCKS_EXCLUDED(mu_);
@@ -129,6 +136,8 @@ class SessionRegistry {
     uint64_t bytes = 0;
   };
 
+  absl::Status NotFound(absl::string_view name) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
   // Checks every limit for a new session of `options` named `name` and, if all pass,
   // reserves its bytes and the name.
   // count_limits: also --max-sessions and the memory budget (not during recovery).
@@ -150,6 +159,7 @@ class SessionRegistry {
   std::map<std::string, Slot> sessions_ ABSL_GUARDED_BY(mu_);  // sorted: List is ordered
   std::set<std::string> creating_ ABSL_GUARDED_BY(mu_);        // reserved, not yet built
   uint64_t reserved_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  std::string replica_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace fisherd::server
