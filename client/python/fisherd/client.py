@@ -12,6 +12,11 @@ takes gradients of any size, streaming large ones in chunks that stay far below 
 gRPC's default message limit (fisherd's own is 64 MiB unless --max-message-mb says
 otherwise; this client's is max_message_bytes, 64 MiB by default), so they pass any of
 them.
+
+Every call that names one session (all but ListSessions) carries the metadata
+`x-fisherd-session: <id>` (the bare id, without "sessions/"), stream opens included, so
+that a proxy in front of several fisherd replicas can pick the replica from the header
+alone, without parsing protobuf (docs/design.md section 3).
 """
 import collections
 import dataclasses
@@ -62,6 +67,8 @@ _STEP_CHUNK_BYTES = 2 << 20
 _DEFAULT_ROWS_PER_BATCH = 256
 _BATCH_BYTES = 2 << 20
 _END = object()  # ends a request generator (half-closes the stream)
+# The routing header: a load balancer hashes it to keep each session on one replica.
+SESSION_HEADER = "x-fisherd-session"
 
 
 def session_name(session):
@@ -69,6 +76,18 @@ def session_name(session):
     if not isinstance(session, str) or not session:
         raise invalid_argument(f"session must be a non-empty string, got {session!r}")
     return session if session.startswith("sessions/") else f"sessions/{session}"
+
+
+def _routing_id(session):
+    """The bare session id the routing header carries, or None when it is not printable
+    ASCII: gRPC refuses such a header value outright, and no valid session id has one
+    (the server then answers with its own error about the name)."""
+    if not isinstance(session, str):
+        return None
+    bare = session[len("sessions/"):] if session.startswith("sessions/") else session
+    if bare and all(" " <= c <= "~" for c in bare):
+        return bare
+    return None
 
 
 def _count(value, what):
@@ -502,12 +521,14 @@ class Client:
             raise invalid_argument(f"factor_refresh_period must be < 2^32, got {period}")
         config.factor_refresh_period = period
         session = self._unary(self._stub.CreateSession,
-                              pb.CreateSessionRequest(session_id=session_id, config=config))
+                              pb.CreateSessionRequest(session_id=session_id, config=config),
+                              session_id)
         return session.name
 
     def get_session(self, name):
+        name = session_name(name)
         return Session.from_proto(
-            self._unary(self._stub.GetSession, pb.GetSessionRequest(name=session_name(name))))
+            self._unary(self._stub.GetSession, pb.GetSessionRequest(name=name), name))
 
     def list_sessions(self):
         response = self._unary(self._stub.ListSessions, pb.ListSessionsRequest())
@@ -515,7 +536,7 @@ class Client:
 
     def delete_session(self, name):
         name = session_name(name)
-        self._unary(self._stub.DeleteSession, pb.DeleteSessionRequest(name=name))
+        self._unary(self._stub.DeleteSession, pb.DeleteSessionRequest(name=name), name)
         with self._lock:
             for key in [k for k in self._workers if k[0] == name]:
                 del self._workers[key]
@@ -563,7 +584,7 @@ class Client:
         if stream:
             return self._stream_step(header, values, chunk_values)
         header.gradient.extend(values.astype(np.float64))
-        response = self._unary(self._stub.NaturalGradientStep, header)
+        response = self._unary(self._stub.NaturalGradientStep, header, name)
         return StepResult(natural_gradient=np.array(response.natural_gradient, dtype=np.float64),
                           update=np.array(response.update, dtype=np.float64),
                           eta=response.eta, natural_norm_sq=response.natural_norm_sq,
@@ -595,7 +616,7 @@ class Client:
         responses = None
         try:
             responses = self._step_stream_call(requests(), timeout=self._stream_timeout,
-                                               metadata=self._metadata,
+                                               metadata=self._call_metadata(header.session),
                                                wait_for_ready=self._wait_for_ready)
             for data in responses:
                 answer.add(data)
@@ -609,8 +630,9 @@ class Client:
 
     def fisher_vector_product(self, session, vector):
         """(F v, 1/2 v^T F v) with the undamped estimate F."""
+        name = session_name(session)
         response = self._unary(self._stub.FisherVectorProduct, pb.FisherVectorProductRequest(
-            session=session_name(session), vector=_as_vector(vector, "vector")))
+            session=name, vector=_as_vector(vector, "vector")), name)
         return np.array(response.product, dtype=np.float64), response.quadratic_kl
 
     def get_fisher(self, session, include_matrix=True, include_eigenvalues=False, *,
@@ -629,7 +651,7 @@ class Client:
                                       block=_block_name(block), factor=_factor(factor))
         try:
             messages = list(self._stub.GetFisher(request, timeout=self._timeout,
-                                                 metadata=self._metadata,
+                                                 metadata=self._call_metadata(request.session),
                                                  wait_for_ready=self._wait_for_ready))
         except grpc.RpcError as error:
             raise FisherdError.from_rpc_error(error) from None
@@ -690,6 +712,15 @@ class Client:
         when no part has rows. Every part is validated before anything is sent."""
         name = session_name(session)
         worker = self._worker(worker_id)
+        segments = self._block_segments(parts, rows_per_batch, max_in_flight)
+        if not segments:
+            return None
+        return self._stream_segments(name, worker, segments, max_in_flight, None)
+
+    def _block_segments(self, parts, rows_per_batch, max_in_flight):
+        """stream_blocks' parts, validated, as segments (those with rows). Nothing is sent,
+        so a caller spreading parts over several clients (ShardedLayeredSession) checks
+        them all before any stream opens."""
         segments = []
         for index, part in enumerate(parts):
             if not isinstance(part, (tuple, list)) or len(part) not in (3, 4):
@@ -703,9 +734,7 @@ class Client:
                                               rows_per_batch))
         if max_in_flight < 1:
             raise invalid_argument("max_in_flight must be >= 1")
-        if not segments:
-            return None
-        return self._stream_segments(name, worker, segments, max_in_flight, None)
+        return segments
 
     def _worker(self, worker_id):
         worker = worker_id if worker_id is not None else self.default_worker_id
@@ -754,9 +783,18 @@ class Client:
                 self._busy.discard(key)
 
     # --- internals ----------------------------------------------------------------------
-    def _unary(self, method, request):
+    def _call_metadata(self, session=None):
+        """The authorization metadata, plus the routing header for a call naming
+        `session` (an id or a resource name)."""
+        bare = _routing_id(session) if session is not None else None
+        if bare is None:
+            return self._metadata
+        return (self._metadata or ()) + ((SESSION_HEADER, bare),)
+
+    def _unary(self, method, request, session=None):
         try:
-            return method(request, timeout=self._timeout, metadata=self._metadata,
+            return method(request, timeout=self._timeout,
+                          metadata=self._call_metadata(session),
                           wait_for_ready=self._wait_for_ready)
         except grpc.RpcError as error:
             raise FisherdError.from_rpc_error(error) from None
@@ -817,7 +855,8 @@ class _StreamRun:
 
     def open(self):
         client = self.client
-        stream = _Stream(client._stream_call, client._stream_timeout, client._metadata)
+        stream = _Stream(client._stream_call, client._stream_timeout,
+                         client._call_metadata(self.name))
         self.streams += 1
         for entry in self.unacked:
             stream.send(entry[1])

@@ -13,7 +13,8 @@
         optimizer.step()           # p -= lr * eta * n (momentum, Adam: as with any .grad)
 
 This module imports torch; the rest of the `fisherd` package never does. It needs only
-the public fisherd.Client (see docs/design.md section 7 for the layered sessions it uses).
+the public fisherd.Client (see docs/design.md section 7 for the layered sessions it uses),
+and fisherd.ShardedLayeredSession when given several replicas.
 
 What is preconditioned. Every nn.Linear and every nn.Conv2d (groups=1, any stride,
 padding, dilation or padding_mode) whose weight trains becomes one Kronecker block of a
@@ -117,6 +118,15 @@ not update the factors are taken with skip_decay, so factor_decay is the decay p
 factor update (an exponential moving average over the batches used), as in K-FAC.
 Everything goes over the one channel of `client`.
 
+Several replicas. `client` may be a list of fisherd.Client, one per fisherd replica.
+With one, nothing changes. With more, the blocks are spread over the replicas as one
+fisherd.ShardedLayeredSession (.sharded; the assignment balances each block's
+eigendecomposition cost, docs/design.md section 7): every block's rows go to its
+replica, all replicas are streamed to and stepped in parallel, and the combined step
+(eta, KL budget, predicted KL) is the one a single session of all blocks answers, so
+.grad is the same. Data-parallel ranks attach with create_session=False as below, each
+with the same list of replicas in the same order.
+
 Data-parallel training. Several processes may feed one session, each its own shard's
 rows under its own worker_id (rows are scaled by each process's own batch size, so the
 session holds exactly what one process with all shards would hold). One of them creates
@@ -159,6 +169,7 @@ from torch.nn import functional as F
 
 from fisherd.client import Block, StepResult
 from fisherd.errors import FisherdError, invalid_argument
+from fisherd.sharded import ShardedLayeredSession
 
 __all__ = ["KFACPreconditioner", "KFACStep", "UnsupportedModuleError"]
 
@@ -368,7 +379,10 @@ class KFACPreconditioner:
     """K-FAC natural gradient for a PyTorch model through a fisherd layered session.
 
     model: the nn.Module to train. client: a fisherd.Client (its one channel carries all
-    rows and steps). session_id: the session to create (or attach to, see
+    rows and steps), or a list of them, one per fisherd replica: with more than one the
+    blocks are spread over the replicas (.sharded, a fisherd.ShardedLayeredSession whose
+    shards are "{session_id}.{k}-of-{n}"; .client is then None), with one it is as a
+    single client. session_id: the session to create (or attach to, see
     create_session). damping: lambda >= 0, the session's default (exact damping per
     Kronecker block). kl_budget: None (eta = 1) or c > 0 (eta = sqrt(2c / g^T n)).
     fisher: "empirical" (the training backward's output gradients) or "true" (labels drawn
@@ -428,8 +442,15 @@ class KFACPreconditioner:
         if int(update_factors_every) != update_factors_every or update_factors_every < 1:
             raise invalid_argument("update_factors_every must be an integer >= 1, got "
                                    f"{update_factors_every!r}")
+        clients = list(client) if isinstance(client, (list, tuple)) else [client]
+        if not clients:
+            raise invalid_argument("client must be a fisherd.Client or a non-empty list of them")
         self.model = model
-        self.client = client
+        self.clients = tuple(clients)
+        # One replica: today's single session. Several: one sharded session (set by
+        # _open_session), and no single client that holds it.
+        self.client = clients[0] if len(clients) == 1 else None
+        self.sharded = None
         self.damping = float(damping)
         self.kl_budget = None if kl_budget is None else float(kl_budget)
         self.fisher = fisher
@@ -511,6 +532,13 @@ class KFACPreconditioner:
     def _open_session(self, session_id, create, attach_timeout, kronecker_damping,
                       factor_refresh_period):
         bare = session_id[len("sessions/"):] if session_id.startswith("sessions/") else session_id
+        if len(self.clients) > 1:
+            # The sharded session checks an attached layout shard by shard itself.
+            self.sharded = ShardedLayeredSession(
+                list(self.clients), bare, self.blocks, create=create, decay=self.factor_decay,
+                damping=self.damping, kronecker_damping=kronecker_damping,
+                factor_refresh_period=factor_refresh_period, attach_timeout=attach_timeout)
+            return self.sharded.name
         if create:
             return self.client.create_session(
                 bare, blocks=self.blocks, decay=self.factor_decay, damping=self.damping,
@@ -538,7 +566,8 @@ class KFACPreconditioner:
         return [p for layer in self.layers for p in layer.parameters]
 
     def remove(self):
-        """Removes the hooks (the session stays; client.delete_session(.session) ends it)."""
+        """Removes the hooks (the session stays; client.delete_session(.session), or
+        .sharded.delete() over several replicas, ends it)."""
         for layer in self.layers:
             for handle in layer.handles:
                 handle.remove()
@@ -668,7 +697,10 @@ class KFACPreconditioner:
         self._iteration_timings["rows"] += middle - start
         if not parts:
             return 0
-        result = self.client.stream_blocks(self.session, parts, worker_id=self.worker_id)
+        if self.sharded is not None:
+            result = self.sharded.stream_blocks(parts, worker_id=self.worker_id)
+        else:
+            result = self.client.stream_blocks(self.session, parts, worker_id=self.worker_id)
         self._iteration_timings["stream"] += time.perf_counter() - middle
         return result.rows
 
@@ -692,8 +724,12 @@ class KFACPreconditioner:
             dtype = "float32" if g.dtype == torch.float32 else "float64"
             g = g.to(torch.float32 if dtype == "float32" else torch.float64).numpy()
             middle = time.perf_counter()
-            result = self.client.step(self.session, g, kl_budget=self.kl_budget or 0.0,
-                                      skip_decay=not updated, gradient_dtype=dtype)
+            if self.sharded is not None:
+                result = self.sharded.step(g, kl_budget=self.kl_budget or 0.0,
+                                           skip_decay=not updated, gradient_dtype=dtype)
+            else:
+                result = self.client.step(self.session, g, kl_budget=self.kl_budget or 0.0,
+                                          skip_decay=not updated, gradient_dtype=dtype)
             after = time.perf_counter()
             # update = -eta n, computed by the server in float64: .grad = eta n.
             update = result.update

@@ -51,6 +51,20 @@ def server():
     stop_fisherd(process)
 
 
+@pytest.fixture(scope="session")
+def replicas():
+    """Three independent fisherd processes (the replicas of a sharded session): their
+    "host:port" addresses."""
+    started = []
+    try:
+        for _ in range(3):
+            started.append(start_fisherd("--max-sessions=64"))
+        yield [address for _, address in started]
+    finally:
+        for process, _ in started:
+            stop_fisherd(process)
+
+
 @pytest.fixture
 def client(server):
     with fisherd.Client(server, wait_for_ready=True, timeout=20) as c:

@@ -335,6 +335,77 @@ def test_bearer_token_is_sent_on_every_call():
         server.stop(None)
 
 
+def test_session_calls_carry_the_routing_header():
+    """What reaches a server: an in-process gRPC server records the metadata of every call
+    as it arrives (before any handler runs, so stream opens count), answers the calls
+    the client needs answered first (GetSession before a stream) and leaves the rest
+    UNIMPLEMENTED. Every call naming the session carries x-fisherd-session with the bare
+    id next to the token; ListSessions names none and carries none."""
+    from concurrent import futures
+    from fisherd.v1 import fisher_pb2 as pb
+
+    answers = {"CreateSession": pb.Session(name="sessions/job-1.0-of-3"),
+               "GetSession": pb.Session(name="sessions/job-1.0-of-3",
+                                        config=pb.SessionConfig(dim=2)),
+               "ListSessions": pb.ListSessionsResponse(),
+               "DeleteSession": pb.DeleteSessionResponse()}
+    seen = []
+
+    class Recorder(grpc.GenericRpcHandler):
+        def service(self, details):
+            method = details.method.rsplit("/", 1)[1]
+            seen.append((method, dict(details.invocation_metadata)))
+            answer = answers.get(method)
+            if answer is None:
+                return None  # UNIMPLEMENTED, after the call's metadata arrived
+            return grpc.unary_unary_rpc_method_handler(
+                lambda request, context: answer,
+                response_serializer=lambda message: message.SerializeToString())
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers((Recorder(),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    unimplemented = [
+        lambda c, s: c.step(s, [1.0, 2.0]),
+        lambda c, s: c.step(s, [1.0, 2.0], stream=True),
+        lambda c, s: c.fisher_vector_product(s, [1.0, 2.0]),
+        lambda c, s: c.get_fisher(s),
+        lambda c, s: c.stream_scores(s, np.ones((3, 2)), worker_id="w"),
+        lambda c, s: c.stream_blocks(s, [("fc1", "activations", np.ones((3, 2)))]),
+    ]
+    try:
+        with fisherd.Client(f"127.0.0.1:{port}", token="t0k") as c:
+            c.create_session("job-1.0-of-3", dim=2)
+            c.list_sessions()
+            for session in ("job-1.0-of-3", "sessions/job-1.0-of-3"):
+                c.get_session(session)
+                for call in unimplemented:
+                    with pytest.raises(fisherd.FisherdError) as error:
+                        call(c, session)
+                    assert error.value.code == grpc.StatusCode.UNIMPLEMENTED
+            c.delete_session("sessions/job-1.0-of-3")
+            # No valid id has a non-ASCII character and gRPC refuses such a header
+            # value: the call goes out without it, and the server judges the name.
+            c.get_session("sessions/j\u00f6b")
+    finally:
+        server.stop(None)
+    methods = {method for method, _ in seen}
+    assert methods == {"CreateSession", "GetSession", "ListSessions", "DeleteSession",
+                       "NaturalGradientStep", "StreamNaturalGradientStep",
+                       "FisherVectorProduct", "GetFisher", "StreamScores"}, methods
+    *named, (last, unnamed) = seen
+    assert last == "GetSession" and "x-fisherd-session" not in unnamed
+    for method, metadata in named:
+        assert metadata.get("authorization") == "Bearer t0k", method
+        if method == "ListSessions":
+            assert "x-fisherd-session" not in metadata
+        else:
+            assert metadata.get("x-fisherd-session") == "job-1.0-of-3", (method, metadata)
+    # Both streams were opened with the header, each after its GetSession.
+    assert sum(method == "StreamScores" for method, _ in named) == 4
+
+
 def test_stream_rejection_is_raised_not_retried():
     """A batch over the server's message limit ends the stream with RESOURCE_EXHAUSTED;
     the client raises it at once (no resend loop) and the batches before it stay applied."""

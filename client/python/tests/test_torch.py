@@ -26,6 +26,13 @@ Tolerances (relative, norm-wise, see assert_close):
                      of docs/design.md section 1 from the server's float64 n: the server
                      sums n^T F n in the factors' eigenbases instead, equal in exact
                      arithmetic; the subtraction may cancel a few digits of 1e-16.
+  SHARDED_RTOL 1e-10 .grad written through three replicas (a sharded session) against one:
+                     every block's n is the same float64 computation on the same rows;
+                     only g^T n, and so eta under a KL budget, is summed in another order
+                     (a few ulps). Rounded to float32 for .grad that is no difference at
+                     all, unless a value lies within a float64 ulp of a float32 rounding
+                     boundary (odds about 2^-29 per entry); 1e-10 sits far below one
+                     float32 ulp (6e-8), so it would catch any real difference.
 
 Needs PyTorch (Debian: python3-torch); without it the module fails to import. Run as a
 script (python3 test_torch.py --worker ...) it is one rank of the data-parallel test.
@@ -47,6 +54,7 @@ ROUNDED_RTOL = 1e-6
 STEP_RTOL = 1e-6
 SAME_RTOL = 1e-12
 KL_RTOL = 1e-9
+SHARDED_RTOL = 1e-10
 DAMPING = 0.1
 
 
@@ -545,6 +553,61 @@ def test_the_rest_of_the_package_never_imports_torch():
         capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def make_deep_mlp(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(12, 10), nn.Tanh(), nn.Linear(10, 8), nn.Tanh(),
+                         nn.Linear(8, 5))
+
+
+@pytest.mark.parametrize("kl_budget", [None, 1e-2])
+def test_three_replicas_equal_one(client, replicas, session_id, kl_budget):
+    """The same MLP, data and steps through one fisherd ([client], a list of one: today's
+    single session) and through three replicas (a sharded session): .grad, eta and the
+    predicted KL agree after every step, across factor updates and decay."""
+    clients = [fisherd.Client(address, wait_for_ready=True, timeout=20) for address in replicas]
+    models = [make_deep_mlp(), make_deep_mlp()]
+    one = fisherd_torch.KFACPreconditioner(models[0], [client], session_id, damping=DAMPING,
+                                           kl_budget=kl_budget, factor_decay=0.5)
+    three = fisherd_torch.KFACPreconditioner(models[1], clients, session_id, damping=DAMPING,
+                                             kl_budget=kl_budget, factor_decay=0.5)
+    try:
+        assert one.client is client and one.sharded is None
+        assert three.client is None and three.sharded is not None
+        # By hand: costs 13^3 + 10^3 = 3197, 11^3 + 8^3 = 1843, 9^3 + 5^3 = 854, so the
+        # blocks take the shards in layout order, one each.
+        assert three.sharded.assignment == (0, 1, 2)
+        for k, c in enumerate(clients):
+            assert [b.name for b in c.get_session(f"{session_id}.{k}-of-3").blocks] == \
+                [str(2 * k)]
+        optimizers = [torch.optim.SGD(m.parameters(), lr=0.1) for m in models]
+        for iteration in range(3):
+            x, y = make_data(16, seed=10 + iteration)
+            summaries = []
+            for model, kfac, optimizer in zip(models, (one, three), optimizers):
+                optimizer.zero_grad()
+                F.cross_entropy(model(x), y).backward()
+                summaries.append(kfac.step())
+            expected, actual = summaries
+            for a, b in zip(one.parameters(), three.parameters()):
+                assert_close(b.grad, a.grad, SHARDED_RTOL, f"iteration {iteration}")
+            assert actual.eta == pytest.approx(expected.eta, rel=1e-12, abs=0)
+            assert actual.predicted_kl == pytest.approx(expected.predicted_kl, rel=1e-12, abs=0)
+            assert actual.rows_streamed == expected.rows_streamed
+            assert actual.solver_method == expected.solver_method == "layered"
+            if kl_budget is None:
+                assert actual.eta == 1.0
+            for optimizer in optimizers:
+                optimizer.step()
+        assert three.sharded.get_session().step_count == 3
+    finally:
+        one.remove()
+        three.remove()
+        three.sharded.delete()
+        client.delete_session(one.session)
+        for c in clients:
+            c.close()
 
 
 def test_stream_blocks_equals_one_stream_per_block(client, session_id):
