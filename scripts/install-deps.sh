@@ -12,6 +12,7 @@ packages=(
   openssl docker.io docker-compose debootstrap ca-certificates
   python3-pip python3-setuptools python3-wheel python3-venv
   clang-14 libfuzzer-14-dev clang-format-14 clang-tidy-14
+  haproxy
 )
 # npm runs the Docker smoke test's linters; a Node.js installed otherwise brings its own.
 command -v npm >/dev/null || packages+=(npm)
