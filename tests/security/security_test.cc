@@ -213,9 +213,9 @@ TEST_F(SecurityTest, MutualTlsConnectsOverASlowLink) {
   EXPECT_TRUE(CreateAndList(options, "slow-link").ok());
 
   // fisherctl goes through the same channel setup.
-  CommandResult listed = RunCommand(
-      {FisherctlPath(), "--target=" + slow_link.address(), "--tls-ca=" + Path("ca.pem"),
-       "--tls-cert=" + Path("client.pem"), "--tls-key=" + Path("client.key"), "list"});
+  CommandResult listed =
+      RunCommand({FisherctlPath(), "--target=" + slow_link.address(), "--tls-ca=" + Path("ca.pem"),
+                  "--tls-cert=" + Path("client.pem"), "--tls-key=" + Path("client.key"), "list"});
   EXPECT_EQ(listed.exit_code, 0) << listed.output;
   EXPECT_THAT(listed.output, HasSubstr("sessions/slow-link"));
   EXPECT_EQ(server.Terminate(), 0);
