@@ -5,6 +5,7 @@ add_executable(e2e_test
   e2e/e2e_test.cc
   e2e/layered_e2e_test.cc
   e2e/process.cc
+  e2e/sharded_session_test.cc
   e2e/tcp_proxy.cc)
 target_compile_definitions(e2e_test PRIVATE
   FISHERD_BIN="$<TARGET_FILE:fisherd>"
