@@ -6,7 +6,10 @@ packages=(
   build-essential cmake ninja-build pkg-config ccache
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libeigen3-dev libabsl-dev libcli11-dev libgtest-dev libgmock-dev libbenchmark-dev
-  libopenblas-dev liblapacke-dev zlib1g-dev libxxhash-dev
+  libopenblas-dev liblapacke-dev zlib1g-dev libxxhash-dev libcpp-httplib-dev
+  # For promtool, which the metrics tests run; the package also holds a Prometheus server
+  # (which systemd, where it runs, starts on port 9090).
+  prometheus
   python3-grpcio python3-protobuf python3-numpy python3-pytest
   python3-torch python3-matplotlib dataset-fashion-mnist
   openssl docker.io docker-compose debootstrap ca-certificates

@@ -292,6 +292,7 @@ absl::Status DurableStore::Recover(RecoveryReport* report) {
   JournalOptions journal_options;
   journal_options.dir = log_dir_;
   journal_options.segment_bytes = options_.segment_bytes;
+  journal_options.on_sync = options_.on_log_sync;
   absl::StatusOr<std::unique_ptr<Journal>> journal = Journal::Open(journal_options, next_lsn);
   if (!journal.ok()) return journal.status();
   journal_ = std::move(*journal);

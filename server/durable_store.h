@@ -49,6 +49,9 @@ struct DurabilityOptions {
   uint64_t snapshot_log_bytes = uint64_t{1} << 30;
   // Size of a preallocated log segment.
   uint64_t segment_bytes = uint64_t{64} << 20;
+  // Told the wall time of every fdatasync of the log (JournalOptions::on_sync), for the
+  // metrics; empty: nobody is.
+  std::function<void(double seconds)> on_log_sync;
 };
 
 // What Open found, for the start-up line and the recovery bench.

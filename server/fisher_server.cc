@@ -4,8 +4,11 @@
 
 #include <chrono>
 #include <cstdio>
+#include <memory>
 #include <string>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
@@ -14,6 +17,7 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
+#include "server/call_metrics.h"
 
 namespace fisherd::server {
 namespace {
@@ -29,6 +33,13 @@ std::string HostName() {
   char name[256] = {};
   if (gethostname(name, sizeof name - 1) != 0 || name[0] == '\0') return "localhost";
   return name;
+}
+
+// Every call on `builder`'s server counted in fisherd_grpc_calls_total.
+void CountCalls(ServerMetrics* metrics, grpc::ServerBuilder* builder) {
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> creators;
+  creators.push_back(std::make_unique<CallMetricsFactory>(metrics));
+  builder->experimental().SetInterceptorCreators(std::move(creators));
 }
 
 }  // namespace
@@ -55,11 +66,34 @@ absl::StatusOr<std::unique_ptr<FisherServer>> FisherServer::Start(const ServerOp
   int threads = options.math_threads;
   if (threads <= 0) threads = static_cast<int>(std::thread::hardware_concurrency());
   if (threads <= 0) threads = 1;
+  const bool durable = !options.durability.data_dir.empty();
+  server->metrics_ = std::make_unique<ServerMetrics>(durable);
   server->registry_ = std::make_unique<SessionRegistry>(options.limits);
-  if (!options.durability.data_dir.empty()) {
+  server->metrics_->WatchSessions(server->registry_.get());
+  if (!options.metrics_listen.empty()) {
+    // First, so that a busy port fails the start before a long recovery, and before any
+    // gRPC port opens; scrapes during recovery see the sessions come back.
+    absl::StatusOr<std::unique_ptr<metrics::MetricsHttpServer>> http =
+        metrics::MetricsHttpServer::Start(
+            options.metrics_listen,
+            [metrics = server->metrics_.get()] { return metrics->Render(); });
+    if (!http.ok()) {
+      server->shut_down_ = true;
+      return absl::Status(http.status().code(),
+                          absl::StrCat("--metrics-listen: ", http.status().message()));
+    }
+    server->metrics_http_ = *std::move(http);
+    server->metrics_address_ =
+        absl::StrCat(HostOf(options.metrics_listen), ":", server->metrics_http_->port());
+  }
+  if (durable) {
+    DurabilityOptions durability = options.durability;
+    durability.on_log_sync = [metrics = server->metrics_.get()](double seconds) {
+      metrics->RecordLogSync(seconds);
+    };
     // Recovery before the port opens: no client sees a session half recovered.
     absl::StatusOr<std::unique_ptr<DurableStore>> store =
-        DurableStore::Open(options.durability, server->registry_.get(), &server->recovery_);
+        DurableStore::Open(durability, server->registry_.get(), &server->recovery_);
     if (!store.ok()) {
       server->shut_down_ = true;
       return store.status();
@@ -69,7 +103,7 @@ absl::StatusOr<std::unique_ptr<FisherServer>> FisherServer::Start(const ServerOp
   server->pool_ = std::make_unique<WorkPool>(threads);
   server->service_ = std::make_unique<FisherServiceImpl>(
       server->registry_.get(), server->pool_.get(), options.max_message_bytes, server->auth_.get(),
-      server->store_.get());
+      server->store_.get(), server->metrics_.get());
 
   grpc::ServerBuilder builder;
   builder.AddListeningPort(options.listen, *credentials, &server->port_);
@@ -79,6 +113,7 @@ absl::StatusOr<std::unique_ptr<FisherServer>> FisherServer::Start(const ServerOp
   builder.SetMaxReceiveMessageSize(options.max_message_bytes);
   builder.SetMaxSendMessageSize(options.max_message_bytes);
   builder.RegisterService(server->service_.get());
+  CountCalls(server->metrics_.get(), &builder);
   server->server_ = builder.BuildAndStart();
   if (server->server_ == nullptr || server->port_ == 0) {
     if (server->server_ != nullptr) server->server_->Shutdown();
@@ -97,6 +132,7 @@ absl::StatusOr<std::unique_ptr<FisherServer>> FisherServer::Start(const ServerOp
     health_builder.AddListeningPort(options.health_listen, grpc::InsecureServerCredentials(),
                                     &server->health_port_);
     health_builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+    CountCalls(server->metrics_.get(), &health_builder);
     server->health_server_ = health_builder.BuildAndStart();
     if (server->health_server_ == nullptr || server->health_port_ == 0) {
       return absl::UnavailableError(
@@ -139,6 +175,7 @@ void FisherServer::Shutdown(absl::Duration drain) {
                    std::string(status.message()).c_str());
     }
   }
+  if (metrics_http_ != nullptr) metrics_http_->Stop();
 }
 
 FisherServer::~FisherServer() { Shutdown(absl::ZeroDuration()); }

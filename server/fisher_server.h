@@ -12,8 +12,10 @@
 #include "absl/time/time.h"
 #include "common/defaults.h"
 #include "grpcpp/server.h"
+#include "metrics/http_exporter.h"
 #include "server/auth.h"
 #include "server/durable_store.h"
+#include "server/server_metrics.h"
 #include "server/service.h"
 #include "server/session_registry.h"
 #include "server/work_pool.h"
@@ -41,6 +43,10 @@ struct ServerOptions {
   // routing sessions over several replicas (--replica-name). Empty: the host name and
   // the bound port, "host:port".
   std::string replica_name;
+  // HOST:PORT of a plain-HTTP listener serving GET /metrics in Prometheus' text format
+  // (--metrics-listen; port 0 picks a free port, see FisherServer::metrics_address()).
+  // Empty: none; the metrics are kept anyway (ServerMetrics), for in-process readers.
+  std::string metrics_listen;
   // Durable sessions: a data directory (--data-dir) and when to snapshot. An empty
   // data_dir keeps sessions in memory only.
   DurabilityOptions durability;
@@ -50,8 +56,8 @@ class FisherServer {
  public:
   // Builds and starts the server, first recovering the sessions of
   // options.durability.data_dir when set (see DurableStore::Open for its errors).
-  // UNAVAILABLE when the address cannot be bound; INVALID_ARGUMENT / NOT_FOUND when the
-  // TLS or token files are unusable.
+  // UNAVAILABLE when an address (--listen, --health-listen, --metrics-listen) cannot be
+  // bound; INVALID_ARGUMENT / NOT_FOUND when the TLS or token files are unusable.
   static absl::StatusOr<std::unique_ptr<FisherServer>> Start(const ServerOptions& options);
 
   // Shuts down with a zero drain if Shutdown was not called.
@@ -67,6 +73,10 @@ class FisherServer {
   int port() const { return port_; }
   // The health-only listener's bound port; 0 when there is none.
   int health_port() const { return health_port_; }
+  // "HOST:PORT" of the metrics listener with the port bound; empty when there is none.
+  const std::string& metrics_address() const { return metrics_address_; }
+
+  ServerMetrics& metrics() { return *metrics_; }
 
   SessionRegistry& registry() { return *registry_; }
   // The data directory's store (nullptr when memory only) and what recovery found.
@@ -76,7 +86,8 @@ class FisherServer {
   // Reports NOT_SERVING on the health service (so load balancers stop sending new
   // work), lets in-flight RPCs finish for up to `drain`, cancels the rest, and waits
   // until every handler has finished; with a data directory, then takes a last round of
-  // snapshots (so the next start replays little). Idempotent.
+  // snapshots (so the next start replays little); the metrics listener stops last, so
+  // that a scrape during the drain still gets an answer. Idempotent.
   void Shutdown(absl::Duration drain);
 
  private:
@@ -86,9 +97,12 @@ class FisherServer {
   std::string replica_name_;
   int port_ = 0;
   int health_port_ = 0;
+  std::string metrics_address_;
   bool shut_down_ = false;
-  // Declaration order is destruction order in reverse: the grpc::Server goes first,
-  // then the service, then the pool (running whatever is queued), then the sessions.
+  // Declaration order is destruction order in reverse: the metrics listener and the
+  // grpc::Server go first, then the service, then the pool (running whatever is queued),
+  // then the sessions, and the metrics everything counts into last.
+  std::unique_ptr<ServerMetrics> metrics_;
   std::unique_ptr<SessionRegistry> registry_;
   std::unique_ptr<DurableStore> store_;  // after the pool: queued tasks may log
   RecoveryReport recovery_;
@@ -97,6 +111,7 @@ class FisherServer {
   std::unique_ptr<FisherServiceImpl> service_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<grpc::Server> health_server_;  // only with ServerOptions::health_listen
+  std::unique_ptr<metrics::MetricsHttpServer> metrics_http_;  // only with metrics_listen
 };
 
 }  // namespace fisherd::server

@@ -69,6 +69,13 @@ void DefineServerFlags(ServerFlags* flags, FlagSet* set) {
   set->AddString("replica-name", &flags->replica_name,
                  "How NOT_FOUND errors name this server when several replicas sit behind a "
                  "proxy that routes sessions (default: host name and bound port).");
+  set->AddString("metrics-listen", &flags->metrics_listen,
+                 "HOST:PORT of a plain-HTTP listener serving GET /metrics in Prometheus' text "
+                 "format; port 0 picks a free port, printed as 'fisherd metrics on HOST:PORT'. "
+                 "Empty: none.");
+  set->AddStringCheck("metrics-listen", [](absl::string_view value) {
+    return value.empty() ? absl::OkStatus() : CheckAddress("metrics-listen", value);
+  });
   set->AddString("data-dir", &flags->data_dir,
                  "Directory for durable sessions: every change is logged and fdatasync'd "
                  "before it is acknowledged, snapshots are taken, and a restart recovers "
@@ -94,6 +101,7 @@ ServerFlags::ServerFlags(const ServerOptions& defaults)
       auth_token_file(defaults.auth_token_file),
       health_listen(defaults.health_listen),
       replica_name(defaults.replica_name),
+      metrics_listen(defaults.metrics_listen),
       data_dir(defaults.durability.data_dir),
       snapshot_interval_seconds(absl::ToDoubleSeconds(defaults.durability.snapshot_interval)),
       snapshot_log_mb(static_cast<int64_t>(defaults.durability.snapshot_log_bytes >> 20)) {}
@@ -112,6 +120,7 @@ ServerOptions ServerFlags::ToServerOptions() const {
   options.auth_token_file = auth_token_file;
   options.health_listen = health_listen;
   options.replica_name = replica_name;
+  options.metrics_listen = metrics_listen;
   options.durability.data_dir = data_dir;
   options.durability.snapshot_interval = absl::Seconds(snapshot_interval_seconds);
   options.durability.snapshot_log_bytes = static_cast<uint64_t>(snapshot_log_mb) << 20;

@@ -37,6 +37,7 @@ struct ServerFlags {
   std::string auth_token_file;
   std::string health_listen;
   std::string replica_name;
+  std::string metrics_listen;
   std::string data_dir;
   double snapshot_interval_seconds;
   int64_t snapshot_log_mb;

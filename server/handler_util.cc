@@ -3,6 +3,7 @@
 #include <string>
 
 #include "server/durable_store.h"
+#include "server/server_metrics.h"
 
 namespace fisherd::server {
 
@@ -16,6 +17,13 @@ void WaitDurable(const ServiceResources& resources, uint64_t lsn) {
 
 void WaitAllDurable(const ServiceResources& resources) {
   if (resources.store != nullptr) resources.store->WaitAllDurable();
+}
+
+void RecordStep(const ServiceResources& resources, const SolverSummary& solver,
+                std::chrono::steady_clock::time_point start) {
+  if (resources.metrics == nullptr) return;
+  const std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - start;
+  resources.metrics->RecordStep(solver.method, elapsed.count());
 }
 
 LogStepFn StepLogger(const ServiceResources& resources, absl::string_view name,

@@ -3,6 +3,7 @@
 #ifndef FISHERD_SERVER_HANDLER_UTIL_H_
 #define FISHERD_SERVER_HANDLER_UTIL_H_
 
+#include <chrono>
 #include <cstdint>
 #include <exception>
 #include <new>
@@ -22,6 +23,7 @@ namespace fisherd::server {
 using ::fisherd::common::ToGrpcStatus;
 
 class DurableStore;
+class ServerMetrics;
 
 // Owned by the server; outlives every RPC (the server is shut down and waited for
 // before either is destroyed).
@@ -33,6 +35,8 @@ struct ServiceResources {
   int64_t max_block_bytes = int64_t{1} << 20;
   // Durable sessions (--data-dir, server/durable_store.h); nullptr when memory only.
   DurableStore* store = nullptr;
+  // What the handlers count (server/server_metrics.h); nullptr: nothing is counted.
+  ServerMetrics* metrics = nullptr;
 };
 
 // Durable sessions: blocks until every mutation `session` logged so far is on disk, so
@@ -46,6 +50,11 @@ void WaitAllDurable(const ServiceResources& resources);
 // The step logger for `session` named `name` ("sessions/{id}"); empty without a store.
 LogStepFn StepLogger(const ServiceResources& resources, absl::string_view name,
                      const Session& session);
+
+// Counts a step that succeeded with `solver` and began (its call to Session::Step) at
+// `start`.
+void RecordStep(const ServiceResources& resources, const SolverSummary& solver,
+                std::chrono::steady_clock::time_point start);
 
 // Runs `body` (returning absl::Status) unless the RPC was already cancelled while it
 // waited in the pool's queue. Exceptions become statuses so that no RPC is left

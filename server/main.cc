@@ -28,6 +28,9 @@ int main(int argc, char** argv) {
   sigaddset(&stop_signals, SIGTERM);
   sigaddset(&stop_signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  // A metrics scraper that hangs up mid-answer must not kill the server: writes to its
+  // socket then fail with EPIPE instead (gRPC's own sockets never raise SIGPIPE).
+  signal(SIGPIPE, SIG_IGN);
 
   fisherd::server::ServerFlags flags;
   fisherd::server::FlagSet flag_set(
@@ -51,6 +54,10 @@ int main(int argc, char** argv) {
   if (!server.ok()) {
     std::cerr << "fisherd: " << server.status().message() << "\n";
     return 1;
+  }
+  // Printed before the listening line, so that whoever waits for that line has this one.
+  if (!(*server)->metrics_address().empty()) {
+    std::cout << "fisherd metrics on " << (*server)->metrics_address() << std::endl;
   }
   // Tests and scripts parse this line to learn the port when --listen asked for port 0.
   std::cout << "fisherd listening on " << (*server)->address() << std::endl;

@@ -1,11 +1,15 @@
 #include "server/score_ingest.h"
 
+#include <chrono>
 #include <memory>
+#include <new>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "server/batch_decoder.h"
 #include "server/durable_store.h"
+#include "server/handler_util.h"
+#include "server/server_metrics.h"
 
 namespace fisherd::server {
 
@@ -37,6 +41,28 @@ absl::Status ApplyScoreBatch(const SessionRegistry& registry, DurableStore* stor
   ack->set_duplicate(result.duplicate);
   ack->set_sample_count(result.sample_count);
   return absl::OkStatus();
+}
+
+absl::Status IngestScoreBatch(const ServiceResources& resources, const v1::ScoreBatch& batch,
+                              v1::ScoreAck* ack, uint64_t* lsn) {
+  ServerMetrics* const metrics = resources.metrics;
+  if (metrics == nullptr) {
+    return ApplyScoreBatch(*resources.registry, resources.store, batch, ack, lsn);
+  }
+  const auto start = std::chrono::steady_clock::now();
+  absl::Status status;
+  try {
+    status = ApplyScoreBatch(*resources.registry, resources.store, batch, ack, lsn);
+  } catch (const std::bad_alloc&) {
+    metrics->RecordBatch(absl::ResourceExhaustedError(""), /*duplicate=*/false, 0, 0.0);
+    throw;
+  } catch (...) {
+    metrics->RecordBatch(absl::InternalError(""), /*duplicate=*/false, 0, 0.0);
+    throw;
+  }
+  const std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - start;
+  metrics->RecordBatch(status, status.ok() && ack->duplicate(), batch.rows(), elapsed.count());
+  return status;
 }
 
 }  // namespace fisherd::server

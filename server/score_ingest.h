@@ -9,6 +9,7 @@
 
 namespace fisherd::server {
 class DurableStore;
+struct ServiceResources;
 }  // namespace fisherd::server
 
 namespace fisherd::server {
@@ -26,6 +27,13 @@ namespace fisherd::server {
 // must wait for (AddResult::lsn); the caller sends the ack once it is durable.
 absl::Status ApplyScoreBatch(const SessionRegistry& registry, DurableStore* store,
                              const v1::ScoreBatch& batch, v1::ScoreAck* ack, uint64_t* lsn);
+
+// What the handlers call: ApplyScoreBatch with the server's registry and store, timed
+// and counted in resources.metrics (fisherd_batches_total and the rest). An exception
+// is counted as the status RunGuarded turns it into (bad_alloc: resource_exhausted,
+// anything else: internal) and passed on to it.
+absl::Status IngestScoreBatch(const ServiceResources& resources, const v1::ScoreBatch& batch,
+                              v1::ScoreAck* ack, uint64_t* lsn);
 
 }  // namespace fisherd::server
 

@@ -42,8 +42,8 @@ class RejectedWriter final : public grpc::ServerWriteReactor<Response> {
 
 FisherServiceImpl::FisherServiceImpl(SessionRegistry* registry, WorkPool* pool,
                                      int64_t max_message_bytes, const TokenAuthenticator* auth,
-                                     DurableStore* store)
-    : resources_{registry, pool, MaxBlockBytes(max_message_bytes), store}, auth_(auth) {}
+                                     DurableStore* store, ServerMetrics* metrics)
+    : resources_{registry, pool, MaxBlockBytes(max_message_bytes), store, metrics}, auth_(auth) {}
 
 grpc::Status FisherServiceImpl::Authorize(const grpc::CallbackServerContext* context) const {
   return auth_ == nullptr ? grpc::Status::OK : auth_->Check(*context);

@@ -21,8 +21,11 @@ class FisherServiceImpl final : public v1::FisherService::CallbackService {
   // null, every RPC must pass auth->Check() before its handler runs (server/auth.h);
   // REQUIRES: it outlives the server too.
   // store: durable sessions (--data-dir), or nullptr; REQUIRES: it outlives the server.
+  // metrics: where batches and steps are counted, or nullptr; REQUIRES: it outlives the
+  // server and the pool (queued work counts too).
   FisherServiceImpl(SessionRegistry* registry, WorkPool* pool, int64_t max_message_bytes,
-                    const TokenAuthenticator* auth = nullptr, DurableStore* store = nullptr);
+                    const TokenAuthenticator* auth = nullptr, DurableStore* store = nullptr,
+                    ServerMetrics* metrics = nullptr);
 
   grpc::ServerUnaryReactor* CreateSession(grpc::CallbackServerContext* context,
                                           const v1::CreateSessionRequest* request,

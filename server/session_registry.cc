@@ -322,4 +322,12 @@ uint64_t SessionRegistry::ReservedBytes() const {
   return reserved_bytes_;
 }
 
+SessionRegistry::Usage SessionRegistry::CurrentUsage() const {
+  absl::MutexLock lock(&mu_);
+  Usage usage;
+  usage.sessions = static_cast<int64_t>(sessions_.size());
+  for (const auto& [name, slot] : sessions_) usage.statistics_bytes += slot.bytes;
+  return usage;
+}
+
 }  // namespace fisherd::server

@@ -121,6 +121,15 @@ class SessionRegistry {
   // the working memory of calls in flight).
   uint64_t ReservedBytes() const ABSL_LOCKS_EXCLUDED(mu_);
 
+  // What the live sessions hold, for the metrics (server/server_metrics.h): their number
+  // and their statistics' bytes as the budget counts them (EstimateSessionBytes), without
+  // creations under way or calls' working memory.
+  struct Usage {
+    int64_t sessions = 0;
+    uint64_t statistics_bytes = 0;
+  };
+  Usage CurrentUsage() const ABSL_LOCKS_EXCLUDED(mu_);
+
   // Accounts `bytes` of a call's working memory (a streamed step holds its gradient
   // and answer, O(dim) doubles) against the budget, so that many concurrent calls on a
   // large session cannot exhaust the machine. RESOURCE_EXHAUSTED naming `what` and the

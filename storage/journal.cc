@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -358,7 +359,12 @@ void Journal::WriteAndSync(std::vector<Pending>& group) {
     // Synced before the next segment's region is even written: whatever a crash or a
     // power loss keeps of a later segment, every earlier segment is complete, so the
     // LSNs on disk never have a hole between segments.
+    const auto sync_start = std::chrono::steady_clock::now();
     if (fdatasync(segment->fd) != 0) FatalIoError("fdatasync", segment->path, errno);
+    if (options_.on_sync) {
+      options_.on_sync(
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - sync_start).count());
+    }
     if (!segment->dir_synced) {
       // A new segment's directory entry must be durable before its records count.
       SyncDirectory(options_.dir);

@@ -60,6 +60,9 @@ struct JournalOptions {
   // that small records that free space (deletes) or that must not fail (steps) still
   // fit when the disk is too full for a new segment.
   uint64_t control_reserve = uint64_t{1} << 20;
+  // Called with the wall time of every fdatasync of a segment, on the writer thread,
+  // for metrics (fisherd_log_sync_duration_seconds). Must be quick and must not block.
+  std::function<void(double seconds)> on_sync;
 
   absl::Status Validate() const;
 };

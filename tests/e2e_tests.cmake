@@ -29,3 +29,24 @@ target_compile_definitions(durable_resume_test PRIVATE FISHERD_BIN="$<TARGET_FIL
 target_link_libraries(durable_resume_test PRIVATE fisherd_client Eigen3::Eigen GTest::gtest_main GTest::gmock)
 add_dependencies(durable_resume_test fisherd)
 gtest_discover_tests(durable_resume_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 120 LABELS e2e)
+
+# Prometheus metrics from the outside: fisherd --metrics-listen, a known workload through
+# the client library, GET /metrics with cpp-httplib's client, and `promtool check
+# metrics`. promtool comes from Debian's prometheus package (scripts/install-deps.sh);
+# without it the promtool test fails, saying so, rather than passing unchecked.
+find_program(PROMTOOL promtool)
+if(NOT PROMTOOL)
+  message(WARNING "promtool not found (Debian package prometheus): "
+                  "metrics.MetricsEndToEndTest.PromtoolAcceptsTheExposition will fail")
+  set(PROMTOOL "")
+endif()
+add_executable(metrics_e2e_test e2e/metrics_e2e_test.cc e2e/process.cc)
+target_compile_definitions(metrics_e2e_test PRIVATE
+  FISHERD_BIN="$<TARGET_FILE:fisherd>"
+  FISHERCTL_BIN="$<TARGET_FILE:fisherctl>"
+  PROMTOOL_BIN="${PROMTOOL}")
+target_link_libraries(metrics_e2e_test PRIVATE
+  fisherd_client PkgConfig::CPP_HTTPLIB GTest::gtest_main GTest::gmock)
+add_dependencies(metrics_e2e_test fisherd fisherctl)
+gtest_discover_tests(metrics_e2e_test DISCOVERY_TIMEOUT 60 TEST_PREFIX "metrics."
+  PROPERTIES TIMEOUT 300 LABELS e2e)

@@ -10,7 +10,8 @@ add_executable(service_test
   service/batch_decoder_test.cc
   service/flags_test.cc
   service/layered_test.cc
-  service/routing_metadata_test.cc)
+  service/routing_metadata_test.cc
+  service/metrics_service_test.cc)
 target_link_libraries(service_test PRIVATE
   fisherd_server fisherd_client fisherd_proto GTest::gtest_main GTest::gmock)
 gtest_discover_tests(service_test DISCOVERY_TIMEOUT 60 PROPERTIES LABELS service)

@@ -9,8 +9,7 @@ grpc::ServerUnaryReactor* HandleAddScores(const ServiceResources& resources,
                                           const v1::ScoreBatch* request, v1::ScoreAck* response) {
   return RunUnaryOnPool(resources, context, [&resources, request, response]() -> absl::Status {
     uint64_t lsn = 0;
-    absl::Status status =
-        ApplyScoreBatch(*resources.registry, resources.store, *request, response, &lsn);
+    absl::Status status = IngestScoreBatch(resources, *request, response, &lsn);
     // The ack only once the batch is on disk (durable sessions).
     if (status.ok()) WaitDurable(resources, lsn);
     return status;

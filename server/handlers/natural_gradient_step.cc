@@ -1,5 +1,6 @@
 // NaturalGradientStep: n = (F + lambda I)^-1 g and the scaled update, computed by core;
 // this handler checks the request's shape and translates.
+#include <chrono>
 #include <cmath>
 
 #include "Eigen/Core"
@@ -42,9 +43,11 @@ grpc::ServerUnaryReactor* HandleNaturalGradientStep(const ServiceResources& reso
     const Eigen::VectorXd gradient =
         Eigen::Map<const Eigen::VectorXd>(request->gradient().data(), dim);
     // FAILED_PRECONDITION (no samples yet, or F + lambda I singular) passes through.
+    const auto start = std::chrono::steady_clock::now();
     absl::StatusOr<StepResult> result =
         (*session)->Step(gradient, options, StepLogger(resources, request->session(), **session));
     if (!result.ok()) return result.status();
+    RecordStep(resources, result->solver, start);
     WaitDurable(resources, result->lsn);  // its decay is on disk before anyone sees it
     StepResultToProto(*result, response);
     return absl::OkStatus();

@@ -9,6 +9,7 @@
 // a time, the next copied only after the previous write completed, which is how gRPC
 // exposes flow control). Every stage runs on the pool, never on a callback thread.
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -161,9 +162,11 @@ class StreamStepReactor final : public grpc::ServerBidiReactor<Request, Response
           absl::StrCat("the chunks cover [0, ", filled_, ") of the gradient, but session \"",
                        request_header_session(), "\" has dim ", gradient_.size()));
     }
+    const auto start = std::chrono::steady_clock::now();
     absl::StatusOr<StepResult> result = session_->Step(
         gradient_, options_, StepLogger(resources_, request_header_session(), *session_));
     if (!result.ok()) return result.status();
+    RecordStep(resources_, result->solver, start);
     WaitDurable(resources_, result->lsn);  // its decay is on disk before anyone sees it
     result_ = *std::move(result);
     gradient_ = Eigen::VectorXd();  // no longer needed: keep the call at O(dim) doubles

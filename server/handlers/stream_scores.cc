@@ -121,7 +121,7 @@ class StreamScoresReactor final : public grpc::ServerBidiReactor<v1::ScoreBatch,
       v1::ScoreAck ack;
       uint64_t lsn = 0;
       auto body = [this, &batch, &ack, &lsn] {
-        return ApplyScoreBatch(*resources_.registry, resources_.store, *batch, &ack, &lsn);
+        return IngestScoreBatch(resources_, *batch, &ack, &lsn);
       };
       const absl::Status applied = RunGuarded(context_, body);
       uint64_t id = 0, wait_for = 0;

@@ -73,6 +73,13 @@ ServerProcess::ServerProcess(const std::vector<std::string>& extra_flags) {
     const size_t end = at == std::string::npos ? at : seen.find('\n', at);
     if (end != std::string::npos) {
       address_ = seen.substr(at + marker.size(), end - at - marker.size());
+      const std::string metrics_marker = "fisherd metrics on ";
+      const size_t metrics_at = seen.rfind(metrics_marker, at);
+      if (metrics_at != std::string::npos) {
+        const size_t metrics_end = seen.find('\n', metrics_at);
+        const size_t begin = metrics_at + metrics_marker.size();
+        metrics_address_ = seen.substr(begin, metrics_end - begin);
+      }
       break;
     }
   }

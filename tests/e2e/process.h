@@ -19,7 +19,8 @@ struct CommandResult {
 CommandResult RunCommand(const std::vector<std::string>& argv);
 
 // A fisherd started with --listen=127.0.0.1:0 plus extra flags; the constructor waits
-// for "fisherd listening on HOST:PORT" (address() is empty if it never came).
+// for "fisherd listening on HOST:PORT" (address() is empty if it never came). With
+// --metrics-listen, fisherd prints "fisherd metrics on HOST:PORT" before that line.
 class ServerProcess {
  public:
   explicit ServerProcess(const std::vector<std::string>& extra_flags = {});
@@ -29,6 +30,8 @@ class ServerProcess {
   ServerProcess& operator=(const ServerProcess&) = delete;
 
   const std::string& address() const { return address_; }
+  // The metrics listener's HOST:PORT; empty without --metrics-listen.
+  const std::string& metrics_address() const { return metrics_address_; }
   // Sends SIGTERM and returns the exit code (-1 if killed by a signal or timed out).
   int Terminate(int timeout_seconds = 30);
 
@@ -36,6 +39,7 @@ class ServerProcess {
   pid_t pid_ = -1;
   int stdout_fd_ = -1;
   std::string address_;
+  std::string metrics_address_;
 };
 
 // Paths of the binaries under test, given to the test by CMake.

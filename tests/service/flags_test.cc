@@ -44,7 +44,7 @@ TEST(FlagsTest, EveryFlagRoundTrips) {
       {"tls-key", "k.pem"},     {"tls-client-ca", "ca.pem"},
       {"auth-token-file", "t"}, {"health-listen", "127.0.0.1:9"},
       {"data-dir", "d"},        {"snapshot-interval-seconds", "7.5"},
-      {"snapshot-log-mb", "2"}};
+      {"snapshot-log-mb", "2"}, {"metrics-listen", "[::1]:9090"}};
   for (const bool joined : {true, false}) {
     std::vector<std::string> args;
     for (const auto& [name, value] : given) {
@@ -71,6 +71,7 @@ TEST(FlagsTest, EveryFlagRoundTrips) {
     EXPECT_EQ(options.tls.client_ca_file, "ca.pem");
     EXPECT_EQ(options.auth_token_file, "t");
     EXPECT_EQ(options.health_listen, "127.0.0.1:9");
+    EXPECT_EQ(options.metrics_listen, "[::1]:9090");
     EXPECT_EQ(options.durability.data_dir, "d");
     EXPECT_EQ(options.durability.snapshot_interval, absl::Seconds(7.5));
     EXPECT_EQ(options.durability.snapshot_log_bytes, uint64_t{2} << 20);
@@ -93,6 +94,7 @@ TEST(FlagsTest, DefaultsAreThoseOfServerOptions) {
   EXPECT_EQ(options.tls.cert_file, defaults.tls.cert_file);
   EXPECT_EQ(options.auth_token_file, defaults.auth_token_file);
   EXPECT_EQ(options.health_listen, defaults.health_listen);
+  EXPECT_EQ(options.metrics_listen, defaults.metrics_listen);
   EXPECT_EQ(options.durability.data_dir, defaults.durability.data_dir);
   EXPECT_EQ(options.durability.snapshot_interval, defaults.durability.snapshot_interval);
   EXPECT_EQ(options.durability.snapshot_log_bytes, defaults.durability.snapshot_log_bytes);
@@ -125,7 +127,8 @@ TEST(FlagsTest, HelpListsEveryFlagWithItsDefault) {
        {"--listen=127.0.0.1:50051", "--max-sessions=64", "--max-dense-dim=16384",
         "--memory-budget-mb=16384", "--max-message-mb=64", "--math-threads=", "--drain-seconds=10",
         "--tls-cert=", "--tls-key=", "--tls-client-ca=", "--auth-token-file=", "--health-listen=",
-        "--data-dir=", "--snapshot-interval-seconds=300", "--snapshot-log-mb=1024", "--help"}) {
+        "--metrics-listen=", "--data-dir=", "--snapshot-interval-seconds=300",
+        "--snapshot-log-mb=1024", "--help"}) {
     EXPECT_THAT(text, HasSubstr(entry));
   }
 }
@@ -146,6 +149,8 @@ TEST(FlagsTest, ErrorsNameTheArgument) {
            {"--drain-seconds=nan", "--drain-seconds=nan: not a finite number"},
            {"--snapshot-interval-seconds=-1", "--snapshot-interval-seconds=-1: must be in"},
            {"--health-listen=nowhere", "--health-listen=nowhere: expected HOST:PORT"},
+           {"--metrics-listen=nowhere", "--metrics-listen=nowhere: expected HOST:PORT"},
+           {"--metrics-listen=127.0.0.1:65536", "--metrics-listen=127.0.0.1:65536: expected"},
            {"--listen=localhost", "--listen=localhost: expected HOST:PORT"},
            {"--listen=:80", "HOST:PORT"},
            {"--listen=host:70000", "HOST:PORT"},
