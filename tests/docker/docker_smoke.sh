@@ -12,9 +12,11 @@
 #    every acknowledged batch is there, counted once (the log replayed), and the
 #    statistics equal those of a fresh session fed the same batches;
 #  - a new container on the same volume (what an image update does) recovers it all.
-# Finally it runs docker/compose.yaml until both sample workers have trained and exited
+# Then it runs docker/compose.yaml until both sample workers have trained and exited
 # 0, and checks that a session survives `docker-compose down` and `up` (the named
-# volume). Everything it started is removed on exit, failure included.
+# volume). Finally tests/docker/compose_cluster_smoke.sh builds the HAProxy image and runs
+# docker/compose-cluster.yaml's three replicas behind it (routing, a stopped replica,
+# its return). Everything it started is removed on exit, failure included.
 #
 # usage: docker_smoke.sh REPO_DIR FISHERCTL
 # Needs root (dockerd), docker.io, docker-compose, debootstrap, npm, and Debian's python3
@@ -84,9 +86,13 @@ docker info >/dev/null 2>&1 || { tail -20 "$work/dockerd.log"; fail "dockerd not
 
 step "lint: dockerfilelint, dclint (npm), docker-compose config -q"
 modules=$(bash "$repo/tests/docker/npm_tools.sh") || fail "npm install of the linters failed"
-"$modules/.bin/dockerfilelint" "$repo/docker/Dockerfile" || fail "dockerfilelint"
-"$modules/.bin/dclint" "$repo/docker/compose.yaml" || fail "dclint"
-docker-compose -f "$repo/docker/compose.yaml" config -q || fail "docker-compose config"
+for dockerfile in docker/Dockerfile docker/haproxy/Dockerfile; do
+  "$modules/.bin/dockerfilelint" "$repo/$dockerfile" || fail "dockerfilelint $dockerfile"
+done
+for compose_file in docker/compose.yaml docker/compose-cluster.yaml; do
+  "$modules/.bin/dclint" "$repo/$compose_file" || fail "dclint $compose_file"
+  docker-compose -f "$repo/$compose_file" config -q || fail "docker-compose config $compose_file"
+done
 
 step "base images debian:bookworm and debian:bookworm-slim"
 bash "$repo/docker/make-base-images.sh"
@@ -381,4 +387,8 @@ durability "127.0.0.1:$port" save durable "$work/compose.json"
 "${compose[@]}" logs --no-color fisherd | grep "durable sessions in" | tail -n1
 durability "127.0.0.1:$port" same durable "$work/compose.json"
 "${compose[@]}" down --volumes --timeout 30
+
+step "docker-compose: three replicas behind HAProxy (compose-cluster.yaml)"
+bash "$repo/tests/docker/compose_cluster_smoke.sh" "$repo" "$fisherctl" "$tag" ||
+  fail "compose-cluster smoke test"
 step "docker smoke test passed"
