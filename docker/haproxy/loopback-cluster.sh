@@ -4,9 +4,11 @@
 #
 #   docker/haproxy/loopback-cluster.sh start [N] [--port P] [--dir D] [--fisherd BIN]
 #       Starts N replicas (default 3) on ports P+1 .. P+N, each with its own data
-#       directory D/replica-K, and HAProxy on P (default 50050). Clients use
-#       127.0.0.1:P; each replica is also reachable directly. Runs until interrupted
-#       (Ctrl-C or SIGTERM), then stops the proxy and drains every replica.
+#       directory D/replica-K and Prometheus metrics on port P+101+K, and HAProxy on P
+#       (default 50050). Clients use 127.0.0.1:P; each replica is also reachable
+#       directly. Writes D/prometheus.yml, a scrape configuration of the replicas
+#       (`prometheus --config.file=D/prometheus.yml`). Runs until interrupted (Ctrl-C or
+#       SIGTERM), then stops the proxy and drains every replica.
 #   docker/haproxy/loopback-cluster.sh config LISTEN REPLICA...
 #       Prints haproxy.cfg with LISTEN as the proxy's address and one server line per
 #       REPLICA (host:port), in order; replica K gets id K+1, as in haproxy.cfg.
@@ -80,14 +82,24 @@ stop_all() {
 trap stop_all INT TERM EXIT
 
 addresses=()
+metrics=()
 for ((k = 0; k < replicas; k++)); do
   address="127.0.0.1:$((port + 1 + k))"
+  metrics+=("127.0.0.1:$((port + 101 + k))")
   mkdir -p "$dir/replica-$k"
   "$fisherd" --listen="$address" --data-dir="$dir/replica-$k" --replica-name="replica-$k" \
-    --drain-seconds=2 >"$dir/replica-$k.log" 2>&1 &
+    --metrics-listen="${metrics[$k]}" --drain-seconds=2 >"$dir/replica-$k.log" 2>&1 &
   pids+=("$!")
   addresses+=("$address")
 done
+{
+  echo "# Written by loopback-cluster.sh: the replicas' /metrics, scraped every 2 s."
+  echo "global: {scrape_interval: 2s, scrape_timeout: 1s}"
+  echo "scrape_configs:"
+  echo "  - job_name: fisherd"
+  echo "    static_configs:"
+  echo "      - targets: [$(IFS=,; echo "${metrics[*]}" | sed 's/,/, /g')]"
+} >"$dir/prometheus.yml"
 # Each replica prints its listening line once its sessions are recovered.
 for ((k = 0; k < replicas; k++)); do
   for _ in $(seq 1 200); do
@@ -99,6 +111,6 @@ done
 render_config "127.0.0.1:$port" "${addresses[@]}" >"$dir/haproxy.cfg"
 haproxy -W -db -f "$dir/haproxy.cfg" >"$dir/haproxy.log" 2>&1 &
 pids+=("$!")
-echo "fisherd cluster: proxy 127.0.0.1:$port, replicas ${addresses[*]}, data and logs in $dir"
+echo "fisherd cluster: proxy 127.0.0.1:$port, replicas ${addresses[*]}, metrics ${metrics[*]}, data and logs in $dir"
 wait -n "${pids[@]}" || true
 echo "loopback-cluster: a process exited; stopping the others" >&2

@@ -19,6 +19,10 @@ import subprocess
 import sys
 import time
 
+import json
+import urllib.parse
+import urllib.request
+
 import grpc
 import numpy as np
 import pytest
@@ -224,6 +228,29 @@ def test_sessions_live_on_one_replica_and_survive_its_crash(cluster):
         assert where_sessions_live(cluster) == homes
 
 
+def prometheus_query(address, query):
+    """The value of an instant query with one result through Prometheus' HTTP API, or
+    None while it has no result."""
+    url = f"http://{address}/api/v1/query?" + urllib.parse.urlencode({"query": query})
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        result = json.load(answer)["data"]["result"]
+    return float(result[0]["value"][1]) if result else None
+
+
+def wait_for_prometheus(address, query, expected, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    value = None
+    while time.monotonic() < deadline:
+        try:
+            value = prometheus_query(address, query)
+        except OSError:
+            value = None  # not serving yet
+        if value == expected:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"Prometheus: {query} = {value}, expected {expected}")
+
+
 def test_the_loopback_script_serves_and_fisherctl_lists_every_replica(tmp_path):
     port = free_port()
     script = subprocess.Popen(
@@ -244,6 +271,26 @@ def test_the_loopback_script_serves_and_fisherctl_lists_every_replica(tmp_path):
         assert sorted(words[1] for words in lines) == [f"sessions/listed-{i}" for i in range(6)]
         assert {words[0] for words in lines} <= set(replicas)
         assert "6 sessions on 2 replicas" in listed.stdout
+
+        # A real Prometheus server (Debian's) scraping both replicas with the
+        # configuration the script wrote sees both up and the 6 sessions and their
+        # CreateSession calls, summed over the replicas.
+        prometheus_address = f"127.0.0.1:{free_port()}"
+        prometheus = subprocess.Popen(
+            ["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
+             f"--web.listen-address={prometheus_address}",
+             f"--storage.tsdb.path={tmp_path / 'prometheus-data'}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_for_prometheus(prometheus_address, 'count(up{job="fisherd"} == 1)', 2.0)
+            wait_for_prometheus(prometheus_address, "sum(fisherd_sessions)", 6.0)
+            wait_for_prometheus(
+                prometheus_address,
+                'sum(fisherd_grpc_calls_total{method="/fisherd.v1.FisherService/CreateSession",'
+                'code="OK"})', 6.0)
+        finally:
+            prometheus.terminate()
+            prometheus.wait(timeout=30)
     finally:
         os.killpg(script.pid, signal.SIGTERM)
         script.wait(timeout=30)
