@@ -20,6 +20,12 @@
 #                                     # about 2-3 minutes)
 #   bash bench/run.sh --no-build --build-dir=DIR   # the full sizes with DIR's binaries as
 #                                     # they are: no installs, no build
+#   bash bench/run.sh --cluster-only  # only the "Past one machine" benchmarks (needs haproxy):
+#                                     # ingest through HAProxy vs straight into the replica
+#                                     # (bench/cluster_bench.py, ~5 minutes), then ResNet-18's
+#                                     # layered session over 3 replicas vs one
+#                                     # (bench/sharded_step_bench.py, ~25-40 minutes); --repeats=N
+#                                     # sets the rounds and fresh steps of both (default 5)
 #
 # Every figure is the median over the repeats; each repeat runs fisherd and its peer
 # back to back, so both see the same machine. Raw JSON lines go to $BENCH_OUT
@@ -33,20 +39,24 @@ repeats=3
 build_dir=build
 layered_only=0
 durability_only=0
+cluster_only=0
+repeats_set=0
 layered_repeats=2
 no_build=0
 for arg in "$@"; do
   case "$arg" in
     --quick) quick=1 ;;
     --float32-products) float32_products=1 ;;
-    --repeats=*) repeats="${arg#--repeats=}" ;;
+    --repeats=*) repeats="${arg#--repeats=}"; repeats_set=1 ;;
     --build-dir=*) build_dir="${arg#--build-dir=}" ;;
     --layered-only) layered_only=1 ;;
     --durability-only) durability_only=1 ;;
+    --cluster-only) cluster_only=1 ;;
     --layered-repeats=*) layered_repeats="${arg#--layered-repeats=}" ;;
     --no-build) no_build=1 ;;
     *) echo "usage: bench/run.sh [--quick] [--repeats=N] [--build-dir=DIR] [--float32-products]" \
-            "[--layered-only] [--layered-repeats=N] [--durability-only] [--no-build]" >&2
+            "[--layered-only] [--layered-repeats=N] [--durability-only] [--cluster-only]" \
+            "[--no-build]" >&2
        exit 2 ;;
   esac
 done
@@ -57,6 +67,7 @@ if [ "$quick" -eq 0 ] && [ "$no_build" -eq 0 ]; then
   extra=()
   peers=(iperf3 python3-numpy python3-torch)
   [ "$layered_only" -eq 0 ] && [ "$durability_only" -eq 0 ] || peers=()
+  [ "$cluster_only" -eq 0 ] || peers=(iperf3)
   for package in "${peers[@]+"${peers[@]}"}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" ||
       extra+=("$package")
@@ -77,6 +88,19 @@ if [ "$durability_only" -eq 1 ]; then
   durability_flags=(--build-dir="$build_dir" --repeats="$repeats")
   [ "$quick" -eq 0 ] || durability_flags+=(--quick)
   exec bash bench/durability_bench.sh "${durability_flags[@]}"
+fi
+if [ "$cluster_only" -eq 1 ]; then
+  # Past one machine (docs/performance.md): each script starts its own fisherd processes
+  # (and HAProxy) on loopback and prints its own table; raw JSON lines go to $BENCH_OUT.
+  out="${BENCH_OUT:-$(mktemp -d)}"
+  cluster_flags=(--build-dir="$build_dir" --out="$out")
+  [ "$quick" -eq 0 ] || cluster_flags+=(--quick)
+  rounds=(); fresh=()
+  [ "$repeats_set" -eq 0 ] || { rounds=(--rounds="$repeats"); fresh=(--repeats="$repeats"); }
+  "$python" bench/cluster_bench.py "${cluster_flags[@]}" "${rounds[@]+"${rounds[@]}"}"
+  "$python" bench/sharded_step_bench.py "${cluster_flags[@]}" "${fresh[@]+"${fresh[@]}"}"
+  echo "raw results: $out"
+  exit 0
 fi
 for tool in server/fisherd bench/fisherd-bench bench/peer-blas bench/fisherd-layered-bench; do
   [ -x "$bin/$tool" ] || { echo "missing $bin/$tool: build first" >&2; exit 1; }
