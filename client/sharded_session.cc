@@ -119,10 +119,12 @@ ShardedLayeredSession::ShardedLayeredSession(std::vector<FisherClient*> replicas
       session_id_(std::move(session_id)),
       blocks_(std::move(blocks)),
       assignment_(std::move(assignment)) {
-  for (const v1::BlockConfig& block : blocks_) {
-    const uint64_t size = BlockParameterCount(block);
+  shard_dims_.assign(replicas_.size(), 0);
+  for (size_t i = 0; i < blocks_.size(); ++i) {
+    const uint64_t size = BlockParameterCount(blocks_[i]);
     slices_.push_back({dim_, size});
     dim_ += size;
+    shard_dims_[static_cast<size_t>(assignment_[i])] += size;
   }
   for (int k = 0; k < shard_count(); ++k) {
     shard_names_.push_back(SessionName(ShardSessionId(session_id_, k, shard_count())));
@@ -316,7 +318,8 @@ absl::StatusOr<v1::NaturalGradientStepResponse> ShardedLayeredSession::Step(
   double quadratic = 0.0;  // sum over shards of 1/2 n_k^T F_k n_k
   for (int k = 0; k < shard_count(); ++k) {
     const v1::NaturalGradientStepResponse& answer = *answers[static_cast<size_t>(k)];
-    if (static_cast<uint64_t>(answer.natural_gradient_size()) != Gather(gradient, k).size()) {
+    if (static_cast<uint64_t>(answer.natural_gradient_size()) !=
+        shard_dims_[static_cast<size_t>(k)]) {
       return ShardError(k, absl::DataLossError("the answer's natural_gradient has the wrong "
                                                "length"));
     }
@@ -381,7 +384,7 @@ absl::StatusOr<std::pair<std::vector<double>, double>> ShardedLayeredSession::Fi
   for (int k = 0; k < shard_count(); ++k) {
     const auto& answer = answers[static_cast<size_t>(k)];
     if (!answer.ok()) return ShardError(k, answer.status());
-    if (static_cast<uint64_t>(answer->product_size()) != Gather(vector, k).size()) {
+    if (static_cast<uint64_t>(answer->product_size()) != shard_dims_[static_cast<size_t>(k)]) {
       return ShardError(k, absl::DataLossError("the answer's product has the wrong length"));
     }
     Scatter(answer->product(), k, &product);

@@ -124,6 +124,7 @@ class ShardedLayeredSession {
   std::vector<int> assignment_;          // shard of blocks_[i]
   std::vector<Slice> slices_;            // slice of blocks_[i] in the global vector
   std::vector<std::string> shard_names_;
+  std::vector<uint64_t> shard_dims_;  // parameters each shard holds
   uint64_t dim_ = 0;
 };
 

@@ -557,23 +557,10 @@ class Client:
         to float32 (half the bytes when streamed). chunk_values: values per streamed chunk
         (default 262144 doubles or 524288 floats)."""
         name = session_name(session)
-        try:
-            dtype = np.dtype(gradient_dtype)
-        except TypeError:
-            dtype = None
-        if dtype not in (np.dtype(np.float64), np.dtype(np.float32)):
-            raise invalid_argument(f"gradient_dtype must be float64 or float32, got "
-                                   f"{gradient_dtype!r}")
+        dtype = _gradient_dtype(gradient_dtype)
         values = np.ascontiguousarray(_as_vector(gradient, "gradient"), dtype="<f8")
         if dtype == np.float32:
-            with np.errstate(over="ignore", invalid="ignore"):
-                rounded = values.astype("<f4")
-            overflow = ~np.isfinite(rounded) & np.isfinite(values)
-            if overflow.any():
-                index = int(np.argmax(overflow))
-                raise invalid_argument(f"gradient[{index}] = {values[index]} is beyond float32 "
-                                       "range; send it as float64")
-            values = rounded
+            values = _round_to_float32(values)
         header = pb.NaturalGradientStepRequest(
             session=name, kl_budget=float(kl_budget), learning_rate=float(learning_rate),
             skip_decay=bool(skip_decay))
@@ -1171,6 +1158,31 @@ def _as_vector(values, what):
     except (TypeError, ValueError) as error:
         raise invalid_argument(f"{what} is not a numeric vector: {error}") from None
     return array
+
+
+def _gradient_dtype(gradient_dtype):
+    """np.float64 or np.float32 for a step's gradient_dtype; INVALID_ARGUMENT otherwise."""
+    try:
+        dtype = np.dtype(gradient_dtype)
+    except TypeError:
+        dtype = None
+    if dtype not in (np.dtype(np.float64), np.dtype(np.float32)):
+        raise invalid_argument(f"gradient_dtype must be float64 or float32, got "
+                               f"{gradient_dtype!r}")
+    return dtype
+
+
+def _round_to_float32(values):
+    """A float64 gradient rounded to little-endian float32, as it goes on the wire;
+    INVALID_ARGUMENT naming the first finite value beyond float32 range."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        rounded = values.astype("<f4")
+    overflow = ~np.isfinite(rounded) & np.isfinite(values)
+    if overflow.any():
+        index = int(np.argmax(overflow))
+        raise invalid_argument(f"gradient[{index}] = {values[index]} is beyond float32 "
+                               "range; send it as float64")
+    return rounded
 
 
 def _pem(value):

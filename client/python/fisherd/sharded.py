@@ -83,7 +83,7 @@ import grpc
 import numpy as np
 
 from fisherd.client import (Block, BlockStats, Fisher, Session, StepResult, _as_vector,
-                            _block_name)
+                            _block_name, _gradient_dtype, _round_to_float32)
 from fisherd.errors import FisherdError, invalid_argument
 from fisherd.v1 import fisher_pb2 as pb
 
@@ -361,22 +361,10 @@ class ShardedLayeredSession:
         one session (see the module docstring for how it is combined)."""
         kl_budget, learning_rate = _step_size_options(kl_budget, learning_rate)
         values = self._vector(gradient, "gradient")
-        try:
-            dtype = np.dtype(gradient_dtype)
-        except TypeError:
-            dtype = None
-        if dtype not in (np.dtype(np.float64), np.dtype(np.float32)):
-            raise invalid_argument(f"gradient_dtype must be float64 or float32, got "
-                                   f"{gradient_dtype!r}")
+        dtype = _gradient_dtype(gradient_dtype)
         if dtype == np.float32:
-            with np.errstate(over="ignore", invalid="ignore"):
-                rounded = values.astype(np.float32)
-            overflow = ~np.isfinite(rounded)
-            if overflow.any():
-                index = int(np.argmax(overflow))
-                raise invalid_argument(f"gradient[{index}] = {values[index]} is beyond float32 "
-                                       "range; send it as float64")
-            values = rounded.astype(np.float64)  # exact; the shards send the same floats
+            # exact back to float64; the shards send the same floats
+            values = _round_to_float32(values).astype(np.float64)
 
         def solve(k):
             return lambda: self.clients[k].step(
