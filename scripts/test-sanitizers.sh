@@ -3,8 +3,9 @@
 #   asan  ASan + UBSan (preset asan-ubsan, build-asan/): every test but the docker label,
 #         the Python suites included (they launch the instrumented fisherd through
 #         FISHERD_BIN; the Python process itself is not instrumented and needs no preload).
-#   tsan  TSan (preset tsan, build-tsan/): the unit label (core, storage, common, fuzz
-#         replays; see below for why not yet the service and e2e suites).
+#   tsan  TSan (preset tsan, build-tsan/): the C++ unit, service and e2e labels (core,
+#         storage, common, the fuzz replays, the in-process service, fisherd and fisherctl
+#         over loopback and TLS), not the python, docker and slow labels.
 # Any sanitizer report fails the test that produced it: UBSan is built with
 # -fno-sanitize-recover, ASan and TSan halt on the first error. Extra ctest arguments are
 # passed on, e.g. `scripts/test-sanitizers.sh asan -L unit`.
@@ -25,11 +26,13 @@ case "$stage" in
     ;;
   tsan)
     preset=tsan
-    # The unit suites only, for now: Debian's gRPC is not built with TSan, and every call
-    # through it (the service and e2e suites, and the in-process service fuzz replay)
-    # draws false reports from its slices, TCP writes and completion queues. Taking those
-    # suites in needs narrow suppressions for each, or an instrumented gRPC.
-    labels=(-L unit -E fuzz_replay_service)
+    # Debian's gRPC is not built with TSan. tests/sanitizers/tsan_grpc_sync.cc tells TSan
+    # where gRPC hands an operation from one thread to another (completion queues, call
+    # combiners, the reactors' reference count), and tests/sanitizers/tsan.supp ignores the
+    # core's own buffers (libgrpc, libgpr, its absl::Status errors) and a few library
+    # internals, each with its reason. The Python suites drive the same fisherd as the
+    # e2e suite and are left to the ASan stage, which runs everything but docker.
+    labels=(-L "unit|service|e2e" -LE "docker|slow|python")
     ;;
   *)
     echo "usage: scripts/test-sanitizers.sh asan|tsan [ctest arguments]" >&2

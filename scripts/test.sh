@@ -2,7 +2,7 @@
 # Runs every test: install what is missing, build (Release), run CTest, which holds the
 # C++ suites (core, service, end-to-end) and the Python end-to-end tests; then the same
 # code under the sanitizers (scripts/test-sanitizers.sh): ASan+UBSan on everything but the
-# docker label, TSan on the unit tests; then every libFuzzer
+# docker label, TSan on the C++ unit, service and e2e tests; then every libFuzzer
 # target for FISHERD_FUZZ_SECONDS (default 20) each (scripts/fuzz.sh). FISHERD_SANITIZERS=0
 # skips the sanitizer and fuzz stages (a quick local run); FISHERD_WERROR=ON (CI) makes
 # warnings errors.
