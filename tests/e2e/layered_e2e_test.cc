@@ -18,7 +18,9 @@
 #include <vector>
 
 #include "Eigen/Dense"
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "client/fisher_client.h"
 #include "client/score_streamer.h"
 #include "gmock/gmock.h"
@@ -890,17 +892,28 @@ class FakeStepService final : public v1::FisherService::Service {
  public:
   enum class Fault { kNone, kNoHeader, kGap, kOverlap, kShort, kUnequal, kTooLong };
   std::atomic<Fault> fault{Fault::kNone};
-  std::vector<uint64_t> offsets;  // of the last call's request chunks
-  std::vector<int> header_messages;
-  std::vector<double> received;
+  // What the last call's request carried.
+  struct Received {
+    std::vector<uint64_t> offsets;  // of the request chunks
+    std::vector<int> header_messages;
+    std::vector<double> values;
+  };
+
+  // The handler runs on a gRPC thread and the test reads after the call returned. That order
+  // travels through a socket, which ThreadSanitizer cannot see, so the record is handed over
+  // under a mutex.
+  Received last() const {
+    absl::MutexLock lock(&mu_);
+    return last_;
+  }
 
   grpc::Status StreamNaturalGradientStep(
       grpc::ServerContext*,
       grpc::ServerReaderWriter<v1::StreamNaturalGradientStepResponse,
                                v1::StreamNaturalGradientStepRequest>* stream) override {
-    offsets.clear();
-    header_messages.clear();
-    received.clear();
+    std::vector<uint64_t> offsets;
+    std::vector<int> header_messages;
+    std::vector<double> received;
     v1::StreamNaturalGradientStepRequest request;
     for (int i = 0; stream->Read(&request); ++i) {
       if (request.has_header()) header_messages.push_back(i);
@@ -912,6 +925,10 @@ class FakeStepService final : public v1::FisherService::Service {
         std::memcpy(&v, bytes.data() + at, 4);
         received.push_back(v);
       }
+    }
+    {
+      absl::MutexLock lock(&mu_);
+      last_ = Received{offsets, header_messages, received};
     }
     const Fault f = fault.load();
     v1::StreamNaturalGradientStepResponse header;
@@ -936,6 +953,10 @@ class FakeStepService final : public v1::FisherService::Service {
     }
     return grpc::Status::OK;
   }
+
+ private:
+  mutable absl::Mutex mu_;
+  Received last_ ABSL_GUARDED_BY(mu_);
 };
 
 TEST(StreamStepProtocolTest, ChunksGoUpInOrderAndBadAnswersAreDataLoss) {
@@ -954,9 +975,9 @@ TEST(StreamStepProtocolTest, ChunksGoUpInOrderAndBadAnswersAreDataLoss) {
   params.chunk_values = 4;
   absl::StatusOr<v1::NaturalGradientStepResponse> ok = client->StreamStep("s", g, params);
   ASSERT_TRUE(ok.ok()) << ok.status();
-  EXPECT_THAT(service.offsets, ::testing::ElementsAre(0u, 4u, 8u));
-  EXPECT_THAT(service.header_messages, ::testing::ElementsAre(0));
-  EXPECT_EQ(service.received, g);
+  EXPECT_THAT(service.last().offsets, ::testing::ElementsAre(0u, 4u, 8u));
+  EXPECT_THAT(service.last().header_messages, ::testing::ElementsAre(0));
+  EXPECT_EQ(service.last().values, g);
   EXPECT_EQ(std::vector<double>(ok->natural_gradient().begin(), ok->natural_gradient().end()), g);
   EXPECT_DOUBLE_EQ(ok->update(9), -g[9]);
   EXPECT_DOUBLE_EQ(ok->eta(), 1.0);
@@ -965,13 +986,13 @@ TEST(StreamStepProtocolTest, ChunksGoUpInOrderAndBadAnswersAreDataLoss) {
   params.chunk_values = 0;
   ok = client->StreamStep("s", g, params);
   ASSERT_TRUE(ok.ok()) << ok.status();
-  EXPECT_THAT(service.offsets, ::testing::ElementsAre(0u));  // 10 floats: one chunk
-  EXPECT_EQ(service.received, g);                            // exact: every value is a float
+  EXPECT_THAT(service.last().offsets, ::testing::ElementsAre(0u));  // 10 floats: one chunk
+  EXPECT_EQ(service.last().values, g);  // exact: every value is a float
 
   // An empty gradient still sends the header (the server judges the length).
   ok = client->StreamStep("s", {}, {});
   ASSERT_TRUE(ok.ok()) << ok.status();
-  EXPECT_THAT(service.header_messages, ::testing::ElementsAre(0));
+  EXPECT_THAT(service.last().header_messages, ::testing::ElementsAre(0));
 
   using Fault = FakeStepService::Fault;
   for (Fault fault : {Fault::kNoHeader, Fault::kGap, Fault::kOverlap, Fault::kShort,
