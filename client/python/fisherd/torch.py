@@ -385,6 +385,10 @@ class KFACPreconditioner:
     single client. session_id: the session to create (or attach to, see
     create_session). damping: lambda >= 0, the session's default (exact damping per
     Kronecker block). kl_budget: None (eta = 1) or c > 0 (eta = sqrt(2c / g^T n)).
+    eta_cap: None or a number > 0 that eta never exceeds: with kl_budget, the budget then
+    only clips large steps (eta = min(eta_cap, sqrt(2c / g^T n)), kfac-pytorch's
+    "kl_clip" with eta_cap = 1), so steps shrink with the gradient near a minimum instead
+    of keeping the budget's size; without kl_budget, eta = eta_cap.
     fisher: "empirical" (the training backward's output gradients) or "true" (labels drawn
     from the model's softmax, one extra backward). factor_decay: the session's decay, per
     factor update. update_factors_every: rows are kept and streamed on every this-many-th
@@ -407,7 +411,7 @@ class KFACPreconditioner:
     (see "Compressed rows" in the module docstring).
     """
 
-    def __init__(self, model, client, session_id, *, damping, kl_budget=None,
+    def __init__(self, model, client, session_id, *, damping, kl_budget=None, eta_cap=None,
                  fisher="empirical", factor_decay=0.95, update_factors_every=1, layers=None,
                  unsupported="error", loss_reduction="mean", conv_scaling="kfc",
                  generator=None, worker_id=None, create_session=True, take_steps=True,
@@ -437,6 +441,8 @@ class KFACPreconditioner:
             raise invalid_argument(f"damping must be a finite number >= 0, got {damping!r}")
         if kl_budget is not None and not (_is_number(kl_budget) and kl_budget > 0):
             raise invalid_argument(f"kl_budget must be None or a number > 0, got {kl_budget!r}")
+        if eta_cap is not None and not (_is_number(eta_cap) and eta_cap > 0):
+            raise invalid_argument(f"eta_cap must be None or a number > 0, got {eta_cap!r}")
         if not (0 < factor_decay <= 1):
             raise invalid_argument(f"factor_decay must be in (0, 1], got {factor_decay!r}")
         if int(update_factors_every) != update_factors_every or update_factors_every < 1:
@@ -453,6 +459,7 @@ class KFACPreconditioner:
         self.sharded = None
         self.damping = float(damping)
         self.kl_budget = None if kl_budget is None else float(kl_budget)
+        self.eta_cap = None if eta_cap is None else float(eta_cap)
         self.fisher = fisher
         self.factor_decay = float(factor_decay)
         self.update_factors_every = int(update_factors_every)
@@ -726,9 +733,11 @@ class KFACPreconditioner:
             middle = time.perf_counter()
             if self.sharded is not None:
                 result = self.sharded.step(g, kl_budget=self.kl_budget or 0.0,
+                                           learning_rate=self.eta_cap or 0.0,
                                            skip_decay=not updated, gradient_dtype=dtype)
             else:
                 result = self.client.step(self.session, g, kl_budget=self.kl_budget or 0.0,
+                                          learning_rate=self.eta_cap or 0.0,
                                           skip_decay=not updated, gradient_dtype=dtype)
             after = time.perf_counter()
             # update = -eta n, computed by the server in float64: .grad = eta n.

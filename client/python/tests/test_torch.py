@@ -476,6 +476,40 @@ def test_kl_budget(client, session_id, fisher):
     kfac.remove()
 
 
+@pytest.mark.parametrize("case", ["binding", "loose", "no_budget"])
+def test_eta_cap_clips_the_budget_step(client, session_id, case):
+    """eta = min(eta_cap, sqrt(2c / g^T n)) with a budget, eta_cap without one: the
+    budget's eta is computed here from the server's n and the gradient sent."""
+    budget = 1e-3
+    model = make_mlp()
+    x, y = make_data(16)
+    probe = fisherd_torch.KFACPreconditioner(model, client, session_id + "-probe",
+                                             damping=DAMPING, kl_budget=budget)
+    F.cross_entropy(model(x), y).backward()
+    g = probe.gradient().double().numpy().copy()
+    uncapped = probe.step()
+    n = uncapped.result.natural_gradient
+    budget_eta = math.sqrt(2 * budget / (g @ n))
+    assert uncapped.eta == pytest.approx(budget_eta, rel=1e-12)
+    probe.remove()
+    cap = {"binding": budget_eta / 3, "loose": budget_eta * 3, "no_budget": 0.25}[case]
+    model.zero_grad()
+    kfac = fisherd_torch.KFACPreconditioner(
+        model, client, session_id, damping=DAMPING, eta_cap=cap,
+        kl_budget=None if case == "no_budget" else budget)
+    F.cross_entropy(model(x), y).backward()
+    summary = kfac.step()
+    # Same batch, same statistics: the same n; only eta differs.
+    assert_close(summary.result.natural_gradient, n, STEP_RTOL, "n")
+    expected = {"binding": cap, "loose": budget_eta, "no_budget": cap}[case]
+    assert summary.eta == pytest.approx(expected, rel=1e-12)
+    assert_close(kfac.gradient().double().numpy(), expected * n, STEP_RTOL, ".grad")
+    with pytest.raises(fisherd.FisherdError, match="eta_cap must be None or a number > 0"):
+        fisherd_torch.KFACPreconditioner(model, client, session_id + "-bad",
+                                         damping=DAMPING, eta_cap=0)
+    kfac.remove()
+
+
 def test_update_factors_every_and_decay(client, session_id):
     model = make_mlp()
     x, y = make_data(16)
