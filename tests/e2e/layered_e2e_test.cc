@@ -987,7 +987,7 @@ TEST(StreamStepProtocolTest, ChunksGoUpInOrderAndBadAnswersAreDataLoss) {
   ok = client->StreamStep("s", g, params);
   ASSERT_TRUE(ok.ok()) << ok.status();
   EXPECT_THAT(service.last().offsets, ::testing::ElementsAre(0u));  // 10 floats: one chunk
-  EXPECT_EQ(service.last().values, g);  // exact: every value is a float
+  EXPECT_EQ(service.last().values, g);                              // exact: every value is a float
 
   // An empty gradient still sends the header (the server judges the length).
   ok = client->StreamStep("s", {}, {});
