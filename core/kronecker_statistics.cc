@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
 #include "absl/strings/str_cat.h"
 
@@ -33,6 +34,7 @@ KroneckerStatistics::KroneckerStatistics(const BlockOptions& block, const Sessio
       na_(block.FactorDim(Factor::kActivations)),
       damping_kind_(session.kronecker_damping),
       refresh_period_(session.factor_refresh_period),
+      float32_products_(session.float32_products),
       activations_(Factor::kActivations, FactorOptions(block, Factor::kActivations, session)),
       output_gradients_(Factor::kOutputGradients,
                         FactorOptions(block, Factor::kOutputGradients, session)) {}
@@ -139,11 +141,13 @@ void KroneckerStatistics::Refresh(FactorState& factor) {
   factor.decomposed_version = factor.version;
   factor.decomposed_step = step_count_;
   factor.eigensolve_pending = true;
+  factor.eigenvectors_f32_current = false;
 }
 
 absl::Status KroneckerStatistics::Eigensolve(FactorState& factor) {
   const int64_t n = factor.statistics.dim();
   factor.eigensolve_pending = false;
+  factor.eigenvectors_f32_current = false;
   const lapack_int info = LAPACKE_dsyevd(LAPACK_COL_MAJOR, 'V', 'U', static_cast<lapack_int>(n),
                                          factor.eigenvectors.data(), static_cast<lapack_int>(n),
                                          factor.eigenvalues.data());
@@ -201,6 +205,7 @@ void KroneckerStatistics::VisitFactor(StateVisitor& visitor, FactorState& factor
   visitor.Integer("decomposed_step", &factor.decomposed_step);
   visitor.Flag("eigensolve_pending", &factor.eigensolve_pending);
   if (visitor.loading()) {
+    factor.eigenvectors_f32_current = false;
     if (!visitor.status().ok()) return;
     // A failed eigensolve leaves the version and step of the last refresh with
     // decomposed false, so these hold whether or not a decomposition exists.
@@ -250,6 +255,52 @@ void KroneckerStatistics::VisitState(StateVisitor& visitor) {
   }
 }
 
+template <typename Matrix, typename Divide>
+void KroneckerStatistics::SolveInEigenbases(const Eigen::VectorXd& g, const Matrix& u_a,
+                                            const Matrix& u_g, Matrix& matrix, Matrix& half,
+                                            const Divide& divide,
+                                            Eigen::VectorXd* natural_gradient) const {
+  using Scalar = typename Matrix::Scalar;
+  // Two out x na buffers: V, then V' = U_G^T V U_A in place, N' = V' ./ D in place,
+  // n = U_G N' U_A^T. Each product is one gemm (EIGEN_USE_BLAS: dgemm or sgemm).
+  // The scratch matrices are kept between steps (resize keeps a buffer of the same
+  // size), so a step touches no freshly mapped pages. In float64 without bias, V is the
+  // parameter vector itself viewed as out x in row-major: no copy in or out.
+  const bool bias = na_ > in_;
+  matrix.resize(out_, na_);
+  half.resize(out_, na_);
+  const Eigen::Map<const RowMajorD> weights(g.data(), out_, in_);
+  const Eigen::Map<const Eigen::VectorXd> biases(g.data() + out_ * in_, bias ? out_ : 0);
+  if constexpr (std::is_same_v<Scalar, double>) {
+    if (bias) {
+      matrix.leftCols(in_) = weights;
+      matrix.col(in_) = biases;
+      half.noalias() = u_g.transpose() * matrix;
+    } else {
+      half.noalias() = u_g.transpose() * weights;
+    }
+  } else {
+    matrix.leftCols(in_) = weights.template cast<Scalar>();
+    if (bias) matrix.col(in_) = biases.template cast<Scalar>();
+    half.noalias() = u_g.transpose() * matrix;
+  }
+  matrix.noalias() = half * u_a;
+  divide(matrix);
+  half.noalias() = u_g * matrix;
+  natural_gradient->resize(dim());
+  Eigen::Map<RowMajorD> weights_out(natural_gradient->data(), out_, in_);
+  Eigen::Map<Eigen::VectorXd> biases_out(natural_gradient->data() + out_ * in_, bias ? out_ : 0);
+  if constexpr (std::is_same_v<Scalar, double>) {
+    if (!bias) {
+      weights_out.noalias() = half * u_a.transpose();
+      return;
+    }
+  }
+  matrix.noalias() = half * u_a.transpose();
+  weights_out = matrix.leftCols(in_).template cast<double>();
+  if (bias) biases_out = matrix.col(in_).template cast<double>();
+}
+
 absl::StatusOr<SolveResult> KroneckerStatistics::Solve(const Eigen::VectorXd& g, double damping) {
   const auto start = std::chrono::steady_clock::now();
   // step_count_ is the index of this step: it moves only in StepTaken, so a step that
@@ -283,8 +334,6 @@ absl::StatusOr<SolveResult> KroneckerStatistics::Solve(const Eigen::VectorXd& g,
   }
   const Eigen::VectorXd& s_a = activations_.eigenvalues;
   const Eigen::VectorXd& s_g = output_gradients_.eigenvalues;
-  const Eigen::MatrixXd& u_a = activations_.eigenvectors;
-  const Eigen::MatrixXd& u_g = output_gradients_.eigenvectors;
 
   // Both dampings are diagonal in the product eigenbasis, with denominators
   // D_ij = (s_G,i + shift_g)(s_A,j + shift_a) + shift.
@@ -329,47 +378,38 @@ absl::StatusOr<SolveResult> KroneckerStatistics::Solve(const Eigen::VectorXd& g,
         " rows); set a positive damping or stream more samples"));
   }
 
-  // Two out x na buffers: V, then V' = U_G^T V U_A in place, N' = V' ./ D in place,
-  // n = U_G N' U_A^T. Each product is one dgemm (EIGEN_USE_BLAS).
-  // The scratch matrices are kept between steps (resize keeps a buffer of the same
-  // size), so a step touches no freshly mapped pages. Without bias, V is the parameter
-  // vector itself viewed as out x in row-major: no copy in or out.
-  const bool bias = na_ > in_;
-  Eigen::MatrixXd& matrix = step_matrix_;
-  Eigen::MatrixXd& half = step_half_;
-  matrix.resize(out_, na_);
-  half.resize(out_, na_);
-  const double g_norm = g.norm();
-  if (bias) {
-    ToMatrixInto(g, &matrix);
-    half.noalias() = u_g.transpose() * matrix;
-  } else {
-    half.noalias() = u_g.transpose() * Eigen::Map<const RowMajorD>(g.data(), out_, na_);
-  }
-  matrix.noalias() = half * u_a;
   // The residual is measured in the eigenbases: U_G and U_A are orthogonal, so
   // ||D .* N' - V'||_F = ||F_lambda n - g|| up to the eigendecomposition's own error
   // (U orthogonal and A = U diag(s) U^T to round-off), without a product by F.
   // The curvature n^T F n (undamped) is sum N'_ij^2 s_G,i s_A,j in the same basis.
+  // Both are summed in float64 whatever the products' type.
   double residual_sq = 0.0, curvature = 0.0;
-  for (int64_t j = 0; j < na_; ++j) {
-    for (int64_t i = 0; i < out_; ++i) {
-      const double d = denominator(i, j);
-      const double rotated = matrix(i, j);
-      const double solved = rotated / d;
-      residual_sq += (d * solved - rotated) * (d * solved - rotated);
-      curvature += solved * solved * s_g[i] * s_a[j];
-      matrix(i, j) = solved;
+  const auto divide = [&](auto& rotated_matrix) {
+    using Scalar = typename std::decay_t<decltype(rotated_matrix)>::Scalar;
+    for (int64_t j = 0; j < na_; ++j) {
+      for (int64_t i = 0; i < out_; ++i) {
+        const double d = denominator(i, j);
+        const double rotated = rotated_matrix(i, j);
+        const double solved = rotated / d;
+        residual_sq += (d * solved - rotated) * (d * solved - rotated);
+        curvature += solved * solved * s_g[i] * s_a[j];
+        rotated_matrix(i, j) = static_cast<Scalar>(solved);
+      }
     }
-  }
-  half.noalias() = u_g * matrix;
-  result.natural_gradient.resize(dim());
-  if (bias) {
-    matrix.noalias() = half * u_a.transpose();
-    ToParametersInto(matrix, &result.natural_gradient);
+  };
+  const double g_norm = g.norm();
+  if (float32_products_) {
+    for (FactorState* factor : {&activations_, &output_gradients_}) {
+      if (!factor->eigenvectors_f32_current) {
+        factor->eigenvectors_f32 = factor->eigenvectors.cast<float>();
+        factor->eigenvectors_f32_current = true;
+      }
+    }
+    SolveInEigenbases(g, activations_.eigenvectors_f32, output_gradients_.eigenvectors_f32,
+                      step_matrix_f32_, step_half_f32_, divide, &result.natural_gradient);
   } else {
-    Eigen::Map<RowMajorD>(result.natural_gradient.data(), out_, na_).noalias() =
-        half * u_a.transpose();
+    SolveInEigenbases(g, activations_.eigenvectors, output_gradients_.eigenvectors, step_matrix_,
+                      step_half_, divide, &result.natural_gradient);
   }
   result.curvature = curvature;
   result.summary.residual = g_norm > 0.0 ? std::sqrt(residual_sq) / g_norm : 0.0;

@@ -8,6 +8,9 @@
 // G (x) A in the row-major order of V, so F vec(V) = vec(G V A). G (x) A is never
 // formed: a step goes through the factors' cached eigendecompositions in O(params * n)
 // with four matrix products, and memory stays at both factors' sums and eigenvectors.
+// With session.float32_products those four products run in float32 (sgemm, about twice
+// dgemm's rate) on float32 copies of the eigenvectors; the division in the eigenbasis,
+// the curvature and the factors' sums stay float64.
 //
 // Refreshes. When a solve decides that a factor's decomposition is due (see Solve), it
 // refreshes it: the factor's current estimate is copied into the decomposition buffer
@@ -64,6 +67,10 @@ class KroneckerStatistics final : public ScoreStatistics {
   // the decomposition as it is (summary.factor_age_steps says how old). A pending
   // eigensolve runs here, and factorization_cached is false when one did (always after a
   // refresh). Sets curvature (n^T F n, undamped F of the factors used).
+  // float32_products: n carries the products' float32 rounding, relative error about
+  // (2 out + 2 (in + bias)) 2^-24 times the spread of the damped eigenvalues at worst
+  // (tests/core/kronecker_statistics_test.cc bounds it so); summary.residual measures
+  // the division in the eigenbasis only, as in float64, not that rounding.
   // FAILED_PRECONDITION when the damped metric is numerically singular, or factored
   // damping meets a factor of zero trace; INTERNAL if the eigensolver fails.
   absl::StatusOr<SolveResult> Solve(const Eigen::VectorXd& g, double damping) override;
@@ -114,6 +121,11 @@ class KroneckerStatistics final : public ScoreStatistics {
     bool eigensolve_pending = false;
     Eigen::MatrixXd eigenvectors;  // U (n x n), or the estimate's copy dsyevd overwrites
     Eigen::VectorXd eigenvalues;   // s, ascending (n; undefined while pending)
+    // float32_products: U rounded to float32, made by the first solve that needs it
+    // after eigenvectors changed (a refresh, an eigensolve, a restore). Not state: it is
+    // a function of eigenvectors.
+    Eigen::MatrixXf eigenvectors_f32;
+    bool eigenvectors_f32_current = false;
   };
 
   const FactorState& State(Factor factor) const {
@@ -129,6 +141,13 @@ class KroneckerStatistics final : public ScoreStatistics {
   // decomposition, so the next solve refreshes it again.
   absl::Status Eigensolve(FactorState& factor);
   void VisitFactor(StateVisitor& visitor, FactorState& factor);
+  // V' := U_G^T V U_A, V' := V' ./ D (divide, which also sums the residual and the
+  // curvature), n := U_G V' U_A^T, in the scalar type of the eigenvectors and scratch
+  // given (float64, or float32 with float32_products).
+  template <typename Matrix, typename Divide>
+  void SolveInEigenbases(const Eigen::VectorXd& g, const Matrix& u_a, const Matrix& u_g,
+                         Matrix& matrix, Matrix& half, const Divide& divide,
+                         Eigen::VectorXd* natural_gradient) const;
   // Parameters <-> V (out x na).
   Eigen::MatrixXd ToMatrix(const Eigen::VectorXd& parameters) const;
   Eigen::VectorXd ToParameters(const Eigen::MatrixXd& matrix) const;
@@ -145,6 +164,7 @@ class KroneckerStatistics final : public ScoreStatistics {
   const int64_t na_;   // in + bias: A's rows and V's columns
   const KroneckerDamping damping_kind_;
   const int64_t refresh_period_;
+  const bool float32_products_;
   FactorState activations_;               // A, na x na
   FactorState output_gradients_;          // G, out x out
   int64_t step_count_ = 0;                // steps the session took (StepTaken)
@@ -153,6 +173,9 @@ class KroneckerStatistics final : public ScoreStatistics {
   // counts them): a step then touches no freshly mapped pages.
   Eigen::MatrixXd step_matrix_;
   Eigen::MatrixXd step_half_;
+  // Their float32 counterparts (float32_products; then the two above stay empty).
+  Eigen::MatrixXf step_matrix_f32_;
+  Eigen::MatrixXf step_half_f32_;
 };
 
 }  // namespace fisherd

@@ -255,11 +255,11 @@ uint64_t Square(int64_t n) {
 
 }  // namespace
 
-uint64_t EstimateBlockBytes(const BlockOptions& block) {
-  return SaturatingSum(kBlockOverheadBytes, EstimateBlockDataBytes(block));
+uint64_t EstimateBlockBytes(const BlockOptions& block, bool float32_products) {
+  return SaturatingSum(kBlockOverheadBytes, EstimateBlockDataBytes(block, float32_products));
 }
 
-uint64_t EstimateBlockDataBytes(const BlockOptions& block) {
+uint64_t EstimateBlockDataBytes(const BlockOptions& block, bool float32_products) {
   constexpr uint64_t kDouble = sizeof(double);
   const uint64_t dim = block.dim < 0 ? 0 : static_cast<uint64_t>(block.dim);
   const uint64_t vectors = SaturatingProduct(8 * kDouble, dim);
@@ -277,12 +277,16 @@ uint64_t EstimateBlockDataBytes(const BlockOptions& block) {
     case BlockKind::kKronecker: {
       const int64_t a = block.FactorDim(Factor::kActivations);
       const int64_t g = block.FactorDim(Factor::kOutputGradients);
-      // Sums and eigenvectors of each factor, a few vectors, and the step's scratch.
-      uint64_t bytes = SaturatingProduct(SaturatingSum(Square(a), Square(g)), 2 * kDouble);
+      // Sums and eigenvectors of each factor (and their float32 copies), a few vectors,
+      // and the step's scratch (two matrices of the parameters, float32 or float64).
+      constexpr uint64_t kFloat = sizeof(float);
+      const uint64_t per_entry = float32_products ? 2 * kDouble + kFloat : 2 * kDouble;
+      uint64_t bytes = SaturatingProduct(SaturatingSum(Square(a), Square(g)), per_entry);
       bytes = SaturatingSum(bytes, SaturatingProduct(8 * kDouble, static_cast<uint64_t>(a + g)));
       const uint64_t parameters =
           SaturatingProduct(static_cast<uint64_t>(a), static_cast<uint64_t>(g));
-      return SaturatingSum(bytes, SaturatingProduct(parameters, 2 * kDouble));
+      return SaturatingSum(
+          bytes, SaturatingProduct(parameters, 2 * (float32_products ? kFloat : kDouble)));
     }
   }
   return UINT64_MAX;
@@ -292,7 +296,7 @@ uint64_t EstimateSessionBytes(const SessionOptions& options) {
   if (options.layered()) {
     uint64_t total = 0;
     for (const BlockOptions& block : options.blocks) {
-      total = SaturatingSum(total, EstimateBlockBytes(block));
+      total = SaturatingSum(total, EstimateBlockBytes(block, options.float32_products));
     }
     return total;
   }

@@ -90,10 +90,12 @@ struct SessionOptions {
   // Default damping lambda >= 0 for steps: the solve uses F + lambda I.
   double damping = 0.0;
 
-  // Dense only. false: batch products in float64, exact up to summation round-off.
-  // true: large batches use the float32 kernel (DenseKernel::kAuto in
-  // core/score_batch.h): dense ingest measured 1.2x faster at dim 1024 and 1.4x at
-  // dim 4096 (docs/performance.md), ~1e-7 relative error in F.
+  // false: batch products in float64, exact up to summation round-off.
+  // true: large batches of dense sessions, dense blocks and Kronecker factors use the
+  // float32 kernel (DenseKernel::kAuto in core/score_batch.h): dense ingest measured 1.2x
+  // faster at dim 1024 and 1.4x at dim 4096 (docs/performance.md), ~1e-7 relative error
+  // in F; Kronecker blocks also take their steps' eigenbasis products in float32
+  // (core/kronecker_statistics.h).
   bool float32_products = false;
 
   // Non-empty: a layered session. F is block-diagonal, one block each, and the
@@ -150,11 +152,13 @@ struct StepOptions {
 uint64_t EstimateSessionBytes(const SessionOptions& options);
 // One block: dense as above; diagonal O(dim); low-rank its max_rows x dim rows plus a
 // max_rows^2 factor; Kronecker both factors' sums and eigenvectors (2 n^2 doubles per
-// factor of n rows) plus the step's scratch (two out x (in + bias) matrices).
-uint64_t EstimateBlockBytes(const BlockOptions& block);
+// factor of n rows) plus the step's scratch (two out x (in + bias) matrices), in float64,
+// or with float32_products (the session's) float32 scratch and float32 copies of the
+// eigenvectors besides.
+uint64_t EstimateBlockBytes(const BlockOptions& block, bool float32_products);
 // The same without the fixed cost of a block (its objects, name, bookkeeping), which
 // kBlockOverheadBytes accounts for: measured about 1.1 KiB for the smallest blocks.
-uint64_t EstimateBlockDataBytes(const BlockOptions& block);
+uint64_t EstimateBlockDataBytes(const BlockOptions& block, bool float32_products);
 inline constexpr uint64_t kBlockOverheadBytes = 2048;
 
 }  // namespace fisherd

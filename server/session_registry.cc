@@ -33,13 +33,15 @@ std::string LargestBlock(const SessionOptions& options) {
   if (!options.layered()) return "";
   size_t largest = 0;
   for (size_t i = 1; i < options.blocks.size(); ++i) {
-    if (EstimateBlockBytes(options.blocks[i]) > EstimateBlockBytes(options.blocks[largest])) {
+    if (EstimateBlockBytes(options.blocks[i], options.float32_products) >
+        EstimateBlockBytes(options.blocks[largest], options.float32_products)) {
       largest = i;
     }
   }
   const BlockOptions& block = options.blocks[largest];
   return absl::StrCat(" (its largest block is blocks[", largest, "] ", Quote(block.name), ", ",
-                      BlockKindName(block.kind), ", ", Mebibytes(EstimateBlockBytes(block)), ")");
+                      BlockKindName(block.kind), ", ",
+                      Mebibytes(EstimateBlockBytes(block, options.float32_products)), ")");
 }
 
 }  // namespace
@@ -116,7 +118,7 @@ absl::Status SessionRegistry::CheckBlockLimits(const SessionOptions& options) co
       return absl::ResourceExhaustedError(absl::StrCat(
           "blocks[", i, "] ", Quote(block.name), " (", BlockKindName(block.kind), "): its ", what,
           " of ", side, " exceeds --max-dense-dim=", limits_.max_dense_dim, " (the block needs ",
-          Mebibytes(EstimateBlockBytes(block)),
+          Mebibytes(EstimateBlockBytes(block, options.float32_products)),
           "); use a BLOCK_KIND_DIAGONAL block, split the layer into several blocks, or a "
           "smaller size"));
     }

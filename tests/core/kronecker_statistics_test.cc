@@ -2,6 +2,7 @@
 // the same rows, and the true Fisher of a linear layer on Cartesian-product data.
 #include "core/kronecker_statistics.h"
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <vector>
@@ -243,6 +244,71 @@ TEST_P(KroneckerOracleTest, FactoredDampingMatchesFormula) {
   ASSERT_TRUE(undamped.ok()) << undamped.status();
   const Eigen::VectorXd expected = ReferenceKronecker(block, g, a).llt().solve(grad);
   EXPECT_LT(VectorError(undamped->natural_gradient, expected), 1e-10);
+}
+
+// float32_products: the step's four eigenbasis products run in float32. Against the
+// explicit float64 K, the error is that rounding: each product with inner dimension k
+// errs by at most k u |U| |V| entrywise (u = 2^-24, Higham's gamma_k; for orthogonal U
+// the random-signed round-off stays near k u ||V||), four products of inner dimensions
+// out, na, out, na plus the casts in and out, and the division by D = s_G s_A^T + lambda
+// magnifies a relative error by at most max D / min D. The float64 path errs ~1e-13, so
+// an error above 1e-11 shows that the float32 products did run. After new rows the
+// float32 eigenvectors must follow the refreshed decomposition (a stale copy errs at
+// O(0.1)).
+TEST_P(KroneckerOracleTest, Float32ProductsStayWithinTheirRoundingBound) {
+  const BlockOptions block = KroneckerBlock(24, 16, /*bias=*/GetParam());
+  const int64_t n = block.ParameterCount(), na = block.FactorDim(Factor::kActivations);
+  const int64_t out = block.out_features;
+  std::mt19937_64 rng(GetParam() ? 31 : 32);
+  const FactorRows a_rows = RandomRows(60, 24, rng);
+  const FactorRows g_rows = RandomRows(40, 16, rng);
+  SessionOptions options = BlockSession(block);
+  options.float32_products = true;
+  KroneckerStatistics statistics(block, options);
+  KroneckerStatistics exact(block, BlockSession(block));
+  for (KroneckerStatistics* s : {&statistics, &exact}) {
+    AddRows(*s, block, Factor::kActivations, a_rows);
+    AddRows(*s, block, Factor::kOutputGradients, g_rows);
+  }
+  const Eigen::VectorXd grad = Eigen::VectorXd::Random(n);
+  constexpr double kUnitRoundoff = 0x1p-24;
+  const auto check = [&](const FactorRows& activations, const char* when) {
+    const Eigen::MatrixXd a = ReferenceFactor(activations, block.bias);
+    const Eigen::MatrixXd g = ReferenceFactor(g_rows, false);
+    const Eigen::MatrixXd k = ReferenceKronecker(block, g, a);
+    Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> eigen_a(a, Eigen::EigenvaluesOnly);
+    Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> eigen_g(g, Eigen::EigenvaluesOnly);
+    for (const double lambda : {1e-3, 0.1}) {
+      // Eigenvalues ascend: the largest and smallest D are products of the extremes.
+      const double condition =
+          (eigen_g.eigenvalues().maxCoeff() * eigen_a.eigenvalues().maxCoeff() + lambda) /
+          (std::max(0.0, eigen_g.eigenvalues().minCoeff() * eigen_a.eigenvalues().minCoeff()) +
+           lambda);
+      const double bound = static_cast<double>(2 * out + 2 * na + 4) * kUnitRoundoff * condition;
+      const Eigen::VectorXd expected =
+          (k + lambda * Eigen::MatrixXd::Identity(n, n)).llt().solve(grad);
+      const absl::StatusOr<SolveResult> fast = statistics.Solve(grad, lambda);
+      const absl::StatusOr<SolveResult> slow = exact.Solve(grad, lambda);
+      ASSERT_TRUE(fast.ok()) << fast.status();
+      ASSERT_TRUE(slow.ok()) << slow.status();
+      const double error = VectorError(fast->natural_gradient, expected);
+      RecordProperty(absl::StrCat("float32_error_", when, "_", lambda), absl::StrCat(error));
+      EXPECT_LT(error, bound) << when << ", lambda " << lambda << ", condition " << condition;
+      EXPECT_GT(error, 1e-11) << when << ", lambda " << lambda;
+      EXPECT_LT(VectorError(slow->natural_gradient, expected), 1e-10) << when;
+      // The curvature is summed in float64 from the rounded N': the same bound.
+      const double curvature = expected.dot(k * expected);
+      EXPECT_NEAR(*fast->curvature, curvature, bound * curvature) << when;
+    }
+  };
+  check(a_rows, "first");
+  const FactorRows more = RandomRows(30, 24, rng);
+  AddRows(statistics, block, Factor::kActivations, more);
+  AddRows(exact, block, Factor::kActivations, more);
+  FactorRows all{RowMatrixF(90, 24), a_rows.weights};
+  all.rows << a_rows.rows, more.rows;
+  all.weights.insert(all.weights.end(), more.weights.begin(), more.weights.end());
+  check(all, "after_new_rows");
 }
 
 INSTANTIATE_TEST_SUITE_P(Bias, KroneckerOracleTest, ::testing::Bool(),
