@@ -10,11 +10,15 @@
 // alternating order). Prints both rows/s, medians, and the median of the per-repeat
 // ratios fisherd / dsyrk.
 //
-//   fisherd-layered-bench --mode=resnet18-step --target=HOST:PORT [--server-pid=PID]
-//                         --repeats=R [--cached-repeats=C] [--fill=2] [--new-rows=16]
-// A session whose blocks are ResNet-18's convolution and linear layers as Kronecker
+//   fisherd-layered-bench --mode=kfac-step --layout=resnet18|mlp --target=HOST:PORT
+//                         [--server-pid=PID] --repeats=R [--cached-repeats=C] [--fill=2]
+//                         [--new-rows=16] [--float32-products]
+// (--mode=resnet18-step is --mode=kfac-step --layout=resnet18.) A session whose blocks
+// are, with --layout=resnet18, ResNet-18's convolution and linear layers as Kronecker
 // blocks (conv: in = in_channels * kh * kw, out = out_channels, no bias; fc 512 -> 1000
-// with bias; 11.7M parameters). Every factor first gets fill x (its dim) rows (full rank).
+// with bias; 11.7M parameters), or with --layout=mlp the 784-1000-1000-10 MLP of the
+// Fashion-MNIST example (three Linear layers with bias, 1.8M parameters). Every factor
+// first gets fill x (its dim) rows (full rank).
 // The peer reads the same factor matrices back with GetFisher. Then R times over:
 //   - fresh: new_rows more rows to EVERY factor (untimed; not before the first repeat,
 //     which follows the fill), then one StreamNaturalGradientStep (gradient in chunks of
@@ -24,6 +28,10 @@
 //     s_G s_A^T + lambda, and U_G N' U_A^T (four dgemm).
 //   - cached, C times: the same step again (skip_decay, no new rows), every block must
 //     report cached factors; the peer: the four dgemm and the division alone.
+// With --float32-products the session has SessionConfig.float32_products, and the peer
+// takes the same four products with cblas_sgemm on float32 copies of its eigenvectors
+// (made right after its dsyevd, as fisherd makes them), V rounded to float32 on the
+// way in and N widened on the way out.
 // Each fisherd step and its peer run back to back, in alternating order; medians and the
 // median of the per-pair ratios are printed, and fisherd's answer is compared with the
 // peer's on the first repeat (same factors).
@@ -113,6 +121,8 @@ struct Config {
   int64_t threads = 2;
   double damping = 1e-3;
   bool delete_session = false;
+  std::string layout = "resnet18";  // kfac-step: resnet18 or mlp
+  bool float32_products = false;    // kfac-step: the session's, and the peer's sgemm
 };
 
 std::shared_ptr<grpc::Channel> MakeChannel(const Config& config) {
@@ -193,6 +203,12 @@ std::vector<Layer> ResNet18(int64_t divisor) {
   return layers;
 }
 
+// The Fashion-MNIST example's MLP 784-1000-1000-10, every Linear with bias.
+std::vector<Layer> Mlp(int64_t divisor) {
+  const int64_t hidden = std::max<int64_t>(1, 1000 / divisor);
+  return {{"fc1", 784, hidden, true}, {"fc2", hidden, hidden, true}, {"fc3", hidden, 10, true}};
+}
+
 absl::Status CreateLayeredSession(FisherService::Stub* stub, const Config& config,
                                   const std::vector<Layer>& layers, int64_t* dim) {
   grpc::ClientContext context;
@@ -204,6 +220,7 @@ absl::Status CreateLayeredSession(FisherService::Stub* stub, const Config& confi
   fisherd::v1::SessionConfig* session = request.mutable_config();
   session->set_representation(fisherd::v1::REPRESENTATION_LAYERED);
   session->set_damping(config.damping);
+  session->set_float32_products(config.float32_products);
   for (const Layer& layer : layers) {
     fisherd::v1::BlockConfig* block = session->add_blocks();
     block->set_name(layer.name);
@@ -545,19 +562,20 @@ absl::Status StreamStep(FisherService::Stub* stub, const Config& config, const s
 
 // The in-process peer: the same factors (read back from the server), decomposed with
 // LAPACKE_dsyevd after a copy (the factors must be kept, as the server keeps them), and
-// the step's four products per block with cblas_dgemm.
+// the step's four products per block with cblas_dgemm (or, float32, cblas_sgemm).
 class KfacPeer {
  public:
   struct Block {
     Layer layer;
-    int64_t offset = 0;            // in the parameter vector
-    std::vector<double> f_a, f_g;  // factors (n x n, symmetric)
-    std::vector<double> u_a, u_g;  // eigenvectors, column-major
-    std::vector<double> s_a, s_g;  // eigenvalues
-    std::vector<double> v, n;      // gradient and answer, out x na column-major
+    int64_t offset = 0;                   // in the parameter vector
+    std::vector<double> f_a, f_g;         // factors (n x n, symmetric)
+    std::vector<double> u_a, u_g;         // eigenvectors, column-major
+    std::vector<double> s_a, s_g;         // eigenvalues
+    std::vector<double> v, n;             // gradient and answer, out x na column-major
+    std::vector<float> u_a_f32, u_g_f32;  // float32: the eigenvectors rounded
   };
 
-  explicit KfacPeer(double damping) : damping_(damping) {}
+  KfacPeer(double damping, bool float32) : damping_(damping), float32_(float32) {}
 
   std::vector<Block>& blocks() { return blocks_; }
 
@@ -579,6 +597,10 @@ class KfacPeer {
       largest = std::max(largest, out * na);
     }
     half_.assign(static_cast<size_t>(largest), 0.0);
+    if (float32_) {
+      v_f32_.assign(static_cast<size_t>(largest), 0.0f);
+      half_f32_.assign(static_cast<size_t>(largest), 0.0f);
+    }
   }
 
   // Copy and dsyevd of every factor; returns false if LAPACK failed.
@@ -593,6 +615,10 @@ class KfacPeer {
         if (LAPACKE_dsyevd(LAPACK_COL_MAJOR, 'V', 'U', n, u.data(), n, s.data()) != 0) {
           return false;
         }
+        if (float32_) {
+          std::vector<float>& rounded = side ? b.u_g_f32 : b.u_a_f32;
+          rounded.assign(u.begin(), u.end());
+        }
       }
     }
     return true;
@@ -600,6 +626,10 @@ class KfacPeer {
 
   // n = U_G [(U_G^T V U_A) ./ (s_G s_A^T + lambda)] U_A^T for every block.
   void Products() {
+    if (float32_) {
+      ProductsFloat32();
+      return;
+    }
     for (Block& b : blocks_) {
       const int out = static_cast<int>(b.layer.out), na = static_cast<int>(b.layer.na());
       double* half = half_.data();
@@ -616,6 +646,33 @@ class KfacPeer {
                   b.n.data(), out, 0.0, half, out);
       cblas_dgemm(CblasColMajor, CblasNoTrans, CblasTrans, out, na, na, 1.0, half, out,
                   b.u_a.data(), na, 0.0, b.n.data(), out);
+    }
+  }
+
+  // The same in float32: V rounded in, four sgemm, the division, N widened out.
+  void ProductsFloat32() {
+    for (Block& b : blocks_) {
+      const int out = static_cast<int>(b.layer.out), na = static_cast<int>(b.layer.na());
+      const size_t size = static_cast<size_t>(out) * na;
+      float* v = v_f32_.data();
+      float* half = half_f32_.data();
+      for (size_t k = 0; k < size; ++k) v[k] = static_cast<float>(b.v[k]);
+      cblas_sgemm(CblasColMajor, CblasTrans, CblasNoTrans, out, na, out, 1.0f, b.u_g_f32.data(),
+                  out, v, out, 0.0f, half, out);
+      cblas_sgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, out, na, na, 1.0f, half, out,
+                  b.u_a_f32.data(), na, 0.0f, v, out);
+      for (int j = 0; j < na; ++j) {
+        float* column = v + static_cast<size_t>(j) * out;
+        const double sa = b.s_a[j];
+        for (int i = 0; i < out; ++i) {
+          column[i] = static_cast<float>(column[i] / (b.s_g[i] * sa + damping_));
+        }
+      }
+      cblas_sgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, out, na, out, 1.0f, b.u_g_f32.data(),
+                  out, v, out, 0.0f, half, out);
+      cblas_sgemm(CblasColMajor, CblasNoTrans, CblasTrans, out, na, na, 1.0f, half, out,
+                  b.u_a_f32.data(), na, 0.0f, v, out);
+      for (size_t k = 0; k < size; ++k) b.n[k] = v[k];
     }
   }
 
@@ -638,13 +695,16 @@ class KfacPeer {
 
  private:
   const double damping_;
+  const bool float32_;
   std::vector<Block> blocks_;
   std::vector<double> half_;
+  std::vector<float> v_f32_, half_f32_;  // float32's scratch
 };
 
-int RunResNet18Step(const Config& config) {
+int RunKfacStep(const Config& config) {
   auto stub = FisherService::NewStub(MakeChannel(config));
-  std::vector<Layer> layers = ResNet18(config.width_divisor);
+  std::vector<Layer> layers =
+      config.layout == "mlp" ? Mlp(config.width_divisor) : ResNet18(config.width_divisor);
   if (!config.only_blocks.empty()) {
     const std::string wanted = "," + config.only_blocks + ",";
     layers.erase(std::remove_if(layers.begin(), layers.end(),
@@ -680,10 +740,11 @@ int RunResNet18Step(const Config& config) {
         absl::InternalError(absl::StrCat("the session's dim is ", dim, ", expected ", expected));
   }
   std::printf(
-      "resnet18 layout: %zu Kronecker blocks, %lld parameters, %lld factors, largest "
-      "factor %lld; factors + eigenvectors %.0f MiB\n",
-      layers.size(), static_cast<long long>(dim), static_cast<long long>(factors),
-      static_cast<long long>(largest), factor_bytes / (1 << 20));
+      "%s layout: %zu Kronecker blocks, %lld parameters, %lld factors, largest "
+      "factor %lld; factors + eigenvectors %.0f MiB; %s products\n",
+      config.layout.c_str(), layers.size(), static_cast<long long>(dim),
+      static_cast<long long>(factors), static_cast<long long>(largest), factor_bytes / (1 << 20),
+      config.float32_products ? "float32" : "float64");
 
   // Fill: fill x n rows into every factor (activations: in values a row; the server
   // appends the bias's 1).
@@ -704,7 +765,7 @@ int RunResNet18Step(const Config& config) {
   }
 
   // The peer's copy of the same factors, and the gradient.
-  KfacPeer peer(config.damping);
+  KfacPeer peer(config.damping, config.float32_products);
   std::vector<double> gradient(static_cast<size_t>(dim));
   {
     std::mt19937_64 rng(5);
@@ -833,17 +894,21 @@ int RunResNet18Step(const Config& config) {
   }
 
   const double memory_ratio = rss_kb * 1024.0 / factor_bytes;
+  const char* gemm = config.float32_products ? "sgemm" : "dgemm";
   std::printf(
-      "resnet18 step, %lld repeats (%lld cached steps each), medians; peer with %d "
+      "%s step, %s products, %lld repeats (%lld cached steps each), medians; peer with %d "
       "threads\n",
+      config.layout.c_str(), config.float32_products ? "float32" : "float64",
       static_cast<long long>(config.repeats), static_cast<long long>(config.cached_repeats),
       openblas_get_num_threads());
   std::printf("  %-44s %10s %10s %10s %8s\n", "", "client s", "server s", "peer s", "ratio");
-  std::printf("  %-44s %10.3f %10.3f %10.3f %8.3f\n", "fresh factors (dsyevd + 4 dgemm)",
-              Median(fresh), Median(fresh_server), Median(peer_fresh), Median(fresh_ratio));
+  std::printf("  %-44s %10.3f %10.3f %10.3f %8.3f\n",
+              absl::StrCat("fresh factors (dsyevd + 4 ", gemm, ")").c_str(), Median(fresh),
+              Median(fresh_server), Median(peer_fresh), Median(fresh_ratio));
   std::printf("  %-44s %10s %10s %10.3f\n", "  of which the peer's dsyevd", "", "",
               Median(peer_dsyevd));
-  std::printf("  %-44s %10.3f %10.3f %10.3f %8.3f\n", "cached factors (4 dgemm)", Median(cached),
+  std::printf("  %-44s %10.3f %10.3f %10.3f %8.3f\n",
+              absl::StrCat("cached factors (4 ", gemm, ")").c_str(), Median(cached),
               Median(cached_server), Median(peer_products), Median(cached_ratio));
   std::printf(
       "  cached step, client's view: sending the gradient %.3f s, waiting for the "
@@ -859,7 +924,8 @@ int RunResNet18Step(const Config& config) {
         memory_ratio);
   }
   std::printf(
-      "{\"mode\":\"resnet18-step\",\"parameters\":%lld,\"blocks\":%zu,\"factors\":%lld,"
+      "{\"mode\":\"kfac-step\",\"layout\":\"%s\",\"float32_products\":%s,\"parameters\":%lld,"
+      "\"blocks\":%zu,\"factors\":%lld,"
       "\"largest_factor\":%lld,\"width_divisor\":%lld,\"fill\":%.3f,\"fill_rows\":%lld,"
       "\"fill_seconds\":%.3f,\"new_rows\":%lld,\"repeats\":%lld,\"cached_repeats\":%lld,"
       "\"threads\":%d,\"step_seconds\":%.6f,\"step_server_seconds\":%.6f,"
@@ -870,6 +936,7 @@ int RunResNet18Step(const Config& config) {
       "\"disagreement_cached\":%.3g,\"residual\":%.3g,\"factor_bytes\":%.0f,"
       "\"rss_idle_kb\":%lld,\"rss_kb\":%lld,\"hwm_kb\":%lld,\"memory_ratio\":%.4f,"
       "\"fresh_runs\":%s,\"peer_fresh_runs\":%s,\"cached_runs\":%s,\"peer_products_runs\":%s}\n",
+      config.layout.c_str(), config.float32_products ? "true" : "false",
       static_cast<long long>(dim), layers.size(), static_cast<long long>(factors),
       static_cast<long long>(largest), static_cast<long long>(config.width_divisor), config.fill,
       static_cast<long long>(fill_rows), fill_seconds, static_cast<long long>(config.new_rows),
@@ -890,15 +957,17 @@ int RunResNet18Step(const Config& config) {
 const char kDescription[] =
     "Layered sessions (Kronecker blocks) against in-process OpenBLAS / LAPACK doing the same\n"
     "arithmetic, in the same run. --mode=kronecker-ingest: --dim, --batch, --seconds,\n"
-    "--repeats, --warmup-seconds, --in-flight. --mode=resnet18-step: --repeats,\n"
+    "--repeats, --warmup-seconds, --in-flight. --mode=kfac-step: --layout, --repeats,\n"
     "--cached-repeats, --fill, --new-rows, --server-pid, --width-divisor, --chunk-values,\n"
-    "--batch, --only-blocks. Both: --threads, --damping, --session, --delete-session.";
+    "--batch, --only-blocks, --float32-products (--mode=resnet18-step: --layout=resnet18).\n"
+    "Both: --threads, --damping, --session, --delete-session.";
 
 // The flags on *flags, bound to *config. REQUIRES: config outlives flags.
 void DefineFlags(Config* config, fisherd::common::FlagSet* flags) {
   constexpr int64_t kMost = std::numeric_limits<int64_t>::max();
   flags->AddString("target", &config->target, "HOST:PORT of the server");
-  flags->AddString("mode", &config->mode, "kronecker-ingest or resnet18-step");
+  flags->AddString("mode", &config->mode, "kronecker-ingest or kfac-step (or resnet18-step)");
+  flags->AddString("layout", &config->layout, "kfac-step: resnet18 (default) or mlp");
   flags->AddString("session", &config->session_id, "session id (default: unique)");
   flags->AddString("only-blocks", &config->only_blocks,
                    "resnet18-step: only these blocks of the layout, NAME,NAME (for profiles)");
@@ -923,10 +992,19 @@ void DefineFlags(Config* config, fisherd::common::FlagSet* flags) {
                    "resnet18-step: rows per factor first, in units of its dim");
   flags->AddDouble("damping", &config->damping, 0, 1e300, "damping of the session");
   flags->AddBool("delete-session", &config->delete_session, "delete the session at the end");
-  flags->AddStringCheck("mode", [](absl::string_view mode) {
-    if (mode == "kronecker-ingest" || mode == "resnet18-step") return absl::OkStatus();
+  flags->AddBool("float32-products", &config->float32_products,
+                 "kfac-step: the session's float32_products; the peer uses sgemm");
+  flags->AddStringCheck("layout", [](absl::string_view layout) {
+    if (layout == "resnet18" || layout == "mlp") return absl::OkStatus();
     return absl::InvalidArgumentError(
-        absl::StrCat("--mode=", mode, ": must be kronecker-ingest or resnet18-step"));
+        absl::StrCat("--layout=", layout, ": must be resnet18 or mlp"));
+  });
+  flags->AddStringCheck("mode", [](absl::string_view mode) {
+    if (mode == "kronecker-ingest" || mode == "kfac-step" || mode == "resnet18-step") {
+      return absl::OkStatus();
+    }
+    return absl::InvalidArgumentError(
+        absl::StrCat("--mode=", mode, ": must be kronecker-ingest, kfac-step or resnet18-step"));
   });
 }
 
@@ -955,5 +1033,13 @@ int main(int argc, char** argv) {
   }
   openblas_set_num_threads(static_cast<int>(config.threads));
   if (config.mode == "kronecker-ingest") return RunKroneckerIngest(config);
-  return RunResNet18Step(config);
+  if (config.mode == "resnet18-step") {
+    if (flags.Given("layout") && config.layout != "resnet18") {
+      std::cerr << "fisherd-layered-bench: --mode=resnet18-step takes no --layout=" << config.layout
+                << " (use --mode=kfac-step)\n";
+      return 2;
+    }
+    config.layout = "resnet18";
+  }
+  return RunKfacStep(config);
 }

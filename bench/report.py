@@ -158,6 +158,21 @@ def main():
                 layered["rss_kb"] / 1024.0, layered["factor_bytes"] / 2**20, "MiB", "<= 1.2x",
                 layered["memory_ratio"], lambda r: r <= 1.2)
 
+    for key, gemm in (("mlp_step", "dgemm"), ("mlp_step_f32", "sgemm")):
+        mlp = values.get(key, [None])[0]
+        if not mlp:
+            continue
+        shape = (f"MLP 784-1000-1000-10 as {mlp['blocks']} Kronecker blocks"
+                 + (f" (widths / {mlp['width_divisor']})" if mlp["width_divisor"] > 1 else "")
+                 + (", float32_products" if mlp.get("float32_products") else ""))
+        row(f"{shape}: cached step vs the 4 {gemm} per block",
+            median(key, "cached_step_seconds"), median(key, "peer_products_seconds"), "s",
+            "-", median(key, "cached_ratio"), None)
+        row("  server's solver.seconds, cached factors",
+            median(key, "cached_step_server_seconds"), median(key, "peer_products_seconds"),
+            "s", "-", median(key, "cached_step_server_seconds")
+            / median(key, "peer_products_seconds"), None)
+
     header = ("measure", "fisherd", "peer", "ratio", "target", "met")
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
     print()

@@ -237,6 +237,15 @@ record resnet18_step "$bin/bench/fisherd-layered-bench" --mode=resnet18-step \
   --target="$address" --server-pid="$server_pid" --width-divisor="$resnet_divisor" \
   --repeats="$layered_repeats" --cached-repeats="$cached_repeats" --new-rows="$new_rows" \
   --threads="$threads" --delete-session
+# 5-6. The Fashion-MNIST example's MLP (784-1000-1000-10) as three Kronecker blocks, the
+#    same steps in float64 and with float32_products (the peer then uses sgemm).
+record mlp_step "$bin/bench/fisherd-layered-bench" --mode=kfac-step --layout=mlp \
+  --target="$address" --width-divisor="$resnet_divisor" --repeats="$layered_repeats" \
+  --cached-repeats="$cached_repeats" --new-rows="$new_rows" --threads="$threads" --delete-session
+record mlp_step_f32 "$bin/bench/fisherd-layered-bench" --mode=kfac-step --layout=mlp \
+  --float32-products --target="$address" --width-divisor="$resnet_divisor" \
+  --repeats="$layered_repeats" --cached-repeats="$cached_repeats" --new-rows="$new_rows" \
+  --threads="$threads" --delete-session
 
 report_flags=(--threads="$threads" --repeats="$repeats")
 [ "$float32_products" -eq 0 ] || report_flags+=(--float32-products)

@@ -117,10 +117,12 @@ std::string DescribeSession(const v1::Session& session) {
       "representation: %s\n"
       "centered:       %s\n"
       "decay:          %g\n"
-      "damping:        %g\n",
+      "damping:        %g\n"
+      "products:       %s\n",
       session.name(), c.dim(),
       RepresentationName(layered ? v1::REPRESENTATION_LAYERED : c.representation()),
-      c.centered() ? "true" : "false", decay, c.damping());
+      c.centered() ? "true" : "false", decay, c.damping(),
+      c.float32_products() ? "float32 (float32_products)" : "float64");
   if (layered) {
     // factor_refresh_period 0 means 1 (recompute whenever a factor changed).
     absl::StrAppendFormat(&out, "kronecker:      %s damping, factors refreshed every %d step(s)\n",

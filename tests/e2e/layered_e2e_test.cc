@@ -817,7 +817,7 @@ TEST_F(LayeredEndToEndTest, FisherctlCreatesAndDescribesLayeredSessions) {
       {FisherctlPath(), target, "create", "ctl-layers", "--block=fc1:kronecker:784x1000+bias",
        "--block=conv1:kronecker:27x16+bias", "--block=bn1:diagonal:64",
        "--block=emb:low_rank:5000/16", "--block=head:dense:100", "--damping=0.01",
-       "--kronecker-damping=factored", "--factor-refresh-period=3"});
+       "--kronecker-damping=factored", "--factor-refresh-period=3", "--float32-products"});
   ASSERT_EQ(created.exit_code, 0) << created.output;
   EXPECT_THAT(created.output, HasSubstr("LAYERED"));
   EXPECT_THAT(created.output, HasSubstr("784x1000+bias"));
@@ -833,6 +833,7 @@ TEST_F(LayeredEndToEndTest, FisherctlCreatesAndDescribesLayeredSessions) {
   EXPECT_EQ(session->config().dim(), 785000u + 448u + 64u + 5000u + 100u);
   EXPECT_EQ(session->config().kronecker_damping(), v1::KRONECKER_DAMPING_FACTORED);
   EXPECT_EQ(session->config().factor_refresh_period(), 3u);
+  EXPECT_TRUE(session->config().float32_products());
 
   // Five rows into conv1's A, three into its G; describe shows them per block.
   std::vector<Rows> appends;
@@ -845,6 +846,7 @@ TEST_F(LayeredEndToEndTest, FisherctlCreatesAndDescribesLayeredSessions) {
   EXPECT_THAT(described.output, HasSubstr("A: 5 rows W=5  G: 3 rows W=3"));
   EXPECT_THAT(described.output, HasSubstr("emb"));
   EXPECT_THAT(described.output, HasSubstr("5000/16"));
+  EXPECT_THAT(described.output, HasSubstr("products:       float32"));
 
   CommandResult factor = RunCommand({FisherctlPath(), target, "fisher", "ctl-layers",
                                      "--block=conv1", "--factor=activations", "--matrix"});
@@ -868,6 +870,7 @@ TEST_F(LayeredEndToEndTest, FisherctlCreatesAndDescribesLayeredSessions) {
   absl::StatusOr<v1::Session> from_layout = client_->GetSession("ctl-file");
   ASSERT_TRUE(from_layout.ok()) << from_layout.status();
   EXPECT_EQ(from_layout->config().dim(), 785064u);
+  EXPECT_FALSE(from_layout->config().float32_products());
   std::ofstream(layout) << "fc1:kronecker:784x1000+bias\nfc2:kronecker:1000\n";
   CommandResult bad_file =
       RunCommand({FisherctlPath(), target, "create", "ctl-bad", "--layout=" + layout});

@@ -271,6 +271,7 @@ class Trainer:
                 factor_decay=args.factor_decay,
                 update_factors_every=args.update_factors_every,
                 factor_refresh_period=args.factor_refresh_period,
+                float32_products=args.float32_products,
                 generator=seed if args.fisher == "true" else None)
             optimizer = torch.optim.SGD(model.parameters(), lr=hyper["lr"],
                                         momentum=hyper["momentum"])
@@ -625,6 +626,10 @@ def main():
     parser.add_argument("--factor-refresh-period", type=int, default=10,
                         help="fisherd re-decomposes a changed factor at most every this "
                         "many steps")
+    parser.add_argument("--float32-products", action=argparse.BooleanOptionalAction,
+                        default=False,
+                        help="the session's float32_products: fisherd takes the steps' "
+                        "eigenbasis products (and large factor batches) in float32")
     parser.add_argument("--grid-seeds", default="1")
     parser.add_argument("--grid-epochs", type=float, default=5.0,
                         help="cap of a grid run (0: --epochs)")
@@ -678,7 +683,8 @@ def main():
         log(f"K-FAC: fisherd.torch.KFACPreconditioner, {args.fisher} Fisher, per-sample "
             f"output-gradient rows, exact damping, factor_decay {args.factor_decay:g}, rows "
             f"every {args.update_factors_every} iteration(s), factors re-decomposed every "
-            f"{args.factor_refresh_period} step(s); SGD momentum "
+            f"{args.factor_refresh_period} step(s), "
+            f"{'float32' if args.float32_products else 'float64'} products; SGD momentum "
             f"{args.kfac_momentum:g} applies eta * n")
     server, target = None, args.target
     if "kfac" in methods and target is None:

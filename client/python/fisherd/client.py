@@ -200,6 +200,7 @@ class Session:
     block_stats: dict = dataclasses.field(default_factory=dict)
     kronecker_damping: str = "exact"   # or "factored"
     factor_refresh_period: int = 1
+    float32_products: bool = False
 
     @classmethod
     def from_proto(cls, s):
@@ -214,7 +215,8 @@ class Session:
                    block_stats={b.name: BlockStats.from_proto(b) for b in s.stats.blocks},
                    kronecker_damping=_KRONECKER_DAMPING_NAMES.get(
                        s.config.kronecker_damping, str(s.config.kronecker_damping)),
-                   factor_refresh_period=s.config.factor_refresh_period or 1)
+                   factor_refresh_period=s.config.factor_refresh_period or 1,
+                   float32_products=s.config.float32_products)
 
     @property
     def layered(self):
@@ -481,7 +483,7 @@ class Client:
     # --- sessions -------------------------------------------------------------------
     def create_session(self, session_id, dim=None, representation=None, centered=False,
                        decay=1.0, damping=0.0, *, blocks=None, kronecker_damping=None,
-                       factor_refresh_period=0):
+                       factor_refresh_period=0, float32_products=False):
         """Creates sessions/{session_id}; returns that name.
 
         Without blocks: one F of `dim`, representation "dense" (the default) or "diagonal".
@@ -491,9 +493,16 @@ class Client:
         parameters in this order; dim may be left out (the server fills in the total).
         kronecker_damping: "exact" (the server's default) or "factored".
         factor_refresh_period: recompute a Kronecker factor's eigendecomposition at most
-        every this many steps (0 or 1: whenever the factor changed)."""
+        every this many steps (0 or 1: whenever the factor changed).
+        float32_products: large batches are multiplied in float32 (dense sessions, dense
+        blocks, Kronecker factors; ~1e-7 relative error in F) and Kronecker blocks take
+        their steps' eigenbasis products in float32 (about half the step's time on large
+        layers; SessionConfig.float32_products says how n is rounded)."""
+        if not isinstance(float32_products, bool):
+            raise invalid_argument(f"float32_products must be True or False, got "
+                                   f"{float32_products!r}")
         config = pb.SessionConfig(centered=bool(centered), decay=float(decay),
-                                  damping=float(damping))
+                                  damping=float(damping), float32_products=float32_products)
         if blocks:
             if representation not in (None, "layered"):
                 raise invalid_argument("a session with blocks is layered: leave representation "

@@ -33,8 +33,9 @@ INVALID_ARGUMENT before any call.
 
 Shard sessions. Shard k is the ordinary layered session "{session_id}.{k}-of-{n}" on
 clients[k], holding its blocks, created with the same options (centered, decay,
-damping, kronecker_damping, factor_refresh_period). Every shard id must be a valid
-session id (1-63 characters of [a-zA-Z0-9_.-], starting with a letter or digit): a
+damping, kronecker_damping, factor_refresh_period, float32_products). Every shard id
+must be a valid session id (1-63 characters of [a-zA-Z0-9_.-], starting with a letter
+or digit): a
 session_id that makes one longer is INVALID_ARGUMENT before any call. Attaching
 (create=False, or ShardedLayeredSession.attach) recomputes the assignment from the same
 layout and number of replicas and requires every shard's actual layout (GetSession) to
@@ -165,14 +166,14 @@ class ShardedLayeredSession:
     keeps ownership and closes them). session_id: the sharded session's id; shard k is
     the session "{session_id}.{k}-of-{n}". blocks: the whole layout, in global order
     (fisherd.Block or dicts of its fields). create: True creates the shard sessions
-    (with centered, decay, damping, kronecker_damping, factor_refresh_period as
-    Client.create_session takes them); False attaches to existing ones, waiting up to
+    (with centered, decay, damping, kronecker_damping, factor_refresh_period,
+    float32_products as Client.create_session takes them); False attaches to existing ones, waiting up to
     attach_timeout seconds for all of them to appear, and checks their layouts.
     """
 
     def __init__(self, clients, session_id, blocks, *, create=True, centered=False,
                  decay=1.0, damping=0.0, kronecker_damping=None, factor_refresh_period=0,
-                 attach_timeout=0.0):
+                 float32_products=False, attach_timeout=0.0):
         if not isinstance(clients, (list, tuple)) or not clients:
             raise invalid_argument("clients must be a non-empty list of fisherd.Client, one "
                                    f"per replica, got {clients!r}")
@@ -228,7 +229,8 @@ class ShardedLayeredSession:
         if create:
             self._create(dict(centered=centered, decay=decay, damping=damping,
                               kronecker_damping=kronecker_damping,
-                              factor_refresh_period=factor_refresh_period))
+                              factor_refresh_period=factor_refresh_period,
+                              float32_products=float32_products))
         else:
             self._attach(attach_timeout)
 
@@ -433,7 +435,8 @@ class ShardedLayeredSession:
             block_stats={b.name: stats.get(b.name, BlockStats(b.name, 0, 0.0))
                          for b in self.blocks},
             kronecker_damping=first.kronecker_damping,
-            factor_refresh_period=first.factor_refresh_period)
+            factor_refresh_period=first.factor_refresh_period,
+            float32_products=first.float32_products)
 
     def get_fisher(self, include_matrix=True, include_eigenvalues=False, *, block=None,
                    factor=None):
@@ -597,7 +600,8 @@ def _step_size(kl_budget, learning_rate, natural_norm_sq):
 def _options(info):
     return {"centered": info.centered, "decay": info.decay, "damping": info.damping,
             "kronecker_damping": info.kronecker_damping,
-            "factor_refresh_period": info.factor_refresh_period}
+            "factor_refresh_period": info.factor_refresh_period,
+            "float32_products": info.float32_products}
 
 
 def _describe(blocks):

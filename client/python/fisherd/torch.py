@@ -406,8 +406,10 @@ class KFACPreconditioner:
     create_session: True to create the session, False to attach to one another process
     creates (waiting up to attach_timeout seconds). take_steps: False for a data-parallel
     rank that only streams rows. barrier: a callable run between streaming and the step.
-    kronecker_damping ("exact" or "factored") and factor_refresh_period are passed to the
-    session (docs/design.md section 7). compress_rows: "auto" (default), True or False
+    kronecker_damping ("exact" or "factored"), factor_refresh_period and float32_products
+    are passed to the session (docs/design.md section 7); float32_products=True takes the
+    steps' eigenbasis products in float32, about half the server's step time on large
+    layers, with n rounded to ~1e-7 relative times the spread of the damped eigenvalues. compress_rows: "auto" (default), True or False
     (see "Compressed rows" in the module docstring).
     """
 
@@ -416,7 +418,7 @@ class KFACPreconditioner:
                  unsupported="error", loss_reduction="mean", conv_scaling="kfc",
                  generator=None, worker_id=None, create_session=True, take_steps=True,
                  barrier=None, attach_timeout=30.0, kronecker_damping=None,
-                 factor_refresh_period=0, compress_rows="auto"):
+                 factor_refresh_period=0, float32_products=False, compress_rows="auto"):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if fisher not in ("empirical", "true"):
@@ -486,7 +488,8 @@ class KFACPreconditioner:
                                    "to precondition")
         self.blocks = [layer.block for layer in self.layers]
         self.session = self._open_session(session_id, create_session, attach_timeout,
-                                          kronecker_damping, factor_refresh_period)
+                                          kronecker_damping, factor_refresh_period,
+                                          float32_products)
         for layer in self.layers:
             layer.handles.append(layer.module.register_forward_hook(
                 functools.partial(self._forward_hook, layer)))
@@ -537,20 +540,21 @@ class KFACPreconditioner:
         return selected, others
 
     def _open_session(self, session_id, create, attach_timeout, kronecker_damping,
-                      factor_refresh_period):
+                      factor_refresh_period, float32_products):
         bare = session_id[len("sessions/"):] if session_id.startswith("sessions/") else session_id
         if len(self.clients) > 1:
             # The sharded session checks an attached layout shard by shard itself.
             self.sharded = ShardedLayeredSession(
                 list(self.clients), bare, self.blocks, create=create, decay=self.factor_decay,
                 damping=self.damping, kronecker_damping=kronecker_damping,
-                factor_refresh_period=factor_refresh_period, attach_timeout=attach_timeout)
+                factor_refresh_period=factor_refresh_period, float32_products=float32_products,
+                attach_timeout=attach_timeout)
             return self.sharded.name
         if create:
             return self.client.create_session(
                 bare, blocks=self.blocks, decay=self.factor_decay, damping=self.damping,
                 kronecker_damping=kronecker_damping,
-                factor_refresh_period=factor_refresh_period)
+                factor_refresh_period=factor_refresh_period, float32_products=float32_products)
         name = f"sessions/{bare}"
         deadline = time.monotonic() + attach_timeout
         while True:

@@ -441,6 +441,8 @@ def test_client_side_checks(client):
     invalid(lambda: client.create_session("x", blocks=[dense], kronecker_damping="tikhonov"),
             "tikhonov")
     invalid(lambda: client.create_session("x"), "dim")
+    invalid(lambda: client.create_session("x", blocks=[dense], float32_products="yes"),
+            "float32_products")
     invalid(lambda: client.stream_scores("x", np.ones((1, 2)), block="d", factor="weights"),
             "weights")
     invalid(lambda: client.step("x", [1.0], gradient_dtype="int8"), "int8")

@@ -271,6 +271,35 @@ def test_mlp_step_is_exact_kronecker_solve(client, session_id, fisher):
     kfac.remove()
 
 
+def test_float32_products_round_the_step_within_their_bound(client, session_id):
+    """float32_products: the server's four eigenbasis products per block run in float32.
+    Against NumPy's float64 solve, n errs by the products' rounding: at most
+    (2 out + 2 (in + 1) + 4) u times the spread of the damped eigenvalues max D / min D
+    (u = 2^-24; core/kronecker_statistics.h), and above float64 round-off (1e-12), which
+    shows the products did run in float32."""
+    model = make_mlp()
+    x, y = make_data(16)
+    kfac = fisherd_torch.KFACPreconditioner(model, client, session_id, damping=DAMPING,
+                                            factor_decay=0.5, float32_products=True)
+    assert client.get_session(kfac.session).float32_products
+    F.cross_entropy(model(x), y).backward()
+    grads = [saved_grads(model[0]), saved_grads(model[2])]
+    summary = kfac.step()
+    expected = []
+    bound = 0.0
+    for (A, G), g in zip(mlp_oracle(model, x, y), grads):
+        n, _ = kron_solve(G, A, grad_matrix(g), DAMPING)
+        expected += [n[:, :-1].reshape(-1), n[:, -1]]
+        s_a, s_g = np.linalg.eigvalsh(A), np.linalg.eigvalsh(G)
+        spread = (s_g.max() * s_a.max() + DAMPING) / (max(0.0, s_g.min() * s_a.min()) + DAMPING)
+        bound = max(bound, (2 * G.shape[0] + 2 * A.shape[0] + 4) * 2.0 ** -24 * spread)
+    expected = np.concatenate(expected)
+    actual = np.asarray(summary.result.natural_gradient)
+    error = np.linalg.norm(actual - expected) / np.linalg.norm(expected)
+    assert 1e-12 < error < bound, (error, bound)
+    kfac.remove()
+
+
 class ConvNet(nn.Module):
     def __init__(self):
         super().__init__()
