@@ -77,7 +77,42 @@ v1::NaturalGradientStepRequest StepHeader(absl::string_view session, const StepP
   request.set_learning_rate(params.learning_rate);
   request.set_kl_budget(params.kl_budget);
   request.set_skip_decay(params.skip_decay);
+  request.set_answer(params.answer);
   return request;
+}
+
+// update_f32's little-endian floats widened into out[at, at + bytes / 4).
+void WidenUpdateF32(const std::string& bytes, int at,
+                    google::protobuf::RepeatedField<double>* out) {
+  for (size_t k = 0; k + sizeof(float) <= bytes.size(); k += sizeof(float)) {
+    float value;
+    std::memcpy(&value, bytes.data() + k, sizeof(float));
+    out->Set(at + static_cast<int>(k / sizeof(float)), value);
+  }
+}
+
+// The unary answer's vectors against the request's answer form and dim; widens
+// update_f32 into update.
+absl::Status CheckUnaryStepAnswer(v1::StepAnswer answer, size_t dim,
+                                  v1::NaturalGradientStepResponse* response) {
+  const size_t natural = static_cast<size_t>(response->natural_gradient_size());
+  const size_t update = static_cast<size_t>(response->update_size());
+  const size_t f32 = response->update_f32().size();
+  const size_t expected_natural = answer == v1::STEP_ANSWER_FULL ? dim : 0;
+  const size_t expected_update = answer == v1::STEP_ANSWER_UPDATE_F32 ? 0 : dim;
+  const size_t expected_f32 = answer == v1::STEP_ANSWER_UPDATE_F32 ? dim * sizeof(float) : 0;
+  if (natural != expected_natural || update != expected_update || f32 != expected_f32) {
+    return absl::DataLossError(absl::StrFormat(
+        "NaturalGradientStep: answer %s for dim %d carries %d natural_gradient values, %d "
+        "update values and %d update_f32 bytes",
+        v1::StepAnswer_Name(answer), dim, natural, update, f32));
+  }
+  if (answer == v1::STEP_ANSWER_UPDATE_F32) {
+    response->mutable_update()->Resize(static_cast<int>(dim), 0.0);
+    WidenUpdateF32(response->update_f32(), 0, response->mutable_update());
+    response->clear_update_f32();
+  }
+  return absl::OkStatus();
 }
 
 // Gradient values per StreamNaturalGradientStep request: at most 2 MiB of them (the
@@ -204,6 +239,9 @@ absl::StatusOr<v1::NaturalGradientStepResponse> FisherClient::Step(
   v1::NaturalGradientStepResponse response;
   grpc::Status status = stub_->NaturalGradientStep(&context, request, &response);
   if (!status.ok()) return FromGrpcStatus(status);
+  if (absl::Status s = CheckUnaryStepAnswer(params.answer, gradient.size(), &response); !s.ok()) {
+    return s;
+  }
   return response;
 }
 
@@ -245,7 +283,10 @@ absl::StatusOr<v1::NaturalGradientStepResponse> FisherClient::StreamStep(
   } while (writing && offset < dim);
   if (writing) stream->WritesDone();
 
-  // Down: the header, then chunks [offset, offset + size) of both vectors in order.
+  // Down: the header, then chunks [offset, offset + size) of the vectors params.answer
+  // asked for, in order.
+  const bool full = params.answer == v1::STEP_ANSWER_FULL;
+  const bool f32 = params.answer == v1::STEP_ANSWER_UPDATE_F32;
   v1::NaturalGradientStepResponse result;
   absl::Status protocol_error;  // first violation; the stream is still drained
   bool have_header = false;
@@ -263,22 +304,35 @@ absl::StatusOr<v1::NaturalGradientStepResponse> FisherClient::StreamStep(
       have_header = true;
       result.clear_natural_gradient();
       result.clear_update();
-      result.mutable_natural_gradient()->Resize(static_cast<int>(dim), 0.0);
+      result.clear_update_f32();
+      if (full) result.mutable_natural_gradient()->Resize(static_cast<int>(dim), 0.0);
       result.mutable_update()->Resize(static_cast<int>(dim), 0.0);
     } else if (message.has_header()) {
       protocol_error =
           absl::DataLossError("StreamNaturalGradientStep: a second answer carries a header");
       continue;
     }
-    const uint64_t size = static_cast<uint64_t>(message.natural_gradient_size());
-    if (size == 0 && message.update_size() == 0) continue;
+    const uint64_t naturals = static_cast<uint64_t>(message.natural_gradient_size());
+    const uint64_t updates = static_cast<uint64_t>(message.update_size());
+    const uint64_t f32_bytes = message.update_f32().size();
+    if (naturals == 0 && updates == 0 && f32_bytes == 0) continue;
+    if ((!full && naturals != 0) || (f32 && updates != 0) || (!f32 && f32_bytes != 0) ||
+        f32_bytes % sizeof(float) != 0) {
+      protocol_error = absl::DataLossError(absl::StrFormat(
+          "StreamNaturalGradientStep: chunk at %d%s carries %d natural_gradient values, %d "
+          "update values and %d update_f32 bytes, not the form %s asked for",
+          message.offset(), BlockSuffix(message.block()), naturals, updates, f32_bytes,
+          v1::StepAnswer_Name(params.answer)));
+      continue;
+    }
+    const uint64_t size = full ? naturals : f32 ? f32_bytes / sizeof(float) : updates;
     if (message.offset() != next) {
       protocol_error = absl::DataLossError(
           absl::StrFormat("StreamNaturalGradientStep: chunk%s starts at %d, expected %d",
                           BlockSuffix(message.block()), message.offset(), next));
       continue;
     }
-    if (static_cast<uint64_t>(message.update_size()) != size) {
+    if (full && updates != size) {
       protocol_error = absl::DataLossError(absl::StrFormat(
           "StreamNaturalGradientStep: chunk at %d%s has %d natural_gradient but %d update "
           "values",
@@ -291,10 +345,16 @@ absl::StatusOr<v1::NaturalGradientStepResponse> FisherClient::StreamStep(
                           next + size, BlockSuffix(message.block()), dim));
       continue;
     }
-    std::copy(message.natural_gradient().begin(), message.natural_gradient().end(),
-              result.mutable_natural_gradient()->begin() + next);
-    std::copy(message.update().begin(), message.update().end(),
-              result.mutable_update()->begin() + next);
+    if (full) {
+      std::copy(message.natural_gradient().begin(), message.natural_gradient().end(),
+                result.mutable_natural_gradient()->begin() + next);
+    }
+    if (f32) {
+      WidenUpdateF32(message.update_f32(), static_cast<int>(next), result.mutable_update());
+    } else {
+      std::copy(message.update().begin(), message.update().end(),
+                result.mutable_update()->begin() + next);
+    }
     next += size;
   }
   grpc::Status status = stream->Finish();

@@ -105,6 +105,11 @@ struct StepParams {
   double kl_budget = 0.0;
   // true: leave the statistics undecayed after the step.
   bool skip_decay = false;
+  // What the answer carries (StepAnswer): FULL, n and the update; UPDATE, the update
+  // alone (half the bytes); UPDATE_F32, the update rounded to float32 (a quarter), which
+  // the client widens back into the response's update field. natural_gradient is empty
+  // unless FULL; update_f32 is always empty in what Step and StreamStep return.
+  v1::StepAnswer answer = v1::STEP_ANSWER_FULL;
 
   // Streaming form only (StreamStep; Step switches to it when this is set): send the
   // gradient as float32 (StreamNaturalGradientStepRequest.gradient_f32), half the bytes

@@ -1,6 +1,7 @@
 #include "server/conversions.h"
 
 #include <cstdint>
+#include <cstring>
 #include <limits>
 
 #include "absl/status/status.h"
@@ -254,11 +255,55 @@ void SolverSummaryToProto(const SolverSummary& summary, v1::SolverSummary* out) 
   for (const SolverSummary& block : summary.blocks) SolverSummaryToProto(block, out->add_blocks());
 }
 
-void StepResultToProto(const StepResult& result, v1::NaturalGradientStepResponse* out) {
-  out->mutable_natural_gradient()->Assign(
-      result.natural_gradient.data(),
-      result.natural_gradient.data() + result.natural_gradient.size());
-  out->mutable_update()->Assign(result.update.data(), result.update.data() + result.update.size());
+absl::Status ValidateStepAnswer(int answer, absl::string_view field) {
+  if (answer == v1::STEP_ANSWER_FULL || answer == v1::STEP_ANSWER_UPDATE ||
+      answer == v1::STEP_ANSWER_UPDATE_F32) {
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      field, " is ", answer,
+      ", not a StepAnswer (STEP_ANSWER_FULL 0, STEP_ANSWER_UPDATE 1, STEP_ANSWER_UPDATE_F32 2)"));
+}
+
+namespace {
+
+// update[begin, end) rounded to float32, little-endian (every supported target is).
+void AppendUpdateFloat32(const Eigen::VectorXd& update, int64_t begin, int64_t end,
+                         std::string* out) {
+  static_assert(sizeof(float) == 4);
+  const size_t old_size = out->size();
+  out->resize(old_size + static_cast<size_t>(end - begin) * sizeof(float));
+  char* bytes = out->data() + old_size;
+  for (int64_t i = begin; i < end; ++i, bytes += sizeof(float)) {
+    const float value = static_cast<float>(update[i]);
+    std::memcpy(bytes, &value, sizeof(float));
+  }
+}
+
+template <typename Message>
+void VectorsToProto(const StepResult& result, v1::StepAnswer answer, int64_t begin, int64_t end,
+                    Message* out) {
+  if (answer == v1::STEP_ANSWER_FULL) {
+    out->mutable_natural_gradient()->Assign(result.natural_gradient.data() + begin,
+                                            result.natural_gradient.data() + end);
+  }
+  if (answer == v1::STEP_ANSWER_UPDATE_F32) {
+    AppendUpdateFloat32(result.update, begin, end, out->mutable_update_f32());
+  } else {
+    out->mutable_update()->Assign(result.update.data() + begin, result.update.data() + end);
+  }
+}
+
+}  // namespace
+
+void StepChunkToProto(const StepResult& result, v1::StepAnswer answer, int64_t begin, int64_t end,
+                      v1::StreamNaturalGradientStepResponse* out) {
+  VectorsToProto(result, answer, begin, end, out);
+}
+
+void StepResultToProto(const StepResult& result, v1::StepAnswer answer,
+                       v1::NaturalGradientStepResponse* out) {
+  VectorsToProto(result, answer, 0, result.update.size(), out);
   out->set_eta(result.eta);
   out->set_natural_norm_sq(result.natural_norm_sq);
   out->set_predicted_kl(result.predicted_kl);

@@ -36,7 +36,16 @@ void SessionToProto(const std::string& name, Session& session, v1::Session* out)
 
 void SolverSummaryToProto(const SolverSummary& summary, v1::SolverSummary* out);
 
-void StepResultToProto(const StepResult& result, v1::NaturalGradientStepResponse* out);
+// OK for the StepAnswer values this server knows; INVALID_ARGUMENT naming `field` and the
+// value otherwise (checked before the step, so an unknown answer changes nothing).
+absl::Status ValidateStepAnswer(int answer, absl::string_view field);
+// The scalars and solver summary, and the vectors `answer` asks for (all of [0, dim)).
+// REQUIRES: ValidateStepAnswer(answer) is OK.
+void StepResultToProto(const StepResult& result, v1::StepAnswer answer,
+                       v1::NaturalGradientStepResponse* out);
+// The vectors `answer` asks for over [begin, end) into a streamed chunk.
+void StepChunkToProto(const StepResult& result, v1::StepAnswer answer, int64_t begin, int64_t end,
+                      v1::StreamNaturalGradientStepResponse* out);
 
 // Combines the scalar description of F with the session's shape and counters. With a
 // part (a block, or a factor of one), dim is the part's and block, factor and

@@ -46,6 +46,7 @@ absl::StatusOr<NgRun> Run(client::FisherClient* client, const Digits& data,
   params.damping = options.damping;
   params.kl_budget = options.kl_budget;
   params.learning_rate = options.max_eta;
+  params.answer = v1::STEP_ANSWER_UPDATE;  // the demo applies the update alone
 
   NgRun run;
   Eigen::VectorXd theta = Eigen::VectorXd::Zero(kDim);

@@ -32,6 +32,9 @@ grpc::ServerUnaryReactor* HandleNaturalGradientStep(const ServiceResources& reso
       }
     }
 
+    if (absl::Status status = ValidateStepAnswer(request->answer(), "answer"); !status.ok()) {
+      return status;
+    }
     StepOptions options;
     if (request->has_damping()) options.damping = request->damping();
     options.learning_rate = request->learning_rate();
@@ -49,7 +52,7 @@ grpc::ServerUnaryReactor* HandleNaturalGradientStep(const ServiceResources& reso
     if (!result.ok()) return result.status();
     RecordStep(resources, result->solver, start);
     WaitDurable(resources, result->lsn);  // its decay is on disk before anyone sees it
-    StepResultToProto(*result, response);
+    StepResultToProto(*result, request->answer(), response);
     return absl::OkStatus();
   });
 }

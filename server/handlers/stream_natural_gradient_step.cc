@@ -76,6 +76,10 @@ class StreamStepReactor final : public grpc::ServerBidiReactor<Request, Response
     options_.learning_rate = header.learning_rate();
     options_.kl_budget = header.kl_budget();
     options_.skip_decay = header.skip_decay();
+    if (absl::Status status = ValidateStepAnswer(header.answer(), "header.answer"); !status.ok()) {
+      return status;
+    }
+    answer_ = header.answer();
     if (absl::Status status = options_.Validate(); !status.ok()) {
       return absl::InvalidArgumentError(absl::StrCat("header: ", status.message()));
     }
@@ -178,16 +182,18 @@ class StreamStepReactor final : public grpc::ServerBidiReactor<Request, Response
     scalars.natural_norm_sq = result_.natural_norm_sq;
     scalars.predicted_kl = result_.predicted_kl;
     scalars.solver = result_.solver;
-    StepResultToProto(scalars, header);
-    // Both vectors of a chunk within about max_block_bytes.
-    chunk_values_ =
-        std::max<int64_t>(1, resources_.max_block_bytes / static_cast<int64_t>(2 * sizeof(double)));
+    StepResultToProto(scalars, v1::STEP_ANSWER_FULL, header);  // its vectors are empty
+    // The chunk's vectors within about max_block_bytes: 16, 8 or 4 bytes per value.
+    const int64_t value_bytes = answer_ == v1::STEP_ANSWER_FULL     ? 16
+                                : answer_ == v1::STEP_ANSWER_UPDATE ? 8
+                                                                    : 4;
+    chunk_values_ = std::max<int64_t>(1, resources_.max_block_bytes / value_bytes);
     StartWrite(&response_);
     return StageOutcome::kStarted;
   }
 
   absl::StatusOr<StageOutcome> WriteNextChunk() {
-    const int64_t dim = result_.natural_gradient.size();
+    const int64_t dim = result_.update.size();
     if (next_ >= dim) return StageOutcome::kDone;
     int64_t end = std::min(dim, next_ + chunk_values_);
     response_.Clear();
@@ -199,9 +205,7 @@ class StreamStepReactor final : public grpc::ServerBidiReactor<Request, Response
       response_.set_block(layout.block(block).name);
     }
     response_.set_offset(static_cast<uint64_t>(next_));
-    response_.mutable_natural_gradient()->Assign(result_.natural_gradient.data() + next_,
-                                                 result_.natural_gradient.data() + end);
-    response_.mutable_update()->Assign(result_.update.data() + next_, result_.update.data() + end);
+    StepChunkToProto(result_, answer_, next_, end, &response_);
     next_ = end;
     StartWrite(&response_);
     return StageOutcome::kStarted;
@@ -218,6 +222,7 @@ class StreamStepReactor final : public grpc::ServerBidiReactor<Request, Response
   std::shared_ptr<Session> session_;
   std::string session_name_;
   StepOptions options_;
+  v1::StepAnswer answer_ = v1::STEP_ANSWER_FULL;
   Eigen::VectorXd gradient_;
   int64_t filled_ = 0;
   StepResult result_;

@@ -521,6 +521,35 @@ TEST_F(LayeredEndToEndTest, FactoredDampingAndEveryStepFormAgree) {
       EXPECT_EQ(step->solver().blocks_size(), 2);
     }
   }
+
+  // Answer forms, unary and streamed (chunks of 7 cross the block boundary): the update
+  // alone equals the full answer's to the bit, UPDATE_F32 is each value rounded to
+  // float32, and natural_gradient stays empty; the scalars are the same step's.
+  auto rounded = [](const google::protobuf::RepeatedField<double>& values) {
+    std::vector<double> out;
+    for (double v : values) out.push_back(static_cast<float>(v));
+    return out;
+  };
+  const std::vector<double> full_update(unary->update().begin(), unary->update().end());
+  for (const bool streamed : {false, true}) {
+    for (const v1::StepAnswer answer : {v1::STEP_ANSWER_UPDATE, v1::STEP_ANSWER_UPDATE_F32}) {
+      StepParams form = params;
+      form.answer = answer;
+      form.chunk_values = 7;
+      absl::StatusOr<v1::NaturalGradientStepResponse> step =
+          streamed ? client_->StreamStep("factored", g, form) : client_->Step("factored", g, form);
+      ASSERT_TRUE(step.ok()) << step.status();
+      const std::string what =
+          absl::StrCat(v1::StepAnswer_Name(answer), streamed ? " streamed" : "");
+      EXPECT_EQ(step->natural_gradient_size(), 0) << what;
+      EXPECT_TRUE(step->update_f32().empty()) << what;
+      const std::vector<double> update(step->update().begin(), step->update().end());
+      EXPECT_EQ(update, answer == v1::STEP_ANSWER_UPDATE ? full_update : rounded(unary->update()))
+          << what;
+      EXPECT_DOUBLE_EQ(step->eta(), unary->eta()) << what;
+      EXPECT_DOUBLE_EQ(step->predicted_kl(), unary->predicted_kl()) << what;
+    }
+  }
 }
 
 // A single streamer serving several targets cuts a batch at every change of target, so
@@ -1005,6 +1034,14 @@ TEST(StreamStepProtocolTest, ChunksGoUpInOrderAndBadAnswersAreDataLoss) {
     EXPECT_EQ(bad.status().code(), absl::StatusCode::kDataLoss)
         << static_cast<int>(fault) << " " << bad.status();
   }
+  // A well-formed full answer to a request for the float32 update alone is the wrong form.
+  service.fault = Fault::kNone;
+  StepParams f32_answer;
+  f32_answer.answer = v1::STEP_ANSWER_UPDATE_F32;
+  absl::StatusOr<v1::NaturalGradientStepResponse> mismatched =
+      client->StreamStep("s", g, f32_answer);
+  EXPECT_EQ(mismatched.status().code(), absl::StatusCode::kDataLoss) << mismatched.status();
+  EXPECT_THAT(mismatched.status().message(), ::testing::HasSubstr("STEP_ANSWER_UPDATE_F32"));
   server->Shutdown();
 }
 

@@ -49,6 +49,8 @@ _BLOCK_KINDS = {"dense": pb.BLOCK_KIND_DENSE, "diagonal": pb.BLOCK_KIND_DIAGONAL
 _BLOCK_KIND_NAMES = {value: key for key, value in _BLOCK_KINDS.items()}
 _FACTORS = {None: pb.FACTOR_UNSPECIFIED, "activations": pb.FACTOR_ACTIVATIONS,
             "output_gradients": pb.FACTOR_OUTPUT_GRADIENTS}
+_STEP_ANSWERS = {"full": pb.STEP_ANSWER_FULL, "update": pb.STEP_ANSWER_UPDATE,
+                 "update_f32": pb.STEP_ANSWER_UPDATE_F32}
 _KRONECKER_DAMPINGS = {None: pb.KRONECKER_DAMPING_UNSPECIFIED,
                        "exact": pb.KRONECKER_DAMPING_EXACT,
                        "factored": pb.KRONECKER_DAMPING_FACTORED}
@@ -234,7 +236,9 @@ class Session:
 
 @dataclasses.dataclass(frozen=True)
 class StepResult:
-    """A natural-gradient step: update = -eta * natural_gradient (float64 arrays)."""
+    """A natural-gradient step: update = -eta * natural_gradient (float64 arrays; with
+    answer="update" natural_gradient is None, with answer="update_f32" too and update is
+    the float32 rounding of -eta n)."""
     natural_gradient: np.ndarray   # n = (F + lambda I)^-1 g
     update: np.ndarray             # -eta n: add it to the parameters
     eta: float
@@ -552,7 +556,8 @@ class Client:
 
     # --- steps and products -----------------------------------------------------------
     def step(self, session, gradient, *, kl_budget=0.0, learning_rate=0.0, damping=None,
-             skip_decay=False, stream=None, gradient_dtype="float64", chunk_values=None):
+             skip_decay=False, stream=None, gradient_dtype="float64", chunk_values=None,
+             answer="full"):
         """Natural-gradient step for `gradient` (of the loss being minimized), of any size.
 
         eta = learning_rate without a budget; with kl_budget c > 0, eta = sqrt(2c / g^T n),
@@ -564,15 +569,21 @@ class Client:
         even gRPC's default 4 MiB limit), the answer reassembled into float64 arrays. stream:
         True or False forces one form. gradient_dtype "float32" sends the gradient rounded
         to float32 (half the bytes when streamed). chunk_values: values per streamed chunk
-        (default 262144 doubles or 524288 floats)."""
+        (default 262144 doubles or 524288 floats). answer: "full" (n and the update),
+        "update" (the update alone, half the answer's bytes; natural_gradient is None) or
+        "update_f32" (the update rounded to float32 by the server, a quarter of the bytes,
+        returned as a float32 array; for a float32 model that rounds it anyway)."""
         name = session_name(session)
+        if answer not in _STEP_ANSWERS:
+            raise invalid_argument(f"answer must be one of {sorted(_STEP_ANSWERS)}, got "
+                                   f"{answer!r}")
         dtype = _gradient_dtype(gradient_dtype)
         values = np.ascontiguousarray(_as_vector(gradient, "gradient"), dtype="<f8")
         if dtype == np.float32:
             values = _round_to_float32(values)
         header = pb.NaturalGradientStepRequest(
             session=name, kl_budget=float(kl_budget), learning_rate=float(learning_rate),
-            skip_decay=bool(skip_decay))
+            skip_decay=bool(skip_decay), answer=_STEP_ANSWERS[answer])
         if damping is not None:
             header.damping = float(damping)
         if stream is None:
@@ -581,8 +592,20 @@ class Client:
             return self._stream_step(header, values, chunk_values)
         header.gradient.extend(values.astype(np.float64))
         response = self._unary(self._stub.NaturalGradientStep, header, name)
-        return StepResult(natural_gradient=np.array(response.natural_gradient, dtype=np.float64),
-                          update=np.array(response.update, dtype=np.float64),
+        dim = values.shape[0]
+        form = _StepForm(header.answer)
+        if (len(response.natural_gradient), len(response.update),
+                len(response.update_f32)) != form.sizes(dim):
+            raise _protocol_error(
+                "NaturalGradientStep",
+                f"{name}: answer {answer!r} for dim {dim} carries "
+                f"{len(response.natural_gradient)} natural_gradient values, "
+                f"{len(response.update)} update values and {len(response.update_f32)} "
+                "update_f32 bytes")
+        natural = np.array(response.natural_gradient, dtype=np.float64) if form.full else None
+        update = (np.frombuffer(response.update_f32, dtype="<f4").astype(np.float32)
+                  if form.f32 else np.array(response.update, dtype=np.float64))
+        return StepResult(natural_gradient=natural, update=update,
                           eta=response.eta, natural_norm_sq=response.natural_norm_sq,
                           predicted_kl=response.predicted_kl, solver=response.solver)
 
@@ -608,7 +631,7 @@ class Client:
                 head = first if start == 0 else b"\x10" + _varint(start)  # offset (2)
                 yield b"".join([head, tag, _varint(chunk.nbytes), chunk.data])
 
-        answer = _StepAnswer(header.session, values.shape[0])
+        answer = _StepAnswer(header.session, values.shape[0], header.answer)
         responses = None
         try:
             responses = self._step_stream_call(requests(), timeout=self._stream_timeout,
@@ -969,17 +992,31 @@ class _Broken(Exception):
         self.message = message
 
 
+class _StepForm:
+    """What a StepAnswer puts in the answer's vectors."""
+
+    def __init__(self, answer):
+        self.full = answer == pb.STEP_ANSWER_FULL
+        self.f32 = answer == pb.STEP_ANSWER_UPDATE_F32
+        self.name = pb.StepAnswer.Name(answer)
+
+    def sizes(self, dim):
+        """(natural_gradient values, update values, update_f32 bytes) for dim values."""
+        return (dim if self.full else 0, 0 if self.f32 else dim, 4 * dim if self.f32 else 0)
+
+
 class _StepAnswer:
     """Reassembles a StreamNaturalGradientStep answer: the header first, then chunks
-    [offset, offset + size) of natural_gradient and update, consecutive from 0 to dim,
-    each inside one block (named) of a layered session."""
+    [offset, offset + size) of the vectors the request's answer form asked for,
+    consecutive from 0 to dim, each inside one block (named) of a layered session."""
 
-    def __init__(self, name, dim):
+    def __init__(self, name, dim, answer=pb.STEP_ANSWER_FULL):
         self.name = name
         self.dim = dim
+        self.form = _StepForm(answer)
         self.header = None
-        self.natural = np.empty(dim, dtype=np.float64)
-        self.update = np.empty(dim, dtype=np.float64)
+        self.natural = np.empty(dim, dtype=np.float64) if self.form.full else None
+        self.update = np.empty(dim, dtype=np.float32 if self.form.f32 else np.float64)
         self.filled = 0
         self.messages = 0
         self.ranges = {}      # block name -> [start, end)
@@ -990,7 +1027,7 @@ class _StepAnswer:
 
     def add(self, data):
         try:
-            header, block, offset, natural, update = _parse_step_response(data)
+            header, block, offset, natural, update, update_f32 = _parse_step_response(data)
         except (ValueError, IndexError, UnicodeDecodeError) as error:
             raise self.error(f"message {self.messages} is malformed: {error}") from None
         first = self.messages == 0
@@ -998,13 +1035,21 @@ class _StepAnswer:
         if first:
             if header is None:
                 raise self.error("the first message carries no header")
-            if header.natural_gradient or header.update:
+            if header.natural_gradient or header.update or header.update_f32:
                 raise self.error("the header carries vectors")
             self.header = header
         elif header is not None:
             raise self.error(f"message {self.messages - 1} repeats the header")
-        size = natural.shape[0]
-        if update.shape[0] != size:
+        form = self.form
+        if ((not form.full and natural.shape[0]) or (form.f32 and update.shape[0]) or
+                (not form.f32 and update_f32.shape[0])):
+            raise self.error(f"the chunk at {offset} carries {natural.shape[0]} natural-gradient "
+                             f"values, {update.shape[0]} update values and "
+                             f"{update_f32.shape[0]} update_f32 values, not the form "
+                             f"{form.name} asked for")
+        size = (natural.shape[0] if form.full else update_f32.shape[0] if form.f32
+                else update.shape[0])
+        if form.full and update.shape[0] != size:
             raise self.error(f"the chunk at {offset} has {size} natural-gradient values but "
                              f"{update.shape[0]} update values")
         if size == 0:
@@ -1017,8 +1062,9 @@ class _StepAnswer:
         if offset + size > self.dim:
             raise self.error(f"the chunk [{offset}, {offset + size}) exceeds the gradient's "
                              f"{self.dim} values")
-        self.natural[offset:offset + size] = natural
-        self.update[offset:offset + size] = update
+        if form.full:
+            self.natural[offset:offset + size] = natural
+        self.update[offset:offset + size] = update_f32 if form.f32 else update
         self.filled += size
         if block:
             if block == self.last_block:
@@ -1057,12 +1103,14 @@ def _read_varint(data, pos):
 
 def _parse_step_response(data):
     """StreamNaturalGradientStepResponse from its wire bytes: (header or None, block,
-    offset, natural_gradient, update), the vectors as float64 arrays viewing `data`
-    (packed, as proto3 writes them; the unpacked encoding is read too)."""
+    offset, natural_gradient, update, update_f32), the first two vectors as float64
+    arrays and update_f32 as a float32 array, viewing `data` (packed, as proto3 writes
+    them; the unpacked encoding is read too)."""
     view = memoryview(data)
     pos, end = 0, len(data)
     header, block, offset = None, "", 0
     vectors = {4: [], 5: []}
+    floats = []
     while pos < end:
         key, pos = _read_varint(data, pos)
         field, wire = key >> 3, key & 7
@@ -1076,6 +1124,10 @@ def _parse_step_response(data):
                 header = pb.NaturalGradientStepResponse.FromString(bytes(payload))
             elif field == 2:
                 block = bytes(payload).decode()
+            elif field == 6:
+                if length % 4:
+                    raise ValueError(f"update_f32 of {length} bytes")
+                floats.append(np.frombuffer(payload, dtype="<f4"))
             elif field in vectors:
                 if length % 8:
                     raise ValueError(f"packed doubles of {length} bytes")
@@ -1096,9 +1148,10 @@ def _parse_step_response(data):
             raise ValueError(f"wire type {wire} of field {field}")
     if pos != end:
         raise ValueError("the last field runs past the message's end")
-    natural, update = ((np.concatenate(v) if len(v) > 1 else v[0] if v else np.empty(0))
-                       for v in (vectors[4], vectors[5]))
-    return header, block, offset, natural, update
+    natural, update, update_f32 = (
+        (np.concatenate(v) if len(v) > 1 else v[0] if v else np.empty(0))
+        for v in (vectors[4], vectors[5], floats))
+    return header, block, offset, natural, update, update_f32
 
 
 def _assemble_fisher(messages, include_matrix):

@@ -409,8 +409,13 @@ class KFACPreconditioner:
     kronecker_damping ("exact" or "factored"), factor_refresh_period and float32_products
     are passed to the session (docs/design.md section 7); float32_products=True takes the
     steps' eigenbasis products in float32, about half the server's step time on large
-    layers, with n rounded to ~1e-7 relative times the spread of the damped eigenvalues. compress_rows: "auto" (default), True or False
-    (see "Compressed rows" in the module docstring).
+    layers, with n rounded to ~1e-7 relative times the spread of the damped eigenvalues.
+    compress_rows: "auto" (default), True or False (see "Compressed rows" in the module
+    docstring). answer: "auto" (default) asks the server for the update alone, in the
+    parameters' precision (float32 parameters: "update_f32", a quarter of the float64
+    answer's bytes, the same rounding .grad applies), so summary.result.natural_gradient
+    is None; "full" also brings n back in float64. A sharded session always answers in
+    full (its eta is computed from every shard's n).
     """
 
     def __init__(self, model, client, session_id, *, damping, kl_budget=None, eta_cap=None,
@@ -418,7 +423,8 @@ class KFACPreconditioner:
                  unsupported="error", loss_reduction="mean", conv_scaling="kfc",
                  generator=None, worker_id=None, create_session=True, take_steps=True,
                  barrier=None, attach_timeout=30.0, kronecker_damping=None,
-                 factor_refresh_period=0, float32_products=False, compress_rows="auto"):
+                 factor_refresh_period=0, float32_products=False, compress_rows="auto",
+                 answer="auto"):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if fisher not in ("empirical", "true"):
@@ -468,6 +474,9 @@ class KFACPreconditioner:
         self.loss_reduction = loss_reduction
         self.conv_scaling = conv_scaling
         self.compress_rows = compress_rows
+        if answer not in ("auto", "full"):
+            raise invalid_argument(f"answer must be \"auto\" or \"full\", got {answer!r}")
+        self.answer = answer
         if isinstance(generator, int):
             generator = torch.Generator().manual_seed(generator)
         self.generator = generator
@@ -740,11 +749,15 @@ class KFACPreconditioner:
                                            learning_rate=self.eta_cap or 0.0,
                                            skip_decay=not updated, gradient_dtype=dtype)
             else:
+                answer = ("full" if self.answer == "full" else
+                          "update_f32" if dtype == "float32" else "update")
                 result = self.client.step(self.session, g, kl_budget=self.kl_budget or 0.0,
                                           learning_rate=self.eta_cap or 0.0,
-                                          skip_decay=not updated, gradient_dtype=dtype)
+                                          skip_decay=not updated, gradient_dtype=dtype,
+                                          answer=answer)
             after = time.perf_counter()
-            # update = -eta n, computed by the server in float64: .grad = eta n.
+            # update = -eta n, computed by the server in float64 (and rounded to float32
+            # there for float32 parameters, as copying it into .grad would): .grad = eta n.
             update = result.update
             offset = 0
             with torch.no_grad():

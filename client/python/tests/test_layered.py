@@ -345,6 +345,28 @@ def test_streamed_step_equals_unary(client, new_session):
     assert client.get_session(dense).step_count == 1
 
 
+def test_answer_forms_carry_the_same_update(client, new_session):
+    """answer="update" is the full answer's update to the bit without n; "update_f32" is
+    each value rounded to float32 by the server; unary and streamed (chunks crossing
+    blocks), with the same scalars. An unknown form is refused before any call."""
+    name, _, _ = make_mixed(client, new_session, seed=25)
+    g = np.random.default_rng(26).standard_normal(MIXED_DIM)
+    full = client.step(name, g, skip_decay=True, kl_budget=0.01)
+    for stream in [False, True]:
+        alone = client.step(name, g, skip_decay=True, kl_budget=0.01, stream=stream,
+                            chunk_values=4, answer="update")
+        assert alone.natural_gradient is None and alone.update.dtype == np.float64
+        np.testing.assert_array_equal(alone.update, full.update)
+        rounded = client.step(name, g, skip_decay=True, kl_budget=0.01, stream=stream,
+                              chunk_values=4, answer="update_f32")
+        assert rounded.natural_gradient is None and rounded.update.dtype == np.float32
+        np.testing.assert_array_equal(rounded.update, full.update.astype(np.float32))
+        for result in (alone, rounded):
+            assert (result.eta, result.predicted_kl) == (full.eta, full.predicted_kl)
+    with pytest.raises(fisherd.FisherdError, match="answer must be one of"):
+        client.step(name, g, answer="n")
+
+
 def test_sequences_span_blocks(server, client, new_session):
     name = new_session(None, blocks=MIXED)
     assert client.stream_scores(name, np.ones((4, 5)), block="dense.0", worker_id="w",
@@ -542,6 +564,8 @@ BAD_STREAMS = {  # name -> the request messages (without the session name)
     "ragged float32": [pb.StreamNaturalGradientStepRequest(gradient_f32=b"\0" * 23)],
     "second header": [pb.StreamNaturalGradientStepRequest(gradient=[1.0] * 3),
                       pb.StreamNaturalGradientStepRequest(offset=3, gradient=[1.0] * 3)],
+    "unknown answer": [pb.StreamNaturalGradientStepRequest(
+        header=pb.NaturalGradientStepRequest(answer=7), gradient=[1.0] * 6)],
 }
 
 

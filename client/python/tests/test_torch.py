@@ -280,7 +280,8 @@ def test_float32_products_round_the_step_within_their_bound(client, session_id):
     model = make_mlp()
     x, y = make_data(16)
     kfac = fisherd_torch.KFACPreconditioner(model, client, session_id, damping=DAMPING,
-                                            factor_decay=0.5, float32_products=True)
+                                            factor_decay=0.5, float32_products=True,
+                                            answer="full")
     assert client.get_session(kfac.session).float32_products
     F.cross_entropy(model(x), y).backward()
     grads = [saved_grads(model[0]), saved_grads(model[2])]
@@ -479,7 +480,8 @@ def test_kl_budget(client, session_id, fisher):
     model = make_mlp()
     x, y = make_data(16)
     kfac = fisherd_torch.KFACPreconditioner(model, client, session_id, damping=DAMPING,
-                                            kl_budget=budget, fisher=fisher, generator=9)
+                                            kl_budget=budget, fisher=fisher, generator=9,
+                                            answer="full")
     F.cross_entropy(model(x), y).backward()
     g = kfac.gradient().double().numpy().copy()  # float32 values, sent exactly
     summary = kfac.step()
@@ -513,7 +515,7 @@ def test_eta_cap_clips_the_budget_step(client, session_id, case):
     model = make_mlp()
     x, y = make_data(16)
     probe = fisherd_torch.KFACPreconditioner(model, client, session_id + "-probe",
-                                             damping=DAMPING, kl_budget=budget)
+                                             damping=DAMPING, kl_budget=budget, answer="full")
     F.cross_entropy(model(x), y).backward()
     g = probe.gradient().double().numpy().copy()
     uncapped = probe.step()
@@ -524,7 +526,7 @@ def test_eta_cap_clips_the_budget_step(client, session_id, case):
     cap = {"binding": budget_eta / 3, "loose": budget_eta * 3, "no_budget": 0.25}[case]
     model.zero_grad()
     kfac = fisherd_torch.KFACPreconditioner(
-        model, client, session_id, damping=DAMPING, eta_cap=cap,
+        model, client, session_id, damping=DAMPING, eta_cap=cap, answer="full",
         kl_budget=None if case == "no_budget" else budget)
     F.cross_entropy(model(x), y).backward()
     summary = kfac.step()
@@ -537,6 +539,29 @@ def test_eta_cap_clips_the_budget_step(client, session_id, case):
         fisherd_torch.KFACPreconditioner(model, client, session_id + "-bad",
                                          damping=DAMPING, eta_cap=0)
     kfac.remove()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_update_alone_writes_the_same_grad(client, session_id, dtype):
+    """The default answer (the update alone, float32 for a float32 model) writes the same
+    .grad, to the bit, as the full float64 answer rounded by torch."""
+    written_grads = {}
+    for answer in ["auto", "full"]:
+        model = make_mlp().to(dtype)
+        x, y = make_data(16)
+        kfac = fisherd_torch.KFACPreconditioner(model, client, f"{session_id}-{answer}",
+                                                damping=DAMPING, kl_budget=1e-3,
+                                                answer=answer)
+        F.cross_entropy(model(x.to(dtype)), y).backward()
+        summary = kfac.step()
+        assert (summary.result.natural_gradient is None) == (answer == "auto")
+        written_grads[answer] = kfac.gradient().numpy().copy()
+        kfac.remove()
+    assert written_grads["auto"].dtype == np.dtype(str(dtype).split(".")[1])
+    np.testing.assert_array_equal(written_grads["auto"], written_grads["full"])
+    with pytest.raises(fisherd.FisherdError, match="answer must be"):
+        fisherd_torch.KFACPreconditioner(make_mlp(), client, session_id + "-bad",
+                                         damping=DAMPING, answer="update")
 
 
 def test_update_factors_every_and_decay(client, session_id):

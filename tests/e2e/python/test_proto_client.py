@@ -218,6 +218,11 @@ def test_unknown_session_and_step_errors(stub, fisher_pb):
     with pytest.raises(grpc.RpcError) as error:
         stub.NaturalGradientStep(pb.NaturalGradientStepRequest(session=name, gradient=[1, 2]))
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as error:  # an answer form this server does not know
+        stub.NaturalGradientStep(pb.NaturalGradientStepRequest(
+            session=name, gradient=[1, 2, 3], damping=1.0, answer=7))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "answer is 7" in error.value.details()
     assert stats(stub, pb, name).step_count == 0
 
 
