@@ -271,7 +271,7 @@ class Trainer:
                 factor_decay=args.factor_decay,
                 update_factors_every=args.update_factors_every,
                 factor_refresh_period=args.factor_refresh_period,
-                float32_products=args.float32_products,
+                float32_products=args.float32_products, answer=args.answer,
                 generator=seed if args.fisher == "true" else None)
             optimizer = torch.optim.SGD(model.parameters(), lr=hyper["lr"],
                                         momentum=hyper["momentum"])
@@ -630,6 +630,9 @@ def main():
                         default=False,
                         help="the session's float32_products: fisherd takes the steps' "
                         "eigenbasis products (and large factor batches) in float32")
+    parser.add_argument("--answer", default="auto", choices=("auto", "full"),
+                        help="KFACPreconditioner's answer: auto, the update alone in the "
+                        "parameters' precision; full, n and the update in float64")
     parser.add_argument("--grid-seeds", default="1")
     parser.add_argument("--grid-epochs", type=float, default=5.0,
                         help="cap of a grid run (0: --epochs)")
