@@ -10,7 +10,7 @@
 
 #include "absl/strings/str_format.h"
 #include "client/grpc_status.h"
-#include "client/score_encoding.h"
+#include "common/float32_bytes.h"
 #include "common/read_file.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/create_channel.h"
@@ -81,16 +81,6 @@ v1::NaturalGradientStepRequest StepHeader(absl::string_view session, const StepP
   return request;
 }
 
-// update_f32's little-endian floats widened into out[at, at + bytes / 4).
-void WidenUpdateF32(const std::string& bytes, int at,
-                    google::protobuf::RepeatedField<double>* out) {
-  for (size_t k = 0; k + sizeof(float) <= bytes.size(); k += sizeof(float)) {
-    float value;
-    std::memcpy(&value, bytes.data() + k, sizeof(float));
-    out->Set(at + static_cast<int>(k / sizeof(float)), value);
-  }
-}
-
 // The unary answer's vectors against the request's answer form and dim; widens
 // update_f32 into update.
 absl::Status CheckUnaryStepAnswer(v1::StepAnswer answer, size_t dim,
@@ -109,7 +99,7 @@ absl::Status CheckUnaryStepAnswer(v1::StepAnswer answer, size_t dim,
   }
   if (answer == v1::STEP_ANSWER_UPDATE_F32) {
     response->mutable_update()->Resize(static_cast<int>(dim), 0.0);
-    WidenUpdateF32(response->update_f32(), 0, response->mutable_update());
+    common::WidenFloat32(response->update_f32(), response->mutable_update()->mutable_data());
     response->clear_update_f32();
   }
   return absl::OkStatus();
@@ -271,10 +261,7 @@ absl::StatusOr<v1::NaturalGradientStepResponse> FisherClient::StreamStep(
     const size_t count = std::min(chunk, dim - offset);
     request.set_offset(offset);
     if (params.float32_gradient) {
-      std::string* bytes = request.mutable_gradient_f32();
-      bytes->reserve(count * sizeof(float));
-      std::vector<float> narrowed(gradient.begin() + offset, gradient.begin() + offset + count);
-      AppendFloat32LittleEndian(narrowed, bytes);
+      common::AppendAsFloat32(gradient.subspan(offset, count), request.mutable_gradient_f32());
     } else {
       request.mutable_gradient()->Add(gradient.begin() + offset, gradient.begin() + offset + count);
     }
@@ -350,7 +337,7 @@ absl::StatusOr<v1::NaturalGradientStepResponse> FisherClient::StreamStep(
                 result.mutable_natural_gradient()->begin() + next);
     }
     if (f32) {
-      WidenUpdateF32(message.update_f32(), static_cast<int>(next), result.mutable_update());
+      common::WidenFloat32(message.update_f32(), result.mutable_update()->mutable_data() + next);
     } else {
       std::copy(message.update().begin(), message.update().end(),
                 result.mutable_update()->begin() + next);

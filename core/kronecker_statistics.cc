@@ -87,18 +87,22 @@ void KroneckerStatistics::MatrixIndex(int64_t parameter, int64_t* i, int64_t* j)
   }
 }
 
-void KroneckerStatistics::ToMatrixInto(const Eigen::VectorXd& parameters,
-                                       Eigen::MatrixXd* matrix) const {
+template <typename Matrix>
+void KroneckerStatistics::ToMatrixInto(const Eigen::VectorXd& parameters, Matrix* matrix) const {
+  using Scalar = typename Matrix::Scalar;
   matrix->resize(out_, na_);
-  matrix->leftCols(in_) = Eigen::Map<const RowMajorD>(parameters.data(), out_, in_);
-  if (na_ > in_) matrix->col(in_) = parameters.tail(out_);
+  matrix->leftCols(in_) =
+      Eigen::Map<const RowMajorD>(parameters.data(), out_, in_).template cast<Scalar>();
+  if (na_ > in_) matrix->col(in_) = parameters.tail(out_).template cast<Scalar>();
 }
 
-void KroneckerStatistics::ToParametersInto(const Eigen::MatrixXd& matrix,
+template <typename Matrix>
+void KroneckerStatistics::ToParametersInto(const Matrix& matrix,
                                            Eigen::VectorXd* parameters) const {
   parameters->resize(dim());
-  Eigen::Map<RowMajorD>(parameters->data(), out_, in_) = matrix.leftCols(in_);
-  if (na_ > in_) parameters->tail(out_) = matrix.col(in_);
+  Eigen::Map<RowMajorD>(parameters->data(), out_, in_) =
+      matrix.leftCols(in_).template cast<double>();
+  if (na_ > in_) parameters->tail(out_) = matrix.col(in_).template cast<double>();
 }
 
 Eigen::MatrixXd KroneckerStatistics::ToMatrix(const Eigen::VectorXd& parameters) const {
@@ -260,45 +264,34 @@ void KroneckerStatistics::SolveInEigenbases(const Eigen::VectorXd& g, const Matr
                                             const Matrix& u_g, Matrix& matrix, Matrix& half,
                                             const Divide& divide,
                                             Eigen::VectorXd* natural_gradient) const {
-  using Scalar = typename Matrix::Scalar;
   // Two out x na buffers: V, then V' = U_G^T V U_A in place, N' = V' ./ D in place,
   // n = U_G N' U_A^T. Each product is one gemm (EIGEN_USE_BLAS: dgemm or sgemm).
   // The scratch matrices are kept between steps (resize keeps a buffer of the same
   // size), so a step touches no freshly mapped pages. In float64 without bias, V is the
   // parameter vector itself viewed as out x in row-major: no copy in or out.
-  const bool bias = na_ > in_;
-  matrix.resize(out_, na_);
+  constexpr bool kFloat64 = std::is_same_v<typename Matrix::Scalar, double>;
+  const bool in_place = kFloat64 && na_ == in_;
   half.resize(out_, na_);
-  const Eigen::Map<const RowMajorD> weights(g.data(), out_, in_);
-  const Eigen::Map<const Eigen::VectorXd> biases(g.data() + out_ * in_, bias ? out_ : 0);
-  if constexpr (std::is_same_v<Scalar, double>) {
-    if (bias) {
-      matrix.leftCols(in_) = weights;
-      matrix.col(in_) = biases;
-      half.noalias() = u_g.transpose() * matrix;
-    } else {
-      half.noalias() = u_g.transpose() * weights;
-    }
-  } else {
-    matrix.leftCols(in_) = weights.template cast<Scalar>();
-    if (bias) matrix.col(in_) = biases.template cast<Scalar>();
+  if constexpr (kFloat64) {
+    if (in_place)
+      half.noalias() = u_g.transpose() * Eigen::Map<const RowMajorD>(g.data(), out_, in_);
+  }
+  if (!in_place) {
+    ToMatrixInto(g, &matrix);
     half.noalias() = u_g.transpose() * matrix;
   }
   matrix.noalias() = half * u_a;
   divide(matrix);
   half.noalias() = u_g * matrix;
-  natural_gradient->resize(dim());
-  Eigen::Map<RowMajorD> weights_out(natural_gradient->data(), out_, in_);
-  Eigen::Map<Eigen::VectorXd> biases_out(natural_gradient->data() + out_ * in_, bias ? out_ : 0);
-  if constexpr (std::is_same_v<Scalar, double>) {
-    if (!bias) {
-      weights_out.noalias() = half * u_a.transpose();
+  if constexpr (kFloat64) {
+    if (in_place) {
+      natural_gradient->resize(dim());
+      Eigen::Map<RowMajorD>(natural_gradient->data(), out_, in_).noalias() = half * u_a.transpose();
       return;
     }
   }
   matrix.noalias() = half * u_a.transpose();
-  weights_out = matrix.leftCols(in_).template cast<double>();
-  if (bias) biases_out = matrix.col(in_).template cast<double>();
+  ToParametersInto(matrix, natural_gradient);
 }
 
 absl::StatusOr<SolveResult> KroneckerStatistics::Solve(const Eigen::VectorXd& g, double damping) {

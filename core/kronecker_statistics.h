@@ -148,11 +148,14 @@ class KroneckerStatistics final : public ScoreStatistics {
   void SolveInEigenbases(const Eigen::VectorXd& g, const Matrix& u_a, const Matrix& u_g,
                          Matrix& matrix, Matrix& half, const Divide& divide,
                          Eigen::VectorXd* natural_gradient) const;
-  // Parameters <-> V (out x na).
+  // Parameters <-> V (out x na); the Into forms in V's scalar type (float32 rounds the
+  // parameters on the way in) and into buffers kept between steps.
   Eigen::MatrixXd ToMatrix(const Eigen::VectorXd& parameters) const;
   Eigen::VectorXd ToParameters(const Eigen::MatrixXd& matrix) const;
-  void ToMatrixInto(const Eigen::VectorXd& parameters, Eigen::MatrixXd* matrix) const;
-  void ToParametersInto(const Eigen::MatrixXd& matrix, Eigen::VectorXd* parameters) const;
+  template <typename Matrix>
+  void ToMatrixInto(const Eigen::VectorXd& parameters, Matrix* matrix) const;
+  template <typename Matrix>
+  void ToParametersInto(const Matrix& matrix, Eigen::VectorXd* parameters) const;
   // The parameter of V's entry (i, j), and back.
   int64_t ParameterIndex(int64_t i, int64_t j) const {
     return j < in_ ? i * in_ + j : out_ * in_ + i;

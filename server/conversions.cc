@@ -1,12 +1,12 @@
 #include "server/conversions.h"
 
 #include <cstdint>
-#include <cstring>
 #include <limits>
 
 #include "absl/status/status.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "common/float32_bytes.h"
 
 namespace fisherd::server {
 
@@ -256,29 +256,13 @@ void SolverSummaryToProto(const SolverSummary& summary, v1::SolverSummary* out) 
 }
 
 absl::Status ValidateStepAnswer(int answer, absl::string_view field) {
-  if (answer == v1::STEP_ANSWER_FULL || answer == v1::STEP_ANSWER_UPDATE ||
-      answer == v1::STEP_ANSWER_UPDATE_F32) {
-    return absl::OkStatus();
-  }
+  if (v1::StepAnswer_IsValid(answer)) return absl::OkStatus();
   return absl::InvalidArgumentError(absl::StrCat(
       field, " is ", answer,
       ", not a StepAnswer (STEP_ANSWER_FULL 0, STEP_ANSWER_UPDATE 1, STEP_ANSWER_UPDATE_F32 2)"));
 }
 
 namespace {
-
-// update[begin, end) rounded to float32, little-endian (every supported target is).
-void AppendUpdateFloat32(const Eigen::VectorXd& update, int64_t begin, int64_t end,
-                         std::string* out) {
-  static_assert(sizeof(float) == 4);
-  const size_t old_size = out->size();
-  out->resize(old_size + static_cast<size_t>(end - begin) * sizeof(float));
-  char* bytes = out->data() + old_size;
-  for (int64_t i = begin; i < end; ++i, bytes += sizeof(float)) {
-    const float value = static_cast<float>(update[i]);
-    std::memcpy(bytes, &value, sizeof(float));
-  }
-}
 
 template <typename Message>
 void VectorsToProto(const StepResult& result, v1::StepAnswer answer, int64_t begin, int64_t end,
@@ -288,7 +272,9 @@ void VectorsToProto(const StepResult& result, v1::StepAnswer answer, int64_t beg
                                             result.natural_gradient.data() + end);
   }
   if (answer == v1::STEP_ANSWER_UPDATE_F32) {
-    AppendUpdateFloat32(result.update, begin, end, out->mutable_update_f32());
+    common::AppendAsFloat32(
+        absl::MakeConstSpan(result.update.data() + begin, static_cast<size_t>(end - begin)),
+        out->mutable_update_f32());
   } else {
     out->mutable_update()->Assign(result.update.data() + begin, result.update.data() + end);
   }

@@ -11,11 +11,11 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <cstring>
 #include <memory>
 
 #include "Eigen/Core"
 #include "absl/strings/str_cat.h"
+#include "common/float32_bytes.h"
 #include "server/conversions.h"
 #include "server/handlers/handlers.h"
 
@@ -135,13 +135,7 @@ class StreamStepReactor final : public grpc::ServerBidiReactor<Request, Response
       if (has_doubles) {
         std::copy_n(request_.gradient().data(), count, out);
       } else {
-        // memcpy, never a cast: protobuf gives bytes no alignment. Little-endian hosts.
-        const char* bytes = request_.gradient_f32().data();
-        for (int64_t i = 0; i < count; ++i) {
-          float value;
-          std::memcpy(&value, bytes + 4 * i, sizeof(value));
-          out[i] = value;
-        }
+        common::WidenFloat32(request_.gradient_f32(), out);
       }
       for (int64_t i = 0; i < count; ++i) {
         if (!std::isfinite(out[i])) {

@@ -51,8 +51,8 @@ kl_budget 1e-3 0.831 / 0.876 / 0.884 at 0.2 / 1.0 / 1.8 at 1.9x the wall time pe
 Adam (lr 1e-3) on the same split: 0.859 / 0.869 / 0.883 at 1.0 / 1.4 / 2.0, 0.876-0.884 up to
 4 epochs: from about 1.5 epochs on, both methods sit on the same plateau. MLP defaults
 since: batch 256, damping 0.03, kl_budget 3e-3. The baselines' grids (5 epochs, 88%
-validation accuracy): CNN SGD
-{0.05, 0.1, 0.2} -> 0.05, CNN Adam {1e-3, 3e-3} -> 3e-3; for the MLP, cut for time, a
+validation accuracy): CNN SGD {0.05, 0.1, 0.2} -> 0.05, CNN Adam {1e-3, 3e-3} -> 3e-3;
+for the MLP, cut for time, a
 1-epoch grid (87%): SGD {0.02, 0.05, 0.1} -> 0.05, Adam {3e-4, 1e-3, 3e-3} -> 3e-4 and 1e-3
 within 0.15% validation accuracy, 1e-3 taken (the reference's value).
 

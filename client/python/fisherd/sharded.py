@@ -35,12 +35,11 @@ Shard sessions. Shard k is the ordinary layered session "{session_id}.{k}-of-{n}
 clients[k], holding its blocks, created with the same options (centered, decay,
 damping, kronecker_damping, factor_refresh_period, float32_products). Every shard id
 must be a valid session id (1-63 characters of [a-zA-Z0-9_.-], starting with a letter
-or digit): a
-session_id that makes one longer is INVALID_ARGUMENT before any call. Attaching
-(create=False, or ShardedLayeredSession.attach) recomputes the assignment from the same
-layout and number of replicas and requires every shard's actual layout (GetSession) to
-equal its assigned blocks exactly (names, kinds, sizes, order) and the shards to agree on
-their options; a difference names the shard and its replica.
+or digit): a session_id that makes one longer is INVALID_ARGUMENT before any call.
+Attaching (create=False, or ShardedLayeredSession.attach) recomputes the assignment from
+the same layout and number of replicas and requires every shard's actual layout
+(GetSession) to equal its assigned blocks exactly (names, kinds, sizes, order) and the
+shards to agree on their options; a difference names the shard and its replica.
 
 Rows. A block's rows go to its shard's session through that shard's client, exactly as
 Client.stream_blocks sends them (one worker_id per process; each shard is a session of
@@ -167,8 +166,9 @@ class ShardedLayeredSession:
     the session "{session_id}.{k}-of-{n}". blocks: the whole layout, in global order
     (fisherd.Block or dicts of its fields). create: True creates the shard sessions
     (with centered, decay, damping, kronecker_damping, factor_refresh_period,
-    float32_products as Client.create_session takes them); False attaches to existing ones, waiting up to
-    attach_timeout seconds for all of them to appear, and checks their layouts.
+    float32_products as Client.create_session takes them); False attaches to existing
+    ones, waiting up to attach_timeout seconds for all of them to appear, and checks
+    their layouts.
     """
 
     def __init__(self, clients, session_id, blocks, *, create=True, centered=False,
