@@ -404,7 +404,7 @@ int RunKroneckerIngest(const Config& config) {
     peer.push_back(peer_rate);
     ratios.push_back(fisherd_rate / peer_rate);
     std::printf("  repeat %lld: fisherd %.0f rows/s, dsyrk %.0f rows/s, ratio %.3f\n",
-                static_cast<long long>(r + 1), fisherd_rate, peer_rate, fisherd_rate / peer_rate);
+                static_cast<long long>(r) + 1, fisherd_rate, peer_rate, fisherd_rate / peer_rate);
   }
   if (config.delete_session) DeleteSession(stub.get(), session);
   if (!status.ok()) {
@@ -847,7 +847,7 @@ int RunKfacStep(const Config& config) {
     std::printf(
         "  repeat %lld fresh: fisherd %.3f s (server solve %.3f s), peer %.3f s "
         "(dsyevd %.3f s), ratio %.3f\n",
-        static_cast<long long>(r + 1), run.seconds, run.server_seconds, peer_seconds,
+        static_cast<long long>(r) + 1, run.seconds, run.server_seconds, peer_seconds,
         dsyevd_seconds, fresh_ratio.back());
     std::fflush(stdout);
 
@@ -880,7 +880,7 @@ int RunKfacStep(const Config& config) {
       std::printf(
           "  repeat %lld cached %lld: fisherd %.3f s (server solve %.3f s), peer %.3f s, "
           "ratio %.3f\n",
-          static_cast<long long>(r + 1), static_cast<long long>(c + 1), again.seconds,
+          static_cast<long long>(r) + 1, static_cast<long long>(c) + 1, again.seconds,
           again.server_seconds, products_seconds, cached_ratio.back());
       std::fflush(stdout);
     }

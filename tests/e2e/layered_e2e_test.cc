@@ -321,6 +321,7 @@ TEST_F(LayeredEndToEndTest, NetworkLayoutStepMatchesEigendecompositionOracle) {
   std::vector<absl::Status> results(workers);
   std::vector<client::ScoreStreamerStats> stats(workers);
   std::vector<std::thread> threads;
+  threads.reserve(workers);
   for (int w = 0; w < workers; ++w) {
     threads.emplace_back([&, w] {
       results[w] = Stream(client_.get(), "mlp", absl::StrCat("worker-", w), data.workers[w],
@@ -685,6 +686,7 @@ TEST_F(LayeredEndToEndTest, ThirtyMillionParametersStepThroughTheStream) {
   constexpr int kWidth = 1024, kKronecker = 4, kDiagonalBlocks = 52, kDiagonalDim = 1 << 19;
   const double lambda = 1e-3;
   std::vector<v1::BlockConfig> blocks;
+  blocks.reserve(kKronecker + kDiagonalBlocks);
   for (int k = 0; k < kKronecker; ++k) {
     blocks.push_back(Kronecker(absl::StrCat("layer", k), kWidth, kWidth, /*bias=*/k < 2));
   }
@@ -727,6 +729,7 @@ TEST_F(LayeredEndToEndTest, ThirtyMillionParametersStepThroughTheStream) {
   const absl::Time start = absl::Now();
   std::vector<absl::Status> results(workers);
   std::vector<std::thread> threads;
+  threads.reserve(workers);
   for (int w = 0; w < workers; ++w) {
     threads.emplace_back([&, w] {
       ScoreStreamerOptions options;
