@@ -1,8 +1,15 @@
 // End to end: the real fisherd binary on a loopback port, driven through the C++
 // client library, ScoreStreamer and fisherctl, including broken connections and many
 // simultaneous workers.
+#include <signal.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <memory>
 #include <random>
 #include <thread>
@@ -302,6 +309,42 @@ TEST(FisherdBinaryTest, FlagsAndLimits) {
   ASSERT_TRUE(health.ok()) << health.status();
   EXPECT_EQ(*health, client::HealthCheckResponse::SERVING);
   EXPECT_EQ(server.Terminate(), 0);
+}
+
+// The threads of `pid` other than its main one that do not block `signal_number`,
+// read from /proc/PID/task/TID/status (SigBlk: the blocked set as hex bits).
+std::vector<pid_t> ThreadsTakingSignal(pid_t pid, int signal_number) {
+  std::vector<pid_t> threads;
+  for (const auto& entry :
+       std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/task")) {
+    const pid_t tid = static_cast<pid_t>(std::stol(entry.path().filename().string()));
+    if (tid == pid) continue;
+    std::ifstream status(entry.path() / "status");
+    std::string line;
+    while (std::getline(status, line)) {
+      if (line.rfind("SigBlk:", 0) != 0) continue;
+      const unsigned long long blocked = std::strtoull(line.c_str() + 7, nullptr, 16);
+      if ((blocked & (1ULL << (signal_number - 1))) == 0) threads.push_back(tid);
+    }
+  }
+  return threads;
+}
+
+// SIGTERM is process-directed: the kernel hands it to any thread that does not block
+// it. OpenBLAS starts its worker threads before main, with SIGTERM unblocked, so when
+// fisherd's main thread was not yet waiting (a SIGTERM right after the listening line)
+// such a thread took it and the default action killed fisherd (exit 143, no drain).
+// Sending it to that thread directly makes the race certain: fisherd must drain, exit 0.
+TEST(FisherdBinaryTest, SigtermTakenByALibraryThreadStillDrains) {
+  ServerProcess server;
+  ASSERT_FALSE(server.address().empty());
+  const std::vector<pid_t> threads = ThreadsTakingSignal(server.pid(), SIGTERM);
+  if (threads.empty()) {
+    GTEST_SKIP() << "no thread of fisherd but the main one leaves SIGTERM unblocked here "
+                    "(OpenBLAS started no threads of its own)";
+  }
+  ASSERT_EQ(syscall(SYS_tgkill, server.pid(), threads.front(), SIGTERM), 0);
+  EXPECT_EQ(server.WaitForExit(), 0);
 }
 
 // A grpc.health.v1 server whose Check answers `status` (any number, also one the

@@ -32,7 +32,10 @@ pid_t Spawn(const std::vector<std::string>& argv, int* read_fd) {
   return pid;
 }
 
-int ExitCode(int status) { return WIFEXITED(status) ? WEXITSTATUS(status) : -1; }
+int ExitCode(int status) {
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  return WIFSIGNALED(status) ? 128 + WTERMSIG(status) : -1;
+}
 
 }  // namespace
 
@@ -97,6 +100,11 @@ ServerProcess::ServerProcess(const std::vector<std::string>& extra_flags) {
 int ServerProcess::Terminate(int timeout_seconds) {
   if (pid_ < 0) return -1;
   kill(pid_, SIGTERM);
+  return WaitForExit(timeout_seconds);
+}
+
+int ServerProcess::WaitForExit(int timeout_seconds) {
+  if (pid_ < 0) return -1;
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_seconds);
   int status = 0;
   while (std::chrono::steady_clock::now() < deadline) {

@@ -11,7 +11,7 @@
 namespace fisherd::testing {
 
 struct CommandResult {
-  int exit_code = -1;  // -1 when killed by a signal
+  int exit_code = -1;  // 128 + the signal's number when killed by one (as a shell says)
   std::string output;  // stdout and stderr, interleaved
 };
 
@@ -32,8 +32,13 @@ class ServerProcess {
   const std::string& address() const { return address_; }
   // The metrics listener's HOST:PORT; empty without --metrics-listen.
   const std::string& metrics_address() const { return metrics_address_; }
-  // Sends SIGTERM and returns the exit code (-1 if killed by a signal or timed out).
+  // Sends SIGTERM and returns the exit code: 128 + the signal's number if a signal
+  // killed it, -1 if it was still running after timeout_seconds (then SIGKILL).
   int Terminate(int timeout_seconds = 30);
+  // Waits for it to exit by itself; the exit code as Terminate says.
+  int WaitForExit(int timeout_seconds = 30);
+  // The process id, -1 once it has been reaped.
+  pid_t pid() const { return pid_; }
 
  private:
   pid_t pid_ = -1;
