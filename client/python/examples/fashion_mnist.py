@@ -206,12 +206,15 @@ class WeightAverage:
                 total.mul_(self.beta).add_(p, alpha=1.0 - self.beta)
 
     def evaluate(self, model, x, y):
-        """evaluate() with the averaged parameters in place of the current ones."""
-        scale = 1.0 / (1.0 - self.beta ** max(1, self.updates))
+        """evaluate() with the averaged parameters in place of the current ones (the
+        current ones themselves before the first update)."""
+        if not self.updates:
+            return evaluate(model, x, y)
+        scale = 1.0 / (1.0 - self.beta ** self.updates)
         with torch.no_grad():
             current = [p.detach().clone() for p in self.params]
             for p, total in zip(self.params, self.sums):
-                p.copy_(total * scale if self.updates else p)
+                p.copy_(total * scale)
             try:
                 return evaluate(model, x, y)
             finally:
@@ -226,7 +229,6 @@ class Run:
     def __init__(self, model, method, hyper, seed):
         self.model, self.method, self.hyper, self.seed = model, method, hyper, seed
         self.epochs, self.seconds, self.accuracies = [], [], []
-        self.hits = {}             # threshold -> (epochs, seconds) of the first crossing
         self.iterations = 0
         self.train_seconds = 0.0
         self.split = {}            # K-FAC: part -> seconds over all iterations
@@ -239,14 +241,11 @@ class Run:
         self.epochs.append(epochs)
         self.seconds.append(seconds)
         self.accuracies.append(accuracy)
-        for threshold in THRESHOLDS:
-            if threshold not in self.hits and accuracy >= threshold:
-                self.hits[threshold] = (epochs, seconds)
 
-    def first_epoch_at(self, accuracy, never):
-        """Epochs at the first evaluation that reached `accuracy` (any value, not only
-        THRESHOLDS), or `never`."""
-        return next((e for e, a in zip(self.epochs, self.accuracies) if a >= accuracy), never)
+    def first_crossing(self, accuracy):
+        """(epochs, seconds) at the first evaluation that reached `accuracy`, or None."""
+        return next(((e, t) for e, t, a in zip(self.epochs, self.seconds, self.accuracies)
+                     if a >= accuracy), None)
 
     @property
     def final_accuracy(self):
@@ -484,7 +483,7 @@ def choose(trainer, model_name, method, train, args, log):
                               tag=f"grid {model_name} {method} seed {seed}",
                               eval_label="val")
                 for seed in seeds]
-        reach = [cap if r.diverged else r.first_epoch_at(args.grid_target, cap)
+        reach = [cap if r.diverged else (r.first_crossing(args.grid_target) or (cap,))[0]
                  for r in runs]
         final = [0.0 if r.diverged else max(r.accuracies) for r in runs]
         key = (statistics.mean(reach), -statistics.mean(final))
@@ -507,9 +506,9 @@ def median_or_none(values):
 def crossing(runs, threshold, which):
     """Median over seeds of epochs (which=0) or seconds (1) to the threshold; a run that
     never crossed counts as infinite. Returns (value or None, how many crossed)."""
-    values = [r.hits[threshold][which] if threshold in r.hits else math.inf for r in runs]
-    value = statistics.median(values)
-    return (None if math.isinf(value) else value), sum(threshold in r.hits for r in runs)
+    hits = [r.first_crossing(threshold) for r in runs]
+    value = statistics.median(math.inf if hit is None else hit[which] for hit in hits)
+    return (None if math.isinf(value) else value), sum(hit is not None for hit in hits)
 
 
 def fmt_crossing(runs, threshold, which):
