@@ -24,6 +24,14 @@
 //     (CallCombiner::Start) releases, the thread that passes it on (Stop, which runs the
 //     next queued closure) acquires. The in-process transport (fuzz_replay_service) hands
 //     the sender's serialized message to the receiver without a copy across it.
+//   - A server call's context is destroyed only after every operation started on the call
+//     has completed, so each grpc_call_start_batch also releases the call, and the context's
+//     destructor (~ServerContextBase, which libgrpc++ calls through its PLT) acquires it
+//     first. This orders a server interceptor's runs before the destructor deletes it: the
+//     interceptor runs before the batch it intercepts starts, or, after a batch completes,
+//     before the empty batch that gRPC++ starts to deliver the completion (Proceed). Without
+//     it, a call that libgrpc++ handles itself (the health check) drops its last reference in
+//     uninstrumented code and the deletion looks like a race with the interceptor's last run.
 //   - A server reactor's OnDone runs once gRPC++'s count of outstanding callbacks drops to
 //     zero (ServerCallbackCall::ScheduleOnDone). The header code decrements the count with
 //     acq_rel atomics TSan sees, but libgrpc++ drops its own references (the server
@@ -40,6 +48,7 @@
 // completion, and a tag is handed over again only after its completion was delivered.
 #include <dlfcn.h>
 #include <grpc/grpc.h>
+#include <grpcpp/server_context.h>
 #include <grpcpp/support/server_callback.h>
 #include <sanitizer/tsan_interface.h>
 
@@ -124,6 +133,7 @@ grpc_call_error grpc_call_start_batch(grpc_call* call, const grpc_op* ops, size_
   static Fn cache = nullptr;
   const Fn real = Get(&cache, "grpc_call_start_batch");
   __tsan_release(tag);
+  __tsan_release(call);  // acquired when the call's server context is destroyed
   return real(call, ops, nops, tag, reserved);
 }
 
@@ -217,6 +227,39 @@ void CallCombiner::Stop(const char* file, int line, const char* reason) {
 }
 
 }  // namespace grpc_core
+
+// ~ServerContextBase in its complete-object (D1) and base-object (D2) variants; the
+// deleting destructor (D0) calls D1 through the PLT. A destructor cannot be declared outside
+// its class, so these are plain functions under the destructors' mangled names.
+void ServerContextBaseCompleteDestructor(grpc::ServerContextBase* self) __asm__(
+    "_ZN4grpc17ServerContextBaseD1Ev");
+void ServerContextBaseBaseDestructor(grpc::ServerContextBase* self) __asm__(
+    "_ZN4grpc17ServerContextBaseD2Ev");
+
+namespace {
+
+void AcquireCallBeforeDestroying(grpc::ServerContextBase* self) {
+  grpc_call* call = self->c_call();
+  if (call != nullptr) __tsan_acquire(call);
+}
+
+}  // namespace
+
+void ServerContextBaseCompleteDestructor(grpc::ServerContextBase* self) {
+  using Fn = void (*)(grpc::ServerContextBase*);
+  static Fn cache = nullptr;
+  const Fn real = Get(&cache, "_ZN4grpc17ServerContextBaseD1Ev");
+  AcquireCallBeforeDestroying(self);
+  real(self);
+}
+
+void ServerContextBaseBaseDestructor(grpc::ServerContextBase* self) {
+  using Fn = void (*)(grpc::ServerContextBase*);
+  static Fn cache = nullptr;
+  const Fn real = Get(&cache, "_ZN4grpc17ServerContextBaseD2Ev");
+  AcquireCallBeforeDestroying(self);
+  real(self);
+}
 
 namespace grpc {
 namespace internal {
