@@ -238,27 +238,28 @@ void ServerContextBaseBaseDestructor(grpc::ServerContextBase* self) __asm__(
 
 namespace {
 
-void AcquireCallBeforeDestroying(grpc::ServerContextBase* self) {
+using ContextDestructor = void (*)(grpc::ServerContextBase*);
+
+// Acquires what every batch started on the context's call released, then runs the real
+// destructor `name` (looked up once into *cache).
+void AcquireCallThenDestroy(grpc::ServerContextBase* self, ContextDestructor* cache,
+                            const char* name) {
+  const ContextDestructor real = Get(cache, name);
   grpc_call* call = self->c_call();
   if (call != nullptr) __tsan_acquire(call);
+  real(self);
 }
 
 }  // namespace
 
 void ServerContextBaseCompleteDestructor(grpc::ServerContextBase* self) {
-  using Fn = void (*)(grpc::ServerContextBase*);
-  static Fn cache = nullptr;
-  const Fn real = Get(&cache, "_ZN4grpc17ServerContextBaseD1Ev");
-  AcquireCallBeforeDestroying(self);
-  real(self);
+  static ContextDestructor cache = nullptr;
+  AcquireCallThenDestroy(self, &cache, "_ZN4grpc17ServerContextBaseD1Ev");
 }
 
 void ServerContextBaseBaseDestructor(grpc::ServerContextBase* self) {
-  using Fn = void (*)(grpc::ServerContextBase*);
-  static Fn cache = nullptr;
-  const Fn real = Get(&cache, "_ZN4grpc17ServerContextBaseD2Ev");
-  AcquireCallBeforeDestroying(self);
-  real(self);
+  static ContextDestructor cache = nullptr;
+  AcquireCallThenDestroy(self, &cache, "_ZN4grpc17ServerContextBaseD2Ev");
 }
 
 namespace grpc {
